@@ -1,0 +1,28 @@
+"""The Dagster code location (loaded by workspace.yaml): assets, checks, jobs, schedules, resources.
+
+Everything is built from the one settings module, so the same code runs on the embedded default
+(synthetic source, DuckDB) and in production (MLP_ENV=production).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.features import build_feature_assets
+from assets.ingest import build_ingest_assets
+from assets.resources import resources_for
+from mlp_platform.settings import Settings, load_settings
+from sensors.definitions import build_automation
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    assets = [*build_ingest_assets(settings), *build_feature_assets(settings)]
+    jobs, schedules, sensors = build_automation(settings)
+    # Locally one process runs a whole run (fast start, one DuckDB writer); in production the run
+    # launcher of the Dagster deployment (dagster-k8s) isolates runs and steps run in subprocesses.
+    executor = dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor
+    return dg.Definitions(assets=assets, jobs=jobs, schedules=schedules, sensors=sensors,
+                          resources=resources_for(settings), executor=executor)
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,79 @@
+"""Resources per environment, all decided by mlp_platform.settings (local embedded vs production)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource, DbtProject
+
+from mlp_platform.data.warehouse import DuckDBWarehouse, SnowflakeWarehouse, Warehouse
+from mlp_platform.settings import Settings, load_settings
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The warehouse raw data lands in: an embedded DuckDB file, or Snowflake in production."""
+
+    kind: str = "duckdb"
+    duckdb_path: str = ""
+    snowflake_account: str = ""
+    snowflake_user: str = ""
+    snowflake_password: str = ""
+    snowflake_database: str = "MLP"
+    snowflake_warehouse: str = "MLP_WH"
+
+    def get_warehouse(self) -> Warehouse:
+        if self.kind == "snowflake":
+            return SnowflakeWarehouse(self.snowflake_account, self.snowflake_user, self.snowflake_password,
+                                      self.snowflake_database, self.snowflake_warehouse)
+        return DuckDBWarehouse(Path(self.duckdb_path))
+
+
+class PlatformSettingsResource(dg.ConfigurableResource):
+    """Gives assets the platform settings (source, delays, paths) read from the environment."""
+
+    def get(self) -> Settings:
+        return load_settings()
+
+
+def dbt_project(settings: Settings) -> DbtProject:
+    return DbtProject(project_dir=settings.dbt_project_dir, profiles_dir=settings.dbt_project_dir,
+                      target=settings.dbt_target)
+
+
+def dbt_environment(settings: Settings) -> dict[str, str]:
+    """Environment the dbt subprocess needs: where the warehouse is, and no telemetry."""
+    return {
+        "MLP_WAREHOUSE_PATH": str(settings.duckdb_path),
+        "MLP_DBT_TARGET": settings.dbt_target,
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def dbt_executable() -> str:
+    """dbt from the running interpreter's environment (the project venv), else from PATH."""
+    beside = Path(sys.executable).with_name("dbt")
+    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
+
+
+def resources_for(settings: Settings) -> dict[str, object]:
+    if settings.warehouse == "snowflake":
+        warehouse = WarehouseResource(
+            kind="snowflake",
+            snowflake_account=dg.EnvVar("SNOWFLAKE_ACCOUNT"),
+            snowflake_user=dg.EnvVar("SNOWFLAKE_USER"),
+            snowflake_password=dg.EnvVar("SNOWFLAKE_PASSWORD"),
+            snowflake_database=dg.EnvVar("SNOWFLAKE_DATABASE"),
+            snowflake_warehouse=dg.EnvVar("SNOWFLAKE_WAREHOUSE"),
+        )
+    else:
+        warehouse = WarehouseResource(kind="duckdb", duckdb_path=str(settings.duckdb_path))
+    return {
+        "warehouse": warehouse,
+        "platform": PlatformSettingsResource(),
+        "dbt": DbtCliResource(project_dir=dbt_project(settings), target=settings.dbt_target,
+                              dbt_executable=dbt_executable()),
+    }

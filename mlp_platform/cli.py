@@ -1,0 +1,191 @@
+"""The `mlp` command line: what people do outside the Dagster UI (prepare, demo, spec, UI, warehouse).
+
+Runs go through Dagster itself (``dagster asset materialize`` on the code location), so everything
+the CLI does is recorded in the same instance and visible in the UI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mlp_platform.features.dbt_codegen import spec_macro_in_sync, write_spec_macro
+from mlp_platform.features.spec import default_spec
+from mlp_platform.settings import Settings, load_settings
+
+app = typer.Typer(help="ML platform for real-time risk decisioning.", no_args_is_help=True)
+spec_app = typer.Typer(help="The feature specification.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+console = Console()
+
+PARTITIONED_GROUPS = "group:ingest or group:staging or group:features"
+UNPARTITIONED_GROUPS = "group:training"
+
+
+def _bin(name: str) -> str:
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def platform_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """Environment for child processes (Dagster, dbt): the settings made explicit."""
+    env = dict(os.environ)
+    env.update({
+        "DAGSTER_HOME": str(settings.dagster_home),
+        "MLP_DATA_DIR": str(settings.data_dir),
+        "MLP_WAREHOUSE_PATH": str(settings.duckdb_path),
+        "MLP_DBT_TARGET": settings.dbt_target,
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DO_NOT_TRACK": "1",
+    })
+    env.update(overrides)
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path, what: str) -> None:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        console.print(f"[red]{what} failed[/red] ({' '.join(cmd[:4])} ...):")
+        console.print((proc.stdout + proc.stderr)[-6000:], markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+def prepare_project(settings: Settings) -> None:
+    """Compile the feature spec for dbt, parse the dbt project, create DAGSTER_HOME. Idempotent."""
+    write_spec_macro(settings.dbt_project_dir, default_spec())
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = settings.dagster_home / "dagster.yaml"
+    template = settings.project_root / "deploy" / "local" / "dagster.yaml"
+    if not instance_yaml.exists() or instance_yaml.read_text() != template.read_text():
+        shutil.copyfile(template, instance_yaml)
+    _run([_bin("dbt"), "parse", "--profiles-dir", ".", "--quiet"], platform_env(settings),
+         settings.dbt_project_dir, "dbt parse")
+
+
+@app.command()
+def prepare() -> None:
+    """Compile the feature spec for dbt, parse the dbt project and set up DAGSTER_HOME."""
+    settings = load_settings()
+    prepare_project(settings)
+    console.print(f"prepared: dbt manifest, DAGSTER_HOME={settings.dagster_home}")
+
+
+@app.command()
+def demo(
+    source: str = typer.Option(None, help="synthetic (default) or handbook; overrides MLP_SOURCE."),
+    days: int = typer.Option(None, help="Only the first N days of the source."),
+) -> None:
+    """Materialise the asset graph on the embedded default and print where to look."""
+    if source:
+        os.environ["MLP_SOURCE"] = source
+    settings = load_settings()
+    first, end = settings.source_days()
+    if days:
+        end = min(end, first + dt.timedelta(days=days))
+    last = end - dt.timedelta(days=1)
+    env = platform_env(settings, MLP_SOURCE=settings.source)
+    dagster = [_bin("dagster"), "asset", "materialize", "-m", "assets.definitions"]
+    steps = [
+        ("prepare: spec -> dbt, dbt parse, DAGSTER_HOME", None),
+        (f"ingest + features, {settings.source} {first}..{last}",
+         [*dagster, "--select", PARTITIONED_GROUPS, "--partition-range", f"{first}...{last}"]),
+        ("training set (labels as of maturity)", [*dagster, "--select", UNPARTITIONED_GROUPS]),
+    ]
+    started = time.perf_counter()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("demo", total=len(steps))
+        for description, cmd in steps:
+            progress.update(task, description=description)
+            if cmd is None:
+                prepare_project(settings)
+            else:
+                _run(cmd, env, settings.project_root, description)
+            progress.advance(task)
+    console.print(f"[green]demo done[/green] in {time.perf_counter() - started:.0f}s")
+    warehouse_summary(settings)
+    console.print(
+        f"\nWhere to look:\n"
+        f"  warehouse:  {settings.duckdb_path} (schemas raw, staging, features, training)\n"
+        f"  Dagster UI: make ui  (or: DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml)"
+        f" then http://127.0.0.1:3000 -> Assets; runs of this demo are in Runs\n")
+
+
+def warehouse_summary(settings: Settings) -> None:
+    from mlp_platform.data.warehouse import DuckDBWarehouse
+
+    if settings.warehouse != "duckdb" or not settings.duckdb_path.exists():
+        return
+    wh = DuckDBWarehouse(settings.duckdb_path)
+    table = Table("table", "rows", "days", "frauds/labels")
+    queries = {
+        "raw.transactions": "select count(*), count(distinct event_date), null from raw.transactions",
+        "raw.labels": "select count(*), count(distinct event_date), sum(label) from raw.labels",
+        "features.transaction_features":
+            "select count(*), count(distinct event_date), null from features.transaction_features",
+        "training.training_set": "select count(*), count(distinct event_date), sum(label) from training.training_set",
+    }
+    for name, sql in queries.items():
+        try:
+            row = wh.query(sql).row(0)
+        except Exception:  # table not built yet
+            continue
+        table.add_row(name, *["" if v is None else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+def warehouse() -> None:
+    """Row counts of the warehouse tables."""
+    warehouse_summary(load_settings())
+
+
+@app.command()
+def ui(port: int = typer.Option(3000, help="Port of the Dagster UI (loopback).")) -> None:
+    """Open the Dagster UI on this project (DAGSTER_HOME inside the project)."""
+    settings = load_settings()
+    prepare_project(settings)
+    cmd = [_bin("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    raise typer.Exit(subprocess.call(cmd, env=platform_env(settings), cwd=settings.project_root))
+
+
+@spec_app.command("show")
+def spec_show() -> None:
+    """List the features the specification defines."""
+    spec = default_spec()
+    table = Table("feature", "view", "mode", "kind", "window", title=f"feature spec {spec.spec_hash}")
+    for f in spec.features:
+        table.add_row(f.name, f.view, f.mode, f.kind, f.window or "")
+    console.print(table)
+
+
+@spec_app.command("compile")
+def spec_compile() -> None:
+    """Regenerate the dbt macro that carries the specification."""
+    settings = load_settings()
+    path = write_spec_macro(settings.dbt_project_dir, default_spec())
+    console.print(f"wrote {path}")
+
+
+@spec_app.command("check")
+def spec_check() -> None:
+    """Fail if the dbt macro is out of date with the specification."""
+    settings = load_settings()
+    if not spec_macro_in_sync(settings.dbt_project_dir, default_spec()):
+        console.print("[red]dbt feature spec macro is out of date: run `mlp spec compile`[/red]")
+        raise typer.Exit(1)
+    console.print("feature spec and dbt macro in sync")
+
+
+if __name__ == "__main__":
+    app()

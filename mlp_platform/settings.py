@@ -1,0 +1,156 @@
+"""The one settings module: decides the environment (local embedded default vs production services).
+
+Every value comes from an environment variable with a local default, so a laptop needs no
+configuration and production sets ``MLP_ENV=production`` plus the service addresses. Secrets
+(warehouse passwords, tokens) are never defaults here: they are read from the environment by the
+component that needs them (``dagster.EnvVar`` in Dagster resources).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+Environment = Literal["local", "production"]
+SourceName = Literal["synthetic", "handbook"]
+WarehouseKind = Literal["duckdb", "snowflake"]
+
+SOURCES: tuple[str, ...] = ("synthetic", "handbook")
+HANDBOOK_FIRST_DAY = dt.date(2018, 4, 1)
+HANDBOOK_DAYS = 183
+
+
+class SettingsError(ValueError):
+    """A setting has a value the platform cannot use; the message names the variable."""
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+
+
+def _env_date(name: str, default: dt.date | None) -> dt.date | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = _env(name, default).lower()
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    seed: int = 7
+    start_date: dt.date = dt.date(2026, 1, 1)
+    days: int = 60
+    n_customers: int = 500
+    n_merchants: int = 200
+    drift_start: dt.date | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: Environment = "local"
+    project_root: Path = PROJECT_ROOT
+    data_dir: Path = PROJECT_ROOT / "data"
+    source: SourceName = "synthetic"
+    handbook_path: Path = PROJECT_ROOT.parent / "shared" / "data" / "fraud_handbook" / "transactions.parquet"
+    #: The handbook data has no label times: a fraud is assumed known this many days after the
+    #: transaction (a chargeback delay). Explicit and configurable: MLP_HANDBOOK_LABEL_DELAY_DAYS.
+    handbook_label_delay_days: float = 7.0
+    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
+    warehouse: WarehouseKind = "duckdb"
+    #: Label-delayed features (merchant fraud rates) only use transactions at least this old.
+    label_delay_days: int = 7
+    #: A transaction enters the training set once its label had this long to arrive.
+    label_maturity_days: int = 14
+    #: Share of rows that may receive a non-critical default before the contract check warns.
+    contract_default_warn_share: float = 0.05
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return self.project_root / "dbt_project"
+
+    @property
+    def dbt_target(self) -> str:
+        return "production" if self.warehouse == "snowflake" else "local"
+
+    def source_days(self) -> tuple[dt.date, dt.date]:
+        """First day and the day after the last day the configured source covers."""
+        if self.source == "handbook":
+            return HANDBOOK_FIRST_DAY, HANDBOOK_FIRST_DAY + dt.timedelta(days=HANDBOOK_DAYS)
+        start = self.synthetic.start_date
+        return start, start + dt.timedelta(days=self.synthetic.days)
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (cheap; call it where the value is needed)."""
+    env = _choice("MLP_ENV", "local", ("local", "production"))
+    root = Path(_env("MLP_PROJECT_ROOT", str(PROJECT_ROOT))).resolve()
+    data_dir = Path(_env("MLP_DATA_DIR", str(root / "data"))).resolve()
+    default_handbook = root.parent / "shared" / "data" / "fraud_handbook" / "transactions.parquet"
+    synthetic = SyntheticSettings(
+        seed=_env_int("MLP_SYNTH_SEED", 7),
+        start_date=_env_date("MLP_SYNTH_START", dt.date(2026, 1, 1)) or dt.date(2026, 1, 1),
+        days=_env_int("MLP_SYNTH_DAYS", 60),
+        n_customers=_env_int("MLP_SYNTH_CUSTOMERS", 500),
+        n_merchants=_env_int("MLP_SYNTH_MERCHANTS", 200),
+        drift_start=_env_date("MLP_SYNTH_DRIFT_START", None),
+    )
+    if synthetic.days < 1 or synthetic.n_customers < 1 or synthetic.n_merchants < 1:
+        raise SettingsError("MLP_SYNTH_DAYS, MLP_SYNTH_CUSTOMERS and MLP_SYNTH_MERCHANTS must be >= 1")
+    settings = Settings(
+        env=env,  # type: ignore[arg-type]
+        project_root=root,
+        data_dir=data_dir,
+        source=_choice("MLP_SOURCE", "synthetic", SOURCES),  # type: ignore[arg-type]
+        handbook_path=Path(_env("MLP_HANDBOOK_PATH", str(default_handbook))).resolve(),
+        handbook_label_delay_days=_env_float("MLP_HANDBOOK_LABEL_DELAY_DAYS", 7.0),
+        synthetic=synthetic,
+        warehouse=_choice(  # type: ignore[arg-type]
+            "MLP_WAREHOUSE", "snowflake" if env == "production" else "duckdb", ("duckdb", "snowflake")
+        ),
+        label_delay_days=_env_int("MLP_LABEL_DELAY_DAYS", 7),
+        label_maturity_days=_env_int("MLP_LABEL_MATURITY_DAYS", 14),
+        contract_default_warn_share=_env_float("MLP_CONTRACT_DEFAULT_WARN_SHARE", 0.05),
+    )
+    if settings.handbook_label_delay_days < 0 or settings.label_delay_days < 0:
+        raise SettingsError("label delays must be >= 0 days")
+    return settings
