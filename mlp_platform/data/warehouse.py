@@ -109,13 +109,16 @@ class SnowflakeWarehouse:
         try:
             cur = con.cursor()
             cur.execute(f"create schema if not exists {RAW_SCHEMA}")
-            cur.execute("begin")
-            if _table_exists(cur, table):
+            if not _table_exists(cur, table):
+                # DDL commits implicitly in Snowflake: the first load creates the table on its own.
+                write_pandas(con, pdf, table.upper(), schema=RAW_SCHEMA.upper(), auto_create_table=True,
+                             use_logical_type=True)
+            else:
+                cur.execute("begin")
                 cur.execute(f"delete from {RAW_SCHEMA}.{table} where event_date >= %s and event_date < %s",
                             (first_day, end_day))
-            write_pandas(con, pdf, table.upper(), schema=RAW_SCHEMA.upper(), auto_create_table=True,
-                         use_logical_type=True)
-            cur.execute("commit")
+                write_pandas(con, pdf, table.upper(), schema=RAW_SCHEMA.upper(), use_logical_type=True)
+                cur.execute("commit")
         finally:
             con.close()
         return frame.height

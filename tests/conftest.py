@@ -1,0 +1,27 @@
+"""Shared fixtures: an isolated data directory and settings per test (never the project's data/)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlp_platform.settings import PROJECT_ROOT, load_settings
+
+HANDBOOK = PROJECT_ROOT.parent / "shared" / "data" / "fraud_handbook" / "transactions.parquet"
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+@pytest.fixture
+def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings pointing at a fresh data directory; returns a function to (re)load them."""
+    monkeypatch.setenv("MLP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLP_WAREHOUSE_PATH", str(tmp_path / "data" / "warehouse.duckdb"))
+    for var in ("MLP_SOURCE", "MLP_ENV", "MLP_WAREHOUSE", "MLP_SYNTH_DRIFT_START"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLP_SYNTH_CUSTOMERS", "150")
+    monkeypatch.setenv("MLP_SYNTH_MERCHANTS", "60")
+    return load_settings

@@ -1,0 +1,137 @@
+"""The Dagster code location: loads, has the expected graph (snapshot), and materialises for real."""
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from assets.definitions import build_definitions
+from assets.resources import resources_for
+from conftest import HANDBOOK
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def graph_snapshot(defs: dg.Definitions) -> dict:
+    graph = defs.get_repository_def().asset_graph
+    out = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        out[key.to_user_string()] = {
+            "group": node.group_name,
+            "kinds": sorted(node.kinds),
+            "partitioned": node.partitions_def is not None,
+            "deps": sorted(p.to_user_string() for p in node.parent_keys),
+            "checks": sorted(c.name for c in graph.asset_check_keys if c.asset_key == key),
+        }
+    return out
+
+
+def test_definitions_load_and_match_the_graph_snapshot(platform_env):
+    defs = build_definitions(platform_env())
+    snapshot = graph_snapshot(defs)
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        SNAPSHOT.write_text(json.dumps(snapshot, indent=2, sort_keys=True) + "\n")
+    assert snapshot == json.loads(SNAPSHOT.read_text()), "asset graph changed: review, then UPDATE_SNAPSHOTS=1"
+    repo = defs.get_repository_def()
+    assert {j.name for j in repo.get_all_jobs()} >= {"daily_features_job", "training_set_job"}
+    assert [s.name for s in repo.schedule_defs] == ["nightly_features_schedule"]
+    for key in repo.asset_graph.get_all_asset_keys():
+        assert repo.asset_graph.get(key).description, f"{key} needs a description for the UI"
+
+
+def _materialize(defs, selection, instance, first=None, last=None, raise_on_error=True):
+    graph = defs.get_repository_def().asset_graph
+    keys = dg.AssetSelection.from_string(selection).resolve(graph)
+    assets = [a for a in defs.assets if any(k in keys for k in a.keys)]
+    tags = {RANGE_START: first, RANGE_END: last} if first else None
+    return dg.materialize(assets, instance=instance, resources=defs.resources, tags=tags,
+                          selection=dg.AssetSelection.from_string(selection),
+                          raise_on_error=raise_on_error)
+
+
+def _check_evaluations(result) -> dict[tuple[str, str], bool]:
+    return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
+    settings = platform_env()
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        result = _materialize(defs, "group:ingest or group:staging or group:features", instance,
+                              "2026-01-01", "2026-01-24")
+        assert result.success
+        checks = _check_evaluations(result)
+        assert checks[("raw_transactions", "contract_critical")] is True
+        assert checks[("raw_labels", "contract_critical")] is True
+        assert ("raw_transactions", "contract_defaults") in checks
+        dbt_checks = [k for k in checks if k[0].startswith("features/")]
+        assert len(dbt_checks) >= 10 and all(checks[k] for k in dbt_checks)
+        training = _materialize(defs, "group:training", instance)
+        assert training.success
+        mats = instance.get_latest_materialization_event(dg.AssetKey(["features", "transaction_features"]))
+        assert mats is not None
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        raw = con.execute("select count(*) from raw.transactions").fetchone()[0]
+        feats = con.execute("select count(*), count(distinct event_date) from features.transaction_features").fetchone()
+        train = con.execute("select count(*), max(event_time) from training.training_set").fetchone()
+    assert feats == (raw, 24)
+    # training rows are only those whose label matured (14 days) before the newest event
+    newest_mature = dt.datetime(2026, 1, 25) - dt.timedelta(days=settings.label_maturity_days)
+    assert 0 < train[0] < raw and train[1] <= newest_mature
+
+
+@pytest.mark.skipif(not HANDBOOK.exists(), reason="shared dataset not mounted")
+def test_critical_contract_violation_fails_the_partition_and_writes_nothing(platform_env, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.parquet"
+    rows = pl.read_parquet(HANDBOOK).filter(pl.col("TX_DATETIME") < dt.datetime(2018, 4, 1, 1)).head(50)
+    rows = rows.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(-5.0).otherwise(pl.col("TX_AMOUNT")).alias("TX_AMOUNT"))
+    bad_id = rows["TRANSACTION_ID"][3]
+    rows.write_parquet(bad)
+    monkeypatch.setenv("MLP_SOURCE", "handbook")
+    monkeypatch.setenv("MLP_HANDBOOK_PATH", str(bad))
+    settings = platform_env()
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        result = _materialize(defs, "group:ingest", instance, "2018-04-01", "2018-04-01", raise_on_error=False)
+        assert not result.success
+        evaluations = result.get_asset_check_evaluations()
+        failed = [e for e in evaluations if not e.passed]
+        assert [(e.asset_key.to_user_string(), e.check_name) for e in failed] == [
+            ("raw_transactions", "contract_critical")]
+        assert f"id={bad_id}" in failed[0].metadata["examples.negative_amount"].value
+    assert not settings.duckdb_path.exists() or duckdb.connect(str(settings.duckdb_path)).execute(
+        "select count(*) from information_schema.tables where table_schema = 'raw'").fetchone()[0] == 0
+
+
+@pytest.mark.skipif(not HANDBOOK.exists(), reason="shared dataset not mounted")
+def test_materialise_the_real_dataset(platform_env, monkeypatch):
+    monkeypatch.setenv("MLP_SOURCE", "handbook")
+    settings = platform_env()
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        result = _materialize(defs, "group:ingest or group:staging or group:features", instance,
+                              "2018-04-01", "2018-04-03")
+        assert result.success
+        assert all(_check_evaluations(result).values())
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        n, frauds = con.execute("select count(*), sum(label) from raw.labels l").fetchone()
+        feats = con.execute("select count(*), count(distinct customer_id) from features.transaction_features").fetchone()
+    expected = pl.scan_parquet(HANDBOOK).filter(pl.col("TX_DATETIME") < dt.datetime(2018, 4, 4)).select(
+        pl.len(), pl.col("TX_FRAUD").sum()).collect().row(0)
+    assert feats[0] == expected[0] and frauds == expected[1] and feats[1] > 1000
+
+
+def test_resources_follow_the_environment(platform_env, monkeypatch):
+    local = resources_for(platform_env())
+    assert local["warehouse"].kind == "duckdb"
+    monkeypatch.setenv("MLP_ENV", "production")
+    prod = resources_for(platform_env())
+    assert prod["warehouse"].kind == "snowflake" and prod["dbt"].target == "production"
