@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import yaml
@@ -72,3 +73,28 @@ def test_spec_hash_changes_with_the_spec():
     changed = parse_spec(doc)
     assert changed.spec_hash != default_spec().spec_hash
     assert render_spec_macro(changed) != render_spec_macro(default_spec())
+
+
+def test_spec_refuses_bad_night_hours_and_cross_view_ratios():
+    doc = raw_spec()
+    context = next(v for v in doc["feature_views"] if v["name"] == "transaction_context")
+    next(f for f in context["features"] if f["kind"] == "is_night")["start_hour"] = 6
+    with pytest.raises(SpecError, match="is_night needs two different hours"):
+        parse_spec(doc)
+    doc = raw_spec()
+    ratio = next(f for f in doc["feature_views"][0]["features"] if f["kind"] == "ratio_to_feature")
+    ratio["denominator"] = "merchant_txn_count_7d"
+    with pytest.raises(SpecError, match="same view"):
+        parse_spec(doc)
+
+
+@pytest.mark.parametrize(("start", "end", "night_hours"), [(22, 6, {22, 23, 0, 1, 2, 3, 4, 5}), (1, 5, {1, 2, 3, 4})])
+def test_dbt_is_night_handles_both_wrapping_and_plain_ranges(tmp_path, start, end, night_hours):
+    from featurelib import run_dbt
+
+    feature = repr({"kind": "is_night", "params": {"start_hour": start, "end_hour": end}})  # a Jinja literal
+    sql = ("select h, {{ on_demand_feature(" + feature + ") }} as night from (select range as h, "
+           "timestamp '2024-01-01' + to_hours(range) as event_time from range(0, 24)) t order by h")
+    out = run_dbt(tmp_path / "w.duckdb", tmp_path, "show", "--inline", sql, "--limit", "24", "--output", "json")
+    rows = json.loads(out[out.index("{"):out.rindex("}") + 1])["show"]
+    assert {r["h"] for r in rows if r["night"] == 1} == night_hours

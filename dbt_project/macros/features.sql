@@ -76,7 +76,7 @@ aggregated as (
         {%- elif f['kind'] == 'window_agg' and f['agg'] == 'sum' %},
         sum({{ f['column'] }}) over ({{ order }} {{ frame }}) as {{ f['name'] }}
         {%- elif f['kind'] == 'window_agg' and f['agg'] == 'mean' %},
-        sum({{ f['column'] }}) over ({{ order }} {{ frame }}) / (off_{{ f['window_seconds'] }} + 1) as {{ f['name'] }}
+        avg({{ f['column'] }}) over ({{ order }} {{ frame }}) as {{ f['name'] }}
         {%- elif f['kind'] == 'window_agg' and f['agg'] == 'max' %},
         max({{ f['column'] }}) over ({{ order }} {{ frame }}) as {{ f['name'] }}
         {%- elif f['kind'] == 'window_distinct' %},
@@ -111,8 +111,9 @@ where {{ target_days('event_date') }}
 {% endmacro %}
 
 
-{# A batch view of label rates: per entity and day, as of the start of that day, from transactions
-   at least label_delay_days old and labels known (label_time) at that instant. #}
+{# A batch view of label rates: per entity and day D, as of the start of D, from the transactions of
+   the w whole days ending label_delay_days before D (days D-delay-w .. D-delay-1) and the fraud
+   labels known (label_time) at that instant. #}
 {% macro label_rate_feature_view(view_name) %}
 {%- set view = spec_view(view_name) -%}
 {%- set key = spec_entity_key(view) -%}
@@ -137,11 +138,19 @@ denominators as (
     from daily
 ),
 
+{# one row per fraudulent transaction, known from its first fraud label on #}
+fraud_labels as (
+    select transaction_id, min(label_time) as label_time
+    from {{ ref('stg_labels') }}
+    where label = 1
+    group by 1
+),
+
 known_frauds as (
     select t.{{ key }} as entity_key, {{ day_number('t.event_date') }} as day_num, l.label_time
     from {{ ref('stg_transactions') }} as t
-    inner join {{ ref('stg_labels') }} as l on l.transaction_id = t.transaction_id
-    where l.label = 1 and t.{{ key }} is not null and {{ context_days('t.event_date', delay + max_days) }}
+    inner join fraud_labels as l on l.transaction_id = t.transaction_id
+    where t.{{ key }} is not null and {{ context_days('t.event_date', delay + max_days) }}
 ),
 
 numerators as (
@@ -179,8 +188,10 @@ where {{ target_days('d.event_date') }}
   {%- elif f['kind'] == 'hour_of_day' -%}
     cast(extract(hour from t.event_time) as bigint)
   {%- elif f['kind'] == 'is_night' -%}
-    cast(case when extract(hour from t.event_time) >= {{ f['params']['start_hour'] }}
-               or extract(hour from t.event_time) < {{ f['params']['end_hour'] }} then 1 else 0 end as bigint)
+    {%- set start, end = f['params']['start_hour'], f['params']['end_hour'] -%}
+    {%- set op = 'or' if start > end else 'and' -%}
+    cast(case when extract(hour from t.event_time) >= {{ start }}
+               {{ op }} extract(hour from t.event_time) < {{ end }} then 1 else 0 end as bigint)
   {%- elif f['kind'] == 'is_weekend' -%}
     cast(case when {{ iso_day_of_week('t.event_time') }} in (6, 7) then 1 else 0 end as bigint)
   {%- else -%}

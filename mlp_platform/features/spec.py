@@ -182,6 +182,8 @@ def _expand(view: dict, entity: str, key: str | None, index: int) -> list[Featur
             out.append(Feature("hour_of_day", dtype="int", **common))
         elif kind == "is_night":
             params = {"start_hour": int(item.get("start_hour", 22)), "end_hour": int(item.get("end_hour", 6))}
+            if not all(0 <= h <= 23 for h in params.values()) or params["start_hour"] == params["end_hour"]:
+                raise SpecError(f"{where}: is_night needs two different hours in 0..23, got {params}")
             out.append(Feature("is_night", dtype="int", params=params, **common))
         elif kind == "is_weekend":
             out.append(Feature("is_weekend", dtype="int", **common))
@@ -215,9 +217,12 @@ def parse_spec(doc: dict) -> FeatureSpec:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"feature names defined twice: {', '.join(dupes)}")
-    for f in spec.features:
-        if f.denominator and f.denominator not in names[: names.index(f.name)]:
-            raise SpecError(f"{f.name}: denominator {f.denominator!r} must be a feature defined before it")
+    for view in spec.views:
+        earlier = [f.name for f in view.features]
+        for f in view.features:
+            if f.denominator and f.denominator not in earlier[: earlier.index(f.name)]:
+                raise SpecError(f"{f.name}: denominator {f.denominator!r} must be a feature defined before it "
+                                f"in the same view ({view.name})")
     return spec
 
 

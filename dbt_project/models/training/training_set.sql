@@ -3,9 +3,11 @@
    fraud only if its fraud label was known by then. #}
 {%- set maturity = var('label_maturity_days') | int -%}
 with as_of as (
-    select
-        {% if var('as_of') %}cast('{{ var("as_of") }}' as timestamp){% else %}max(event_time){% endif %} as as_of_time
-    from {{ ref('stg_transactions') }}
+    {% if var('as_of') -%}
+    select cast('{{ var("as_of") }}' as timestamp) as as_of_time
+    {%- else -%}
+    select max(event_time) as as_of_time from {{ ref('stg_transactions') }}
+    {%- endif %}
 ),
 
 fraud_labels as (
