@@ -21,7 +21,8 @@ from rich.table import Table
 
 from mlp_platform.features.dbt_codegen import spec_macro_in_sync, write_spec_macro
 from mlp_platform.features.spec import default_spec
-from mlp_platform.settings import Settings, load_settings
+from mlp_platform.settings import Settings, SettingsError
+from mlp_platform.settings import load_settings as _load_settings
 
 app = typer.Typer(help="ML platform for real-time risk decisioning.", no_args_is_help=True)
 spec_app = typer.Typer(help="The feature specification.", no_args_is_help=True)
@@ -30,6 +31,15 @@ console = Console()
 
 PARTITIONED_GROUPS = "group:ingest or group:staging or group:features"
 UNPARTITIONED_GROUPS = "group:training"
+
+
+def load_settings() -> Settings:
+    """The settings, or a one-line error naming the bad variable (no traceback)."""
+    try:
+        return _load_settings()
+    except SettingsError as err:
+        console.print(f"[red]configuration error:[/red] {err}")
+        raise typer.Exit(2) from err
 
 
 def _bin(name: str) -> str:

@@ -36,3 +36,10 @@ def test_demo_materialises_through_dagster(platform_env, monkeypatch):
     # the runs are recorded in the project's Dagster instance (what the UI shows)
     runs = list((settings.dagster_home / "history" / "runs").glob("*.db"))
     assert len(runs) >= 2
+
+
+def test_bad_configuration_is_a_clear_error_not_a_traceback(platform_env, monkeypatch):
+    monkeypatch.setenv("MLP_SOURCE", "kafka")
+    result = runner.invoke(app, ["warehouse"])
+    assert result.exit_code == 2
+    assert "MLP_SOURCE" in result.output and "Traceback" not in result.output
