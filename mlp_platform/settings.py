@@ -95,6 +95,10 @@ class Settings:
     label_maturity_days: int = 14
     #: Share of rows that may receive a non-critical default before the contract check warns.
     contract_default_warn_share: float = 0.05
+    #: Registered model name in the MLflow registry.
+    model_name: str = "fraud-detector"
+    #: MLflow tracking/registry URI; empty means the embedded SQLite store under data_dir.
+    mlflow_uri: str = ""
 
     @property
     def duckdb_path(self) -> Path:
@@ -103,6 +107,18 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path | None:
+        return None if self.mlflow_uri else self.data_dir / "mlflow" / "artifacts"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
 
     @property
     def dbt_project_dir(self) -> Path:
@@ -150,6 +166,8 @@ def load_settings() -> Settings:
         label_delay_days=_env_int("MLP_LABEL_DELAY_DAYS", 7),
         label_maturity_days=_env_int("MLP_LABEL_MATURITY_DAYS", 14),
         contract_default_warn_share=_env_float("MLP_CONTRACT_DEFAULT_WARN_SHARE", 0.05),
+        model_name=_env("MLP_MODEL_NAME", "fraud-detector"),
+        mlflow_uri=_env("MLFLOW_TRACKING_URI", ""),
     )
     if settings.handbook_label_delay_days < 0 or settings.label_delay_days < 0:
         raise SettingsError("label delays must be >= 0 days")

@@ -9,6 +9,7 @@ from mlp_platform.settings import Settings
 
 DAILY_FEATURES_JOB = "daily_features_job"
 TRAINING_SET_JOB = "training_set_job"
+MODEL_JOB = "model_lifecycle_job"
 
 
 def build_automation(settings: Settings):
@@ -26,4 +27,9 @@ def build_automation(settings: Settings):
         daily, hour_of_day=1, minute_of_hour=0, name="nightly_features_schedule",
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
-    return [daily, training], [nightly], []
+    model = dg.define_asset_job(
+        MODEL_JOB,
+        selection=dg.AssetSelection.groups("model"),
+        description="Train a candidate, backtest it against the champion, run the gates, promote if they pass.",
+    )
+    return [daily, training, model], [nightly], []

@@ -1,0 +1,191 @@
+"""The model registry on MLflow: tracking of training runs, model versions, and roles as aliases.
+
+Embedded default: SQLite tracking store and local artifacts under the data directory. Production:
+``MLFLOW_TRACKING_URI`` (a tracking server). Roles are MLflow aliases (``champion``,
+``challenger``, ``shadow``, ``previous_champion``), never stages and never "latest": every consumer
+names the version it works on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+ROLES = ("champion", "challenger", "shadow", "previous_champion")
+EXPERIMENT = "fraud-training"
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """A registered model version, passed explicitly between assets."""
+
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "run_id": self.run_id}
+
+
+def git_sha(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class ModelRegistry:
+    def __init__(self, tracking_uri: str, artifact_root: Path | None, model_name: str):
+        import mlflow
+
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.model_name = model_name
+        self._mlflow = mlflow
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @classmethod
+    def from_settings(cls, settings) -> ModelRegistry:
+        return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root, settings.model_name)
+
+    # --- experiments and runs -------------------------------------------------------------------
+    def experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.artifact_root.as_uri() if self.artifact_root else None
+        if self.artifact_root:
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+
+    def log_training(self, trained, *, spec_hash: str, code_version: str, operating_threshold: float,
+                     plots: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> ModelVersionRef:
+        """Log a trained model (params, metrics, lineage, plots, the model with its signature) and
+        register it as a new version."""
+        import lightgbm as lgb
+        import mlflow.lightgbm
+        import numpy as np
+        from mlflow.models import infer_signature
+
+        mlflow = self._mlflow
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        exp_id = self.experiment_id()
+        with mlflow.start_run(experiment_id=exp_id) as run:
+            mlflow.log_params({k: v for k, v in trained.params.items() if k not in ("metric", "verbosity")})
+            mlflow.log_params({"split." + k: v for k, v in trained.split.as_dict().items()})
+            mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items() if v == v})
+            mlflow.log_metric("operating_threshold", operating_threshold)
+            lineage = {
+                "feature_spec_hash": spec_hash,
+                "code_version": code_version,
+                "data.rows": str(trained.data_fingerprint["rows"]),
+                "data.first_day": trained.data_fingerprint["first_day"],
+                "data.last_day": trained.data_fingerprint["last_day"],
+                "data.content_sha256": trained.data_fingerprint["content_sha256"],
+                "feature_count": str(len(trained.feature_names)),
+                **(tags or {}),
+            }
+            mlflow.set_tags(lineage)
+            mlflow.log_dict({"features": trained.feature_names}, "features.json")
+            mlflow.log_dict({"search": trained.search, "config": trained.config,
+                             "data_fingerprint": trained.data_fingerprint}, "training.json")
+            for name, figure in (plots or {}).items():
+                mlflow.log_figure(figure, f"plots/{name}.png")
+            example = np.zeros((1, len(trained.feature_names)))
+            signature = infer_signature(
+                _frame(example, trained.feature_names), np.zeros(1))
+            info = mlflow.lightgbm.log_model(
+                trained.booster, name="model", signature=signature,
+                pip_requirements=[f"lightgbm=={lgb.__version__}", f"numpy=={np.__version__}"],
+            )
+            run_id = run.info.run_id
+        version = mlflow.register_model(info.model_uri, self.model_name, tags={
+            "feature_spec_hash": spec_hash, "code_version": code_version, "run_id": run_id,
+            "operating_threshold": repr(operating_threshold),
+            "features": json.dumps(trained.feature_names),
+        })
+        return ModelVersionRef(self.model_name, str(version.version), run_id)
+
+    # --- aliases ---------------------------------------------------------------------------------
+    def alias(self, role: str) -> str | None:
+        """The version holding a role, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, role).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, role: str, version: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+        self.client.set_registered_model_alias(self.model_name, role, version)
+
+    def clear_alias(self, role: str) -> None:
+        if self.alias(role) is not None:
+            self.client.delete_registered_model_alias(self.model_name, role)
+
+    def roles(self) -> dict[str, str | None]:
+        return {role: self.alias(role) for role in ROLES}
+
+    def ref(self, version: str) -> ModelVersionRef:
+        mv = self.client.get_model_version(self.model_name, version)
+        return ModelVersionRef(self.model_name, str(mv.version), mv.run_id)
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, version).tags)
+
+    def set_version_tag(self, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(self.model_name, version, key, value)
+
+    # --- artefacts -------------------------------------------------------------------------------
+    def model_dir(self, version: str) -> Path:
+        """Local directory of the version's MLflow model (downloaded when remote)."""
+        from mlflow.artifacts import download_artifacts
+
+        return Path(download_artifacts(artifact_uri=f"models:/{self.model_name}/{version}",
+                                       tracking_uri=self.tracking_uri))
+
+    def log_json(self, run_id: str, payload: dict[str, Any], path: str) -> None:
+        self.client.log_dict(run_id, payload, path)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_file(self, run_id: str, local: Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local), artifact_dir)
+
+    def load_json(self, run_id: str, path: str) -> dict[str, Any] | None:
+        from mlflow.artifacts import download_artifacts
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                           tracking_uri=self.tracking_uri)
+                return json.loads(Path(local).read_text())
+        except Exception:  # absent artefact
+            return None
+
+
+def _frame(x, names):
+    import pandas as pd
+
+    return pd.DataFrame(x, columns=names)

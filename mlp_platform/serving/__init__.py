@@ -1,0 +1,1 @@
+"""Online serving: the scorer and (later) the scoring API. Imports neither dagster nor dbt."""
