@@ -27,10 +27,13 @@ from mlp_platform.settings import load_settings as _load_settings
 app = typer.Typer(help="ML platform for real-time risk decisioning.", no_args_is_help=True)
 spec_app = typer.Typer(help="The feature specification.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
+model_app = typer.Typer(help="Registered models: roles, rollback, model cards, audit trail.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 console = Console()
 
 PARTITIONED_GROUPS = "group:ingest or group:staging or group:features"
 UNPARTITIONED_GROUPS = "group:training"
+MODEL_GROUPS = "group:model"
 
 
 def load_settings() -> Settings:
@@ -110,6 +113,7 @@ def demo(
         (f"ingest + features, {settings.source} {first}..{last}",
          [*dagster, "--select", PARTITIONED_GROUPS, "--partition-range", f"{first}...{last}"]),
         ("training set (labels as of maturity)", [*dagster, "--select", UNPARTITIONED_GROUPS]),
+        ("model: train, register, backtest, gates, promotion, card", [*dagster, "--select", MODEL_GROUPS]),
     ]
     started = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -127,6 +131,7 @@ def demo(
     console.print(
         f"\nWhere to look:\n"
         f"  warehouse:  {settings.duckdb_path} (schemas raw, staging, features, training)\n"
+        f"  models:     MLflow store {settings.mlflow_tracking_uri} (mlp model roles, mlp model card N)\n"
         f"  Dagster UI: make ui  (or: DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml)"
         f" then http://127.0.0.1:3000 -> Assets; runs of this demo are in Runs\n")
 
@@ -195,6 +200,62 @@ def spec_check() -> None:
         console.print("[red]dbt feature spec macro is out of date: run `mlp spec compile`[/red]")
         raise typer.Exit(1)
     console.print("feature spec and dbt macro in sync")
+
+
+@model_app.command("roles")
+def model_roles() -> None:
+    """Which version holds which role (MLflow aliases)."""
+    from mlp_platform import lifecycle
+
+    settings = load_settings()
+    table = Table("role", "version")
+    for role, version in lifecycle.registry_for(settings).roles().items():
+        table.add_row(role, version or "-")
+    console.print(table)
+
+
+@model_app.command("rollback")
+def model_rollback(reason: str = typer.Option(..., help="Why: recorded in the audit trail.")) -> None:
+    """Restore the previous champion (audited)."""
+    from mlp_platform import lifecycle
+
+    settings = load_settings()
+    try:
+        outcome = lifecycle.rollback_champion(settings, run_id="cli", reason=reason, actor="cli")
+    except RuntimeError as err:
+        console.print(f"[red]rollback refused:[/red] {err}")
+        raise typer.Exit(1) from err
+    console.print(f"champion is now v{outcome.version} (was v{outcome.previous_champion})")
+
+
+@model_app.command("card")
+def model_card(version: str, html: Path = typer.Option(None, help="Also write the HTML card here.")) -> None:
+    """Print the model card of a version (regenerated from recorded evidence)."""
+    from mlp_platform import lifecycle
+    from mlp_platform.evaluation.model_card import render_html
+
+    settings = load_settings()
+    markdown = lifecycle.write_model_card(settings, version)
+    console.print(markdown, markup=False, highlight=False)
+    if html:
+        html.write_text(render_html(markdown, f"{settings.model_name} v{version}"))
+
+
+@model_app.command("audit")
+def model_audit() -> None:
+    """The model audit trail and whether its hash chain is intact."""
+    from mlp_platform import lifecycle
+    from mlp_platform.registry.audit import verify_chain
+
+    records = lifecycle.audit_for(load_settings()).records()
+    for r in records:
+        console.print(f"{r['seq']:>4} {r['time']} {r['event']:<18} v{r.get('version')} {r.get('reason', '')}",
+                      markup=False, highlight=False)
+    check = verify_chain(records)
+    if not check.ok:
+        console.print(f"[red]chain broken at record {check.first_broken}: {check.reason}[/red]")
+        raise typer.Exit(1)
+    console.print(f"chain intact ({check.records} records)")
 
 
 if __name__ == "__main__":

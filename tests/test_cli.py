@@ -23,9 +23,9 @@ def test_spec_check_passes_when_in_sync():
 
 
 def test_demo_materialises_through_dagster(platform_env, monkeypatch):
-    monkeypatch.setenv("MLP_SYNTH_DAYS", "20")
+    monkeypatch.setenv("MLP_SYNTH_DAYS", "45")
     settings = platform_env()
-    result = runner.invoke(app, ["demo", "--days", "20"], terminal_width=200)
+    result = runner.invoke(app, ["demo"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "demo done" in result.output and "Dagster UI" in result.output
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
@@ -35,7 +35,15 @@ def test_demo_materialises_through_dagster(platform_env, monkeypatch):
     assert raw == feats > 0 and 0 < training < raw
     # the runs are recorded in the project's Dagster instance (what the UI shows)
     runs = list((settings.dagster_home / "history" / "runs").glob("*.db"))
-    assert len(runs) >= 2
+    assert len(runs) >= 3
+    roles = runner.invoke(app, ["model", "roles"])
+    assert roles.exit_code == 0 and "champion" in roles.output
+    audit = runner.invoke(app, ["model", "audit"])
+    assert audit.exit_code == 0 and "chain intact" in audit.output
+    card = runner.invoke(app, ["model", "card", "1"])
+    assert card.exit_code == 0 and "# Model card: fraud-detector v1" in card.output
+    refused = runner.invoke(app, ["model", "rollback", "--reason", "test"])
+    assert refused.exit_code == 1 and "no predecessor" in refused.output
 
 
 def test_bad_configuration_is_a_clear_error_not_a_traceback(platform_env, monkeypatch):

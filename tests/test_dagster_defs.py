@@ -15,6 +15,7 @@ from assets.resources import resources_for
 from conftest import HANDBOOK
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+MODEL_KEYS = {"candidate_model", "candidate_evaluation", "model_promotion", "model_card"}
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
@@ -42,6 +43,9 @@ def test_definitions_load_and_match_the_graph_snapshot(platform_env):
     repo = defs.get_repository_def()
     assert {j.name for j in repo.get_all_jobs()} >= {"daily_features_job", "training_set_job"}
     assert [s.name for s in repo.schedule_defs] == ["nightly_features_schedule"]
+    assert {"model_lifecycle_job", "rollback_job"} <= {j.name for j in repo.get_all_jobs()}
+    promotion = repo.asset_graph.get(dg.AssetKey("model_promotion"))
+    assert "all_deps_blocking_checks_passed" in str(promotion.automation_condition)
     for key in repo.asset_graph.get_all_asset_keys():
         assert repo.asset_graph.get(key).description, f"{key} needs a description for the UI"
 
@@ -65,7 +69,7 @@ def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
         result = _materialize(defs, "group:ingest or group:staging or group:features", instance,
-                              "2026-01-01", "2026-01-24")
+                              "2026-01-01", "2026-02-14")
         assert result.success
         checks = _check_evaluations(result)
         assert checks[("raw_transactions", "contract_critical")] is True
@@ -75,15 +79,30 @@ def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
         assert len(dbt_checks) >= 10 and all(checks[k] for k in dbt_checks)
         training = _materialize(defs, "group:training", instance)
         assert training.success
+        # the model lifecycle: train -> registered version -> backtest -> gates -> promotion -> card
+        fast = {"ops": {"candidate_model": {"config": {"n_candidates": 2, "n_folds": 2, "max_rounds": 80}}}}
+        model_assets = [a for a in defs.assets if any(k.path[-1] in MODEL_KEYS for k in a.keys)]
+        model = dg.materialize([*model_assets, *defs.asset_checks], instance=instance,
+                               resources=defs.resources, run_config=fast)
+        assert model.success
+        gates = _check_evaluations(model)
+        assert set(gates) == {("candidate_evaluation", f"gate_{g}") for g in
+                              ("data", "consistency", "latency", "performance", "bias")}
+        assert all(gates.values())
+        promotion = instance.get_latest_materialization_event(dg.AssetKey("model_promotion"))
+        meta = promotion.asset_materialization.metadata
+        assert meta["promoted"].value is True and meta["role"].value == "champion"
+        card = instance.get_latest_materialization_event(dg.AssetKey("model_card"))
+        assert "# Model card: fraud-detector v1" in card.asset_materialization.metadata["card"].value
         mats = instance.get_latest_materialization_event(dg.AssetKey(["features", "transaction_features"]))
         assert mats is not None
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         raw = con.execute("select count(*) from raw.transactions").fetchone()[0]
         feats = con.execute("select count(*), count(distinct event_date) from features.transaction_features").fetchone()
         train = con.execute("select count(*), max(event_time) from training.training_set").fetchone()
-    assert feats == (raw, 24)
+    assert feats == (raw, 45)
     # training rows are only those whose label matured (14 days) before the newest event
-    newest_mature = dt.datetime(2026, 1, 25) - dt.timedelta(days=settings.label_maturity_days)
+    newest_mature = dt.datetime(2026, 2, 15) - dt.timedelta(days=settings.label_maturity_days)
     assert 0 < train[0] < raw and train[1] <= newest_mature
 
 

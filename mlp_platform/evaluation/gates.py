@@ -1,7 +1,8 @@
 """Promotion gates: plain functions returning a GateResult that explains itself.
 
-* performance: the candidate is not worse than the champion beyond a tolerance, judged on paired
-  day-block bootstrap intervals of the difference (first model: absolute minimums);
+* performance: non-inferiority: the paired day-block bootstrap interval of (candidate - champion)
+  must exclude a loss larger than the tolerance on each primary metric (first model: absolute
+  minimums);
 * bias: false-positive-rate ratio and true-positive-rate difference across segments within bounds,
   with minimum group sizes and bootstrap intervals so noise does not decide;
 * consistency: the registered artefact loaded through the serving scorer gives the training path's
@@ -114,14 +115,14 @@ def performance_gate(backtest: dict[str, Any], config: GateConfig) -> GateResult
     worse, shown = [], []
     for metric, tolerance in config.tolerances:
         entry = paired.get(metric)
-        if not entry or entry.get("high") is None:
-            shown.append(f"{metric}: no interval")
+        if not entry or entry.get("low") is None:
+            worse.append(f"{metric}: no paired interval, cannot show the candidate is not worse")
             continue
         shown.append(f"{metric} diff {entry['diff']:+.4f} [{entry['low']:+.4f}, {entry['high']:+.4f}]")
-        if entry["high"] < -tolerance:  # the whole interval is worse than the tolerance allows
-            worse.append(f"{metric} worse than champion by more than {tolerance}")
-    summary = ("candidate vs champion: " + "; ".join(shown) +
-               (" - REFUSED: " + "; ".join(worse) if worse else " - within tolerance"))
+        if entry["low"] < -tolerance:  # non-inferiority: the interval must exclude a loss beyond tolerance
+            worse.append(f"{metric} may be worse than the champion by more than {tolerance}")
+    summary = ("candidate vs champion (paired 95% interval of the difference): " + "; ".join(shown) +
+               (" - REFUSED: " + "; ".join(worse) if worse else " - not worse beyond tolerance"))
     return GateResult("performance", not worse, summary,
                       {"mode": "versus_champion", "paired": paired, "tolerances": dict(config.tolerances)})
 
