@@ -80,6 +80,8 @@ def candidate_evaluation(context: AssetExecutionContext, candidate_model: ModelV
         "champion_version": evaluation.champion_version or "none",
         "gates_passed": evaluation.passed,
         "candidate_vs_champion": dg.MetadataValue.md(_metrics_table(evaluation)),
+        "daily_backtest": dg.MetadataValue.md(lifecycle.figure_markdown(lifecycle.backtest_figure(evaluation.backtest))),
+        "daily_metrics": dg.MetadataValue.json(evaluation.backtest.get("daily", {})),
         "decision_impact": dg.MetadataValue.json(evaluation.backtest.get("impact") or {}),
         "model_card": dg.MetadataValue.md(card),
     })

@@ -4,6 +4,7 @@ champion (backtest + gates + model card), promote it or refuse it, roll back. Th
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,39 @@ def _plots(y: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     ax2.set(xlabel="score", ylabel="transactions (log)", title="Score histogram (test window)")
     ax2.legend()
     return {"pr_curve": pr, "score_histogram": hist}
+
+
+def backtest_figure(backtest: dict[str, Any]):
+    """Daily average precision and alert-budget precision, candidate vs champion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for role, style in (("candidate", "-o"), ("champion", "--s")):
+        days = backtest.get("daily", {}).get(role)
+        if not days:
+            continue
+        x = [d["day"] for d in days]
+        axes[0].plot(x, [d["average_precision"] for d in days], style, label=role)
+        axes[1].plot(x, [d["alert_budget_precision"] for d in days], style, label=role)
+    axes[0].set(title="Average precision by day", ylabel="AP")
+    axes[1].set(title=f"Alert-budget precision by day (k={backtest.get('settings', {}).get('k')})")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=45)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def figure_markdown(fig) -> str:
+    """A figure as an inline PNG, for Dagster markdown metadata."""
+    import base64
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return f"![backtest](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
 def train_candidate(settings: Settings, training: pl.DataFrame, config: TrainingConfig | None = None,
@@ -165,6 +199,7 @@ def evaluate_candidate(settings: Settings, candidate: ModelVersionRef, training:
     ]
     evaluation = Evaluation(candidate, champion, backtest, gates)
     registry.log_json(candidate.run_id, backtest, "backtest.json")
+    registry.client.log_figure(candidate.run_id, backtest_figure(backtest), "plots/backtest_daily.png")
     registry.log_json(candidate.run_id, {"gates": [g.as_dict() for g in gates]}, "gates.json")
     registry.set_version_tag(candidate.version, "gates", "passed" if evaluation.passed else "failed")
     if not evaluation.passed:
