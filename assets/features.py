@@ -36,6 +36,12 @@ class PlatformDbtTranslator(DagsterDbtTranslator):
         return spec.replace_attributes(group_name=_GROUPS.get(folder, "features"),
                                        kinds={"dbt", _KIND[self._warehouse_kind]})
 
+    def get_asset_check_spec(self, asset_spec, manifest, unique_id, project):
+        """dbt tests are blocking checks: a failed data test stops everything downstream (the model
+        is never trained on data that failed its tests)."""
+        check = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        return None if check is None else check._replace(blocking=True)
+
 
 def dbt_vars(settings: Settings, first_day=None, end_day=None) -> dict[str, object]:
     """dbt vars for a run: partition days (inclusive) plus delays from the settings."""

@@ -29,7 +29,8 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             "kinds": sorted(node.kinds),
             "partitioned": node.partitions_def is not None,
             "deps": sorted(p.to_user_string() for p in node.parent_keys),
-            "checks": sorted(c.name for c in graph.asset_check_keys if c.asset_key == key),
+            "checks": sorted(c.name + (" [blocking]" if graph.get_check_spec(c).blocking else "")
+                             for c in graph.asset_check_keys if c.asset_key == key),
         }
     return out
 
