@@ -65,12 +65,20 @@ def platform_env(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], env: dict[str, str], cwd: Path, what: str) -> None:
+GATE_REFUSAL = "blocking asset check failed"
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path, what: str, allow_gate_refusal: bool = False) -> bool:
+    """Run a step; False when a blocking gate refused it (an outcome, not an error) and that is allowed."""
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        console.print(f"[red]{what} failed[/red] ({' '.join(cmd[:4])} ...):")
-        console.print((proc.stdout + proc.stderr)[-6000:], markup=False, highlight=False)
-        raise typer.Exit(1)
+    if proc.returncode == 0:
+        return True
+    output = proc.stdout + proc.stderr
+    if allow_gate_refusal and GATE_REFUSAL in output:
+        return False
+    console.print(f"[red]{what} failed[/red] ({' '.join(cmd[:4])} ...):")
+    console.print(output[-6000:], markup=False, highlight=False)
+    raise typer.Exit(1)
 
 
 def prepare_project(settings: Settings) -> None:
@@ -116,6 +124,7 @@ def demo(
         ("model: train, register, backtest, gates, promotion, card", [*dagster, "--select", MODEL_GROUPS]),
     ]
     started = time.perf_counter()
+    refused = False
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("demo", total=len(steps))
@@ -124,10 +133,11 @@ def demo(
             if cmd is None:
                 prepare_project(settings)
             else:
-                _run(cmd, env, settings.project_root, description)
+                refused |= not _run(cmd, env, settings.project_root, description, allow_gate_refusal=True)
             progress.advance(task)
     console.print(f"[green]demo done[/green] in {time.perf_counter() - started:.0f}s")
     warehouse_summary(settings)
+    model_summary(settings, refused)
     console.print(
         f"\nWhere to look:\n"
         f"  warehouse:  {settings.duckdb_path} (schemas raw, staging, features, training)\n"
@@ -157,6 +167,22 @@ def warehouse_summary(settings: Settings) -> None:
             continue
         table.add_row(name, *["" if v is None else str(v) for v in row])
     console.print(table)
+
+
+def model_summary(settings: Settings, refused: bool) -> None:
+    from mlp_platform import lifecycle
+
+    registry = lifecycle.registry_for(settings)
+    roles = {role: v for role, v in registry.roles().items() if v}
+    console.print(f"model roles: {roles or 'none yet'}")
+    last = (lifecycle.audit_for(settings).records() or [None])[-1]
+    if last:
+        colour = "yellow" if last["event"] == "promotion_refused" else "green"
+        console.print(f"[{colour}]last model decision:[/{colour}] {last['event']} v{last['version']}: "
+                      f"{last['reason']}", highlight=False)
+    if refused:
+        console.print("the candidate was refused by a promotion gate: the run shows which gate and why "
+                      "(Dagster UI -> candidate_evaluation -> Checks); its model card says so too")
 
 
 @app.command()

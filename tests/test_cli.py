@@ -36,14 +36,17 @@ def test_demo_materialises_through_dagster(platform_env, monkeypatch):
     # the runs are recorded in the project's Dagster instance (what the UI shows)
     runs = list((settings.dagster_home / "history" / "runs").glob("*.db"))
     assert len(runs) >= 3
+    # a candidate was trained, evaluated and either promoted or refused by a gate, with the reason
+    assert "last model decision:" in result.output
     roles = runner.invoke(app, ["model", "roles"])
     assert roles.exit_code == 0 and "champion" in roles.output
     audit = runner.invoke(app, ["model", "audit"])
     assert audit.exit_code == 0 and "chain intact" in audit.output
+    assert ("promotion " in audit.output) or ("promotion_refused" in audit.output)
     card = runner.invoke(app, ["model", "card", "1"])
     assert card.exit_code == 0 and "# Model card: fraud-detector v1" in card.output
     refused = runner.invoke(app, ["model", "rollback", "--reason", "test"])
-    assert refused.exit_code == 1 and "no predecessor" in refused.output
+    assert refused.exit_code == 1 and ("no predecessor" in refused.output or "no champion" in refused.output)
 
 
 def test_bad_configuration_is_a_clear_error_not_a_traceback(platform_env, monkeypatch):
