@@ -1,0 +1,110 @@
+"""Versioned request/response models of the scoring API (v1).
+
+Critical fields (id, time, card, merchant, amount) must be present and valid, else 422 naming the
+field. Non-critical ones fall back to the documented defaults of the canonical schema and the
+decision records which defaults were applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mlp_platform.data.schema import (
+    CHANNELS,
+    DEFAULT_CHANNEL,
+    DEFAULT_COUNTRY,
+    DEFAULT_CURRENCY,
+    DEFAULT_MERCHANT_CATEGORY,
+)
+
+Decision = Literal["approve", "review", "decline"]
+
+EXAMPLE_TRANSACTION = {
+    "transaction_id": "T20260301-0000042", "event_time": "2026-03-01T14:03:27", "customer_id": "C000123",
+    "merchant_id": "M00042", "amount": 129.90, "currency": "EUR", "channel": "ecom", "country": "DE",
+    "merchant_category": "5411", "device_id": "D000777",
+}
+
+
+class TransactionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [EXAMPLE_TRANSACTION]})
+
+    transaction_id: str = Field(min_length=1, max_length=128)
+    event_time: dt.datetime
+    customer_id: str = Field(min_length=1, max_length=128)
+    merchant_id: str = Field(min_length=1, max_length=128)
+    amount: float = Field(ge=0, le=1e9, allow_inf_nan=False)
+    currency: str | None = Field(default=None, max_length=8)
+    channel: str | None = Field(default=None, max_length=32)
+    country: str | None = Field(default=None, max_length=8)
+    merchant_category: str | None = Field(default=None, max_length=8)
+    device_id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("event_time")
+    @classmethod
+    def naive_utc(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value
+
+    def canonical(self) -> tuple[dict, list[str]]:
+        """The canonical transaction and the names of the non-critical defaults applied."""
+        defaults: list[str] = []
+        channel = (self.channel or "").strip().lower()
+        if channel not in CHANNELS:
+            channel = DEFAULT_CHANNEL
+            defaults.append("channel")
+        country = (self.country or "").strip().upper()
+        if len(country) != 2:
+            country = DEFAULT_COUNTRY
+            defaults.append("country")
+        currency = self.currency or DEFAULT_CURRENCY
+        if not self.currency:
+            defaults.append("currency")
+        category = self.merchant_category or DEFAULT_MERCHANT_CATEGORY
+        if not self.merchant_category:
+            defaults.append("merchant_category")
+        return {
+            "transaction_id": self.transaction_id, "event_time": self.event_time, "customer_id": self.customer_id,
+            "merchant_id": self.merchant_id, "amount": float(self.amount), "currency": currency,
+            "channel": channel, "country": country, "merchant_category": category, "device_id": self.device_id,
+        }, defaults
+
+
+class ReasonOut(BaseModel):
+    code: str
+    feature: str
+    text: str
+    value: float | None
+    contribution: float
+
+
+class ModelUsed(BaseModel):
+    arm: str
+    version: str
+    score: float
+
+
+class ScoreOut(BaseModel):
+    api_version: Literal["v1"] = "v1"
+    decision_id: str
+    decision: Decision
+    score: float
+    policy_version: str
+    thresholds: dict[str, float]
+    model: ModelUsed
+    reasons: list[ReasonOut] = []
+    fallbacks: list[str] = []
+    defaults_applied: list[str] = []
+    degraded: bool = False
+    latency_ms: float
+
+
+class DecisionTrace(BaseModel):
+    api_version: Literal["v1"] = "v1"
+    decision_id: str
+    record: dict
+    explanation: str

@@ -1,0 +1,349 @@
+"""The Redis backend of the online feature store (production).
+
+Layout (``prefix`` defaults to ``mlp:fs``):
+
+* ``{prefix}:h:{view}:{layout}:{entity}`` -- a sorted set per entity and streaming view: score =
+  event time in microseconds since the epoch (exact in a double until the year 2255), member =
+  ``transaction_id \\x1f t_us \\x1f payload...`` (the columns the view needs, ``\\x00`` for null).
+  ``layout`` is a hash of the view's stored columns: a spec change that changes them starts a new,
+  empty history instead of misreading the old one.
+* ``{prefix}:b:{view}:{layout}:{entity}`` -- a hash per entity and batch view: field = as-of time
+  (us), value = the packed feature values; the newest ``batch_versions`` versions are kept.
+
+One transaction is one ``EVALSHA`` round trip: for each of its entities the script appends the
+event (unless the same (event_time, transaction_id) is already there: retries are idempotent),
+prunes events older than the lookback plus the late grace, refreshes the key's TTL and returns what
+the features need -- the events inside the lookback for views that aggregate payload columns, or
+just the window counts and the previous event time for count-only views (a busy merchant costs
+O(log n), not its whole history) -- plus the batch hashes. Python then computes the features with
+the same code as the embedded backend.
+
+Atomicity: Redis runs a script without interleaving any other command, so the append and the read
+of every entity of the transaction happen at one instant: two concurrent transactions of a customer
+each see the other or not, never half of it, and the features of each equal the offline ones for
+the order in which they were recorded. Redis scripts do not roll back, but this one cannot stop
+half-way in practice: it only touches its own keys with their own types, and under ``maxmemory``
+Redis refuses a script at its first write (or, from 7.0, before it starts), so an out-of-memory
+server fails the call without partial writes. Durability is Redis's (AOF ``everysec`` may lose the
+last second on a crash; the service then sees slightly shorter histories, never wrong ones). All keys of one call must live on one node: use a single
+primary (with replicas / Sentinel), not Redis Cluster, or put the entities in one hash slot.
+
+Timeouts: ``timeout`` bounds connecting and every read (default 100 ms); by default there is no
+retry, so a call fails within about ``timeout``. Every connection error, timeout, or server that is
+loading, read-only or busy raises :class:`FeatureStoreUnavailable` (the service falls back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from mlp_platform.serving.online_store import (
+    NULL,
+    SEP,
+    BatchPlan,
+    FeatureStoreError,
+    FeatureStoreUnavailable,
+    StreamPlan,
+)
+
+__all__ = ["RedisBackend"]
+
+_RECORD_AND_READ = """
+-- KEYS: the history keys of the transaction's entities, then its batch keys.
+-- ARGV: n_hist, tid, t, then per history key:
+--   member, prune_max, lookback_low ('(' .. t - lookback), mode ('F' full / 'C' counts), ttl_ms,
+--   n_windows, then n_windows window lows ('(' .. t - w) for mode C.
+local n_hist = tonumber(ARGV[1])
+local t = ARGV[3]
+local prefix = ARGV[2] .. '\\031'
+local plen = string.len(prefix)
+local out = {}
+local a = 4
+for i = 1, n_hist do
+  local key = KEYS[i]
+  local member, prune_max, low, mode, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local nw = tonumber(ARGV[a + 5])
+  a = a + 6
+  local ties = redis.call('ZRANGEBYSCORE', key, t, t)
+  local dup = 0
+  for _, m in ipairs(ties) do
+    if string.sub(m, 1, plen) == prefix then
+      dup = 1
+      break
+    end
+  end
+  if dup == 0 then
+    redis.call('ZADD', key, t, member)
+  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', prune_max)
+  if ttl ~= '0' then
+    redis.call('PEXPIRE', key, ttl)
+  end
+  if mode == 'F' then
+    out[i] = {dup, table.concat(redis.call('ZRANGEBYSCORE', key, low, t), '\\031')}
+  else
+    local counts = {}
+    for j = 1, nw do
+      counts[j] = redis.call('ZCOUNT', key, ARGV[a + j - 1], t)
+    end
+    local prev = redis.call('ZREVRANGEBYSCORE', key, '(' .. t, low, 'LIMIT', 0, 1)
+    out[i] = {dup, counts, ties, prev}
+  end
+  a = a + nw
+end
+for k = n_hist + 1, #KEYS do
+  out[k] = redis.call('HGETALL', KEYS[k])
+end
+return out
+"""
+
+_WRITE_BATCH = """
+-- KEYS: batch keys. ARGV: as_of field, versions to keep, ttl_ms ('0' = none), then one packed value per key.
+local field, keep, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, field, ARGV[3 + i])
+  local fields = redis.call('HKEYS', key)
+  if #fields > keep then
+    table.sort(fields, function(x, y) return tonumber(x) < tonumber(y) end)
+    for j = 1, #fields - keep do
+      redis.call('HDEL', key, fields[j])
+    end
+  end
+  if ttl ~= '0' then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return #KEYS
+"""
+
+#: Server errors that mean "not available now" rather than "bad request".
+_UNAVAILABLE_PREFIXES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM",
+                         "NOREPLICAS", "MISCONF")
+_OWN_OPTIONS = ("timeout", "connect_timeout", "prefix", "retries", "ttl_margin_seconds", "batch_ttl_seconds")
+
+
+def _layout_id(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class RedisBackend:
+    """Online store backend on a Redis server (see the module docstring).
+
+    ``url``: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS) or
+    ``unix:///path/to/socket?db=0``; the query may also carry this class's options (``timeout``,
+    ``connect_timeout``, ``prefix``, ``retries``, ``ttl_margin_seconds``, ``batch_ttl_seconds``) and
+    redis-py's own. ``ttl_margin_seconds``: a history key expires this long after its last write
+    beyond the view's lookback (None: never; the events themselves are pruned on write anyway).
+    ``batch_ttl_seconds``: batch hashes expire this long after their last materialisation (None:
+    never).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        timeout: float = 0.1,
+        connect_timeout: float | None = None,
+        prefix: str = "mlp:fs",
+        retries: int = 0,
+        max_connections: int | None = None,
+        ttl_margin_seconds: float | None = 86_400,
+        batch_ttl_seconds: float | None = 8 * 86_400,
+        batch_chunk: int = 1000,
+    ) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        own = {k: query.pop(k) for k in _OWN_OPTIONS if k in query}
+        timeout = float(own.get("timeout", timeout))
+        connect_timeout = float(own.get("connect_timeout", connect_timeout or timeout))
+        self.prefix = own.get("prefix", prefix)
+        retries = int(own.get("retries", retries))
+        if "ttl_margin_seconds" in own:
+            ttl_margin_seconds = None if own["ttl_margin_seconds"] in ("", "none") else float(own["ttl_margin_seconds"])
+        if "batch_ttl_seconds" in own:
+            batch_ttl_seconds = None if own["batch_ttl_seconds"] in ("", "none") else float(own["batch_ttl_seconds"])
+        self.url = urlunsplit(parts._replace(query=urlencode(query)))
+        self.timeout = timeout
+        port = f":{parts.port}" if parts.port else ""
+        self._where = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"  # no credentials
+        self.client = redis.Redis.from_url(
+            self.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), retries),
+            decode_responses=True,
+            max_connections=max_connections,
+        )
+        self.ttl_margin_seconds = ttl_margin_seconds
+        self.batch_ttl_seconds = batch_ttl_seconds
+        self.batch_chunk = batch_chunk
+        self._record = self.client.register_script(_RECORD_AND_READ)
+        self._write = self.client.register_script(_WRITE_BATCH)
+        self._bound = False
+
+    # -- set-up --
+
+    def bind(self, streams: list[StreamPlan], batches: list[BatchPlan], batch_versions: int) -> None:
+        if self._bound:
+            raise FeatureStoreError("this backend is already bound to a feature store")
+        self._bound = True
+        self._streams = list(streams)
+        self._batches = list(batches)
+        self._batch_versions = max(1, int(batch_versions))
+        self._hist_prefix = [f"{self.prefix}:h:{p.name}:{p.layout_id}:" for p in streams]
+        self._batch_prefix = {
+            p.name: f"{self.prefix}:b:{p.name}:{_layout_id([p.key, list(p.features)])}:" for p in batches
+        }
+        self._ttl_ms = [
+            "0" if self.ttl_margin_seconds is None else str(int(p.prune_us // 1000 + self.ttl_margin_seconds * 1000))
+            for p in streams
+        ]
+        self._batch_ttl_ms = "0" if self.batch_ttl_seconds is None else str(int(self.batch_ttl_seconds * 1000))
+
+    def _call(self, script, keys: list[str], args: list):
+        try:
+            return script(keys=keys, args=args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise FeatureStoreUnavailable(f"redis at {self._where}: {type(exc).__name__}: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            if str(exc).startswith(_UNAVAILABLE_PREFIXES):
+                raise FeatureStoreUnavailable(f"redis at {self._where}: {exc}") from exc
+            raise FeatureStoreError(f"redis at {self._where}: {type(exc).__name__}: {exc}") from exc
+
+    # -- the backend interface --
+
+    def record_and_read(self, t: int, tid: str, requests: list, batch_keys: list):
+        ts = str(t)
+        keys: list[str] = []
+        args: list = [0, tid, ts]
+        active: list[int] = []
+        for i, (plan, req) in enumerate(zip(self._streams, requests, strict=True)):
+            if req is None:
+                continue
+            entity, payload = req
+            fields = [tid, ts]
+            for v, is_numeric in zip(payload, plan.numeric, strict=True):
+                if v is None:
+                    fields.append(NULL)
+                elif is_numeric:
+                    fields.append(repr(v))
+                else:
+                    if SEP in v:
+                        raise ValueError(f"{plan.name}: value {v!r} contains the \\x1f separator")
+                    fields.append(v)
+            keys.append(self._hist_prefix[i] + entity)
+            active.append(i)
+            if plan.full:
+                args += [SEP.join(fields), str(t - plan.prune_us), f"({t - plan.lookback_us}", "F",
+                         self._ttl_ms[i], 0]
+            else:
+                args += [SEP.join(fields), str(t - plan.prune_us), f"({t - plan.lookback_us}", "C",
+                         self._ttl_ms[i], len(plan.windows_us), *[f"({t - w}" for w in plan.windows_us]]
+        n_hist = len(keys)
+        args[0] = n_hist
+        batch_active = []
+        for plan, key in zip(self._batches, batch_keys, strict=True):
+            if key is not None:
+                keys.append(self._batch_prefix[plan.name] + key)
+            batch_active.append(key is not None)
+        if not keys:
+            return [None] * len(self._streams), [None] * len(self._batches), False
+        res = self._call(self._record, keys, args)
+
+        snaps: list = [None] * len(self._streams)
+        n_dup = 0
+        for j, i in enumerate(active):
+            plan = self._streams[i]
+            item = res[j]
+            n_dup += item[0]
+            if plan.full:
+                snaps[i] = _parse_full(item[1], t, tid, plan)
+            else:
+                _, counts, ties, prev = item
+                later = earlier = 0
+                for m in ties:
+                    other = m.split(SEP, 1)[0]
+                    if other > tid:
+                        later += 1
+                    elif other < tid:
+                        earlier += 1
+                if earlier:
+                    prev_t = t
+                elif prev:
+                    prev_t = int(prev[0].split(SEP, 2)[1])
+                else:
+                    prev_t = None
+                snaps[i] = ("C", [c - 1 - later for c in counts], prev_t)
+        versions: list = []
+        k = n_hist
+        for present in batch_active:
+            if not present:
+                versions.append(None)
+                continue
+            flat = res[k]
+            k += 1
+            versions.append({
+                int(flat[x]): tuple(None if v == NULL else float(v) for v in flat[x + 1].split(SEP))
+                for x in range(0, len(flat), 2)
+            })
+        return snaps, versions, bool(active) and n_dup == len(active)
+
+    def write_batch(self, plan: BatchPlan, as_of: int, entries: dict[str, tuple]) -> None:
+        prefix = self._batch_prefix[plan.name]
+        items = list(entries.items())
+        for start in range(0, len(items), self.batch_chunk):
+            chunk = items[start : start + self.batch_chunk]
+            keys = [prefix + k for k, _ in chunk]
+            packed = [SEP.join(NULL if v is None else repr(v) for v in values) for _, values in chunk]
+            self._call(self._write, keys, [str(as_of), self._batch_versions, self._batch_ttl_ms, *packed])
+
+    def history(self, view: str, entity: str) -> list[tuple[int, str]]:
+        """(t_us, transaction_id) of the events held for ``entity`` in streaming view ``view``."""
+        i = next(i for i, p in enumerate(self._streams) if p.name == view)
+        try:
+            members = self.client.zrange(self._hist_prefix[i] + str(entity), 0, -1)
+        except redis.exceptions.RedisError as exc:
+            raise FeatureStoreUnavailable(f"redis at {self._where}: {exc}") from exc
+        return [(int(m.split(SEP)[1]), m.split(SEP)[0]) for m in members]
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.exceptions.RedisError:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
+
+def _parse_full(packed: str, t: int, tid: str, plan: StreamPlan) -> tuple:
+    """("F", times, cols) of the events (joined members, in time order) strictly before (t, tid).
+    One split of the whole reply and strided slices: no per-event Python loop."""
+    if not packed:
+        return "F", [], [[] for _ in plan.numeric]
+    fields = packed.split(SEP)
+    k = 2 + len(plan.numeric)
+    tids = fields[0::k]
+    times = list(map(int, fields[1::k]))
+    n = len(times)
+    while n and times[n - 1] == t and tids[n - 1] >= tid:
+        n -= 1  # the transaction itself and later ties (they sort last)
+    if n < len(times):
+        del times[n:]
+    cols: list[list] = []
+    for j, is_numeric in enumerate(plan.numeric):
+        col = fields[2 + j :: k][:n]
+        if NULL in col:
+            col = [None if v == NULL else (float(v) if is_numeric else v) for v in col]
+        elif is_numeric:
+            col = list(map(float, col))
+        cols.append(col)
+    return "F", times, cols
