@@ -1,0 +1,703 @@
+"""The decision log: an append-only, hash-chained, group-committed audit trail of every scoring decision.
+
+Layout
+------
+A directory of JSON-lines segment files ``decisions-000001.jsonl``, ``decisions-000002.jsonl``, ...
+A segment is rotated (closed, and the next one started) before a record would take it past
+``segment_max_bytes`` (a record bigger than that gets a segment of its own). Every record is
+the caller's dict plus three fields the log adds:
+
+* ``seq``       -- global, gap-free, monotonic sequence number (0, 1, 2, ... across segments);
+* ``prev_hash`` -- the ``hash`` of the previous record (the previous segment's last record for the first
+  record of a segment; :data:`GENESIS`, 64 zeros, for record 0);
+* ``hash``      -- SHA-256 (hex) of the canonical JSON of the record *without* ``hash``: keys sorted,
+  separators ``(",", ":")``, ASCII-only, no NaN/Infinity.
+
+Each line is that canonical JSON with ``"hash"`` appended as its last member, so anyone can check a record
+with ``json.loads`` + ``json.dumps(sort_keys=True, separators=(",", ":"))`` + SHA-256 (:func:`verify_log`
+does exactly that). Editing, removing, inserting or reordering a record breaks the chain at that point.
+The chain is tamper-*evident* against edits that do not recompute every later hash. Records removed from
+the very end (or a tail rewritten with recomputed hashes) look like a shorter log: to detect that, publish
+:attr:`DecisionLog.head_hash` / ``verify_log(...).head_hash`` elsewhere from time to time.
+
+Durability guarantee (group commit)
+-----------------------------------
+One writer thread owns the files. ``append`` / ``append_async`` queue the record and wait; the writer
+takes every record queued so far, assigns seq/prev_hash/hash, writes them with one ``write`` per segment
+and calls ``fdatasync`` (``fsync`` where that does not exist) once, then wakes all their waiters together.
+When a batch closes: if the previous commit carried a single record (one appender at a time) or started
+more than ``group_commit_ms`` ago (idle writer), at once -- a lone append pays one fsync and no delay;
+otherwise (concurrent appenders) ``group_commit_ms`` after the previous commit started, so under load
+commits happen at most once per window (or per fsync, if slower) and concurrent appends share each fsync.
+
+* **When append returns** (or the awaitable resolves) the record and every record with a lower seq
+  are written and fdatasync'ed, and the directory entry of their segment has been fsync'ed when the segment
+  was created: they survive a process crash (``kill -9``), an OS crash or a power loss, assuming the disk
+  honours flushes. ``get`` and ``iter_records`` only ever return such durable records.
+* **If append raises**, a validation error (not a dict, no ``decision_id``, reserved key, duplicate
+  ``decision_id``, value not representable as strict JSON) means the record was *not* logged and the log
+  carries on. An I/O error (write or fsync failed) means the outcome is unknown -- the record may or may
+  not be on disk -- and the log refuses every later append (:class:`DecisionLogError`); reopen it.
+  Cancelling an ``append_async`` awaitable does not withdraw the record.
+* **Crash mid-write**: only records whose commit had not returned can be affected, and only at the end
+  of the last segment. On open, the tail of the last segment from the first line that is incomplete (no
+  terminating newline) or contains NUL bytes (zero-filled blocks after a power loss) is a *torn tail*: it is
+  truncated (and logged as a warning). Every complete record before it is kept and the chain continues
+  from the last of them. Anything else -- an unparsable or mis-linked complete line, a break in any earlier
+  segment -- is corruption: opening raises :class:`DecisionLogCorrupt` rather than write onto a broken
+  chain, and :func:`verify_log` reports where.
+
+One process at a time may open a directory for writing (an exclusive ``flock`` on ``.lock``);
+:func:`verify_log` only reads and may run alongside the writer (it may then see a torn tail in progress).
+On open the whole log is scanned once to rebuild the ``decision_id`` -> (segment, offset) index used by
+``get`` (a few seconds per million records on a small machine); every record's seq, prev_hash and hash are
+checked on the way (the hash from the raw line bytes, one SHA-256 per record), so a log that was tampered
+with anywhere is refused. :func:`verify_log` re-derives every hash from the parsed record, per the
+definition above.
+
+Serving-path module: standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX platforms: no inter-process lock
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64  # same genesis as mlp_platform.registry.audit
+RESERVED = frozenset({"seq", "prev_hash", "hash"})
+SEGMENT_PREFIX = "decisions-"
+SEGMENT_SUFFIX = ".jsonl"
+_SEGMENT_RE = re.compile(r"^decisions-(\d{6,})\.jsonl$")
+_MAX_DEPTH = 64
+_HASH_KEY = b',"hash":"'
+_LINE_SUFFIX_LEN = len(_HASH_KEY) + 64 + len(b'"}\n')
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class DecisionLogError(RuntimeError):
+    """The log cannot take appends (closed, or a write/fsync failed: reopen it)."""
+
+
+class DecisionLogCorrupt(DecisionLogError):
+    """The existing log is broken somewhere other than a torn tail; ``report`` says where."""
+
+    def __init__(self, report: ChainReport):
+        super().__init__(f"decision log is corrupt: {report.describe()}")
+        self.report = report
+
+
+class DecisionLogLocked(DecisionLogError):
+    """Another DecisionLog (this or another process) has the directory open for writing."""
+
+
+class DuplicateDecisionError(ValueError):
+    """A record with this decision_id is already in the log (the new one was not logged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    decision_id: str
+    seq: int
+    hash: str
+    segment: str  # file name, e.g. "decisions-000003.jsonl"
+    offset: int  # byte offset of the record's line in the segment
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenAt:
+    segment: str  # file name of the segment
+    line: int  # 1-based line number in that segment
+    seq: int | None  # the seq written in the offending record (None if it has none / does not parse)
+    offset: int  # byte offset of the line
+    expected_seq: int  # the seq the chain expected there
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    ok: bool  # every complete record links and matches its hash (a torn tail does not make it False)
+    records: int  # records verified intact (up to the first break)
+    first_broken: BrokenAt | None = None
+    reason: str = ""
+    segments: int = 0
+    torn_tail_bytes: int = 0  # bytes at the end of the last segment a reopen will truncate
+    head_seq: int = -1  # seq of the last intact record (-1: none)
+    head_hash: str = GENESIS
+
+    def describe(self) -> str:
+        if self.first_broken is None:
+            torn = f", torn tail of {self.torn_tail_bytes} bytes" if self.torn_tail_bytes else ""
+            return f"ok: {self.records} records in {self.segments} segments{torn}"
+        b = self.first_broken
+        return f"broken at {b.segment} line {b.line} (seq {b.seq}, expected {b.expected_seq}): {self.reason}"
+
+
+def segment_name(number: int) -> str:
+    return f"{SEGMENT_PREFIX}{number:06d}{SEGMENT_SUFFIX}"
+
+
+def _json_default(obj: Any) -> Any:
+    """Values json cannot encode natively, mapped to JSON values that re-encode identically."""
+    if hasattr(obj, "dtype") and hasattr(obj, "tolist"):  # numpy scalars and arrays, without importing numpy
+        return obj.tolist()
+    if isinstance(obj, dt.datetime | dt.date | dt.time):
+        return obj.isoformat()
+    if isinstance(obj, uuid.UUID | Decimal | Path):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serializable in a decision record")
+
+
+def canonical_json(body: Mapping[str, Any]) -> str:
+    """The exact text that is hashed: keys sorted, compact separators, ASCII, strict (no NaN/Infinity)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                      default=_json_default)
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``record`` without its ``hash`` field."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def _check_keys(record: Mapping[str, Any]) -> None:
+    """Every (nested) mapping key must be a str, or canonical JSON would not survive a round trip
+    (json turns 1 into "1" and sorts differently, so a re-check would not reproduce the hash)."""
+    stack: list[tuple[Any, int]] = [(record, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise ValueError(f"decision record nested deeper than {_MAX_DEPTH} levels (or circular)")
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"decision record keys must be str, got {k!r}")
+                if isinstance(v, Mapping | list | tuple):
+                    stack.append((v, depth + 1))
+        else:
+            for v in obj:
+                if isinstance(v, Mapping | list | tuple):
+                    stack.append((v, depth + 1))
+
+
+# --------------------------------------------------------------------------------------------- scanning
+
+
+def _list_segments(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in os.scandir(directory):
+        m = _SEGMENT_RE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), Path(entry.path)))
+    return sorted(found)
+
+
+@dataclass
+class _Scan:
+    records: int = 0
+    next_seq: int = 0
+    head_hash: str = GENESIS
+    segments: list[tuple[int, Path]] = field(default_factory=list)
+    broken: BrokenAt | None = None
+    reason: str = ""
+    torn_segment: Path | None = None  # last segment, to be truncated to torn_at
+    torn_at: int = 0
+    torn_bytes: int = 0
+    last_size: int = 0  # size of the last segment up to the torn tail
+
+
+def _scan(directory: Path, *, verify_hashes: bool, index: dict[str, tuple[int, int, int]] | None) -> _Scan:
+    """Walk every segment in order, checking each record's seq, prev_hash and hash (``verify_hashes``:
+    strictly, by re-serializing; otherwise from the raw line bytes where possible).
+
+    Stops at the first break. Classifies the end of the last segment from its first incomplete or
+    NUL-containing line on as a torn tail. Fills ``index`` with decision_id -> (segment, offset, length).
+    """
+    scan = _Scan(segments=_list_segments(directory))
+    expected_seq, prev = 0, GENESIS
+    last_no = scan.segments[-1][0] if scan.segments else None
+    previous_no = 0
+    for number, path in scan.segments:
+        is_last = number == last_no
+        gap = number != previous_no + 1
+        previous_no = number
+        offset = 0
+        with open(path, "rb") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.endswith(b"\n") or b"\x00" in line:
+                    if is_last:
+                        scan.torn_segment, scan.torn_at = path, offset
+                        scan.torn_bytes = path.stat().st_size - offset
+                        break
+                    scan.broken = BrokenAt(path.name, line_no, None, offset, expected_seq)
+                    scan.reason = ("incomplete or NUL-filled line in a segment that is not the last "
+                                   "(only the last segment can have a torn tail)")
+                    scan.records = expected_seq
+                    return scan
+                record: Any = None
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    reason = "line is not valid JSON"
+                else:
+                    reason = _link_problem(record, line, expected_seq, prev, strict=verify_hashes)
+                if reason:
+                    seq = record.get("seq") if isinstance(record, dict) else None
+                    if gap and offset == 0:
+                        reason += f" (segment numbers jump to {path.name}: a segment is missing)"
+                    scan.broken = BrokenAt(path.name, line_no, seq if isinstance(seq, int) else None,
+                                           offset, expected_seq)
+                    scan.reason = reason
+                    scan.records = expected_seq
+                    return scan
+                if index is not None:
+                    did = record.get("decision_id")
+                    if isinstance(did, str):
+                        index[did] = (number, offset, len(line))
+                prev = record["hash"]
+                expected_seq += 1
+                offset += len(line)
+        if is_last:
+            scan.last_size = offset
+    scan.records = scan.next_seq = expected_seq
+    scan.head_hash = prev
+    return scan
+
+
+def _link_problem(record: Any, line: bytes, expected_seq: int, prev: str, *, strict: bool) -> str:
+    """Why this record does not continue the chain ('' if it does).
+
+    ``strict``: recompute the hash from the parsed record (the documented definition). Otherwise, when the
+    line has the layout the writer produces (canonical body + ``,"hash":"..."}``), hash the raw body bytes
+    -- one SHA-256, no re-serialization -- and fall back to the strict check for any other layout.
+    """
+    if not isinstance(record, dict):
+        return "line is not a JSON object"
+    seq = record.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq != expected_seq:
+        return f"seq is {seq!r}, expected {expected_seq} (a record is missing, inserted or out of order)"
+    if record.get("prev_hash") != prev:
+        return "prev_hash does not match the previous record's hash (a record was removed or reordered)"
+    h = record.get("hash")
+    if not isinstance(h, str) or len(h) != 64:
+        return "record has no valid hash"
+    if not strict and line.endswith(b'"}\n') \
+            and line[-_LINE_SUFFIX_LEN:-_LINE_SUFFIX_LEN + len(_HASH_KEY)] == _HASH_KEY \
+            and line[-_LINE_SUFFIX_LEN + len(_HASH_KEY):-3] == h.encode():
+        ok = hashlib.sha256(line[:-_LINE_SUFFIX_LEN] + b"}").hexdigest() == h
+    else:
+        try:
+            ok = record_hash(record) == h
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        return "record content does not match its hash (the record was modified)"
+    return ""
+
+
+def verify_log(directory: Path) -> ChainReport:
+    """Recompute every record's hash and link across all segments; report the first break.
+
+    A torn tail (incomplete / NUL-filled end of the last segment, left by a crash mid-write) is not a
+    break: ``ok`` stays True and ``torn_tail_bytes`` says how much a reopen will truncate.
+    """
+    scan = _scan(Path(directory), verify_hashes=True, index=None)
+    return ChainReport(ok=scan.broken is None, records=scan.records, first_broken=scan.broken,
+                       reason=scan.reason,
+                       segments=len(scan.segments), torn_tail_bytes=scan.torn_bytes,
+                       head_seq=scan.next_seq - 1 if scan.broken is None else -1,
+                       head_hash=scan.head_hash)
+
+
+# --------------------------------------------------------------------------------------------- the log
+
+
+class _Batch:
+    """Records queued for the same commit; its waiters are woken together."""
+
+    __slots__ = ("records", "waiters", "results", "done")
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future] | None] = []
+        self.results: list[LoggedDecision | BaseException | None] = []
+        self.done = threading.Event()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resolve_futures(items: list[tuple[asyncio.Future, Any]]) -> None:
+    for fut, result in items:
+        if fut.done():  # cancelled by the caller: the record is logged regardless
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+
+class DecisionLog:
+    """Append-only, hash-chained, group-committed decision log (see the module docstring)."""
+
+    def __init__(self, directory: Path, *, segment_max_bytes: int = 64 * 1024 * 1024,  # 64 MiB
+                 group_commit_ms: float = 2.0, fsync: bool = True):
+        if segment_max_bytes <= 0:
+            raise ValueError("segment_max_bytes must be positive")
+        if group_commit_ms < 0:
+            raise ValueError("group_commit_ms must be >= 0")
+        self.directory = Path(directory)
+        self.segment_max_bytes = int(segment_max_bytes)
+        self.group_commit_s = group_commit_ms / 1000.0
+        self.fsync = fsync
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if fsync:  # make the new directory's own entry durable too
+                _fsync_path(self.directory.parent)
+        self._fsyncs = 0
+        self._commits = 0
+        self._appended = 0
+
+        self._lock_fd = self._acquire_lock()
+        try:
+            self._index: dict[str, tuple[int, int, int]] = {}
+            self.recovered_tail_bytes = self._recover()
+            self._open_segment(self._seg_no, create=self._seg_size == 0 and not self._seg_path().exists())
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = _Batch()
+        self._closing = False
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._committed = (self._seg_no, self._seg_size)  # what get/iter_records may read
+        self._head_hash_committed = self._prev_hash
+        self._last_commit_start = 0.0
+        self._last_batch_size = 0
+        self._writer = threading.Thread(target=self._run, name=f"decision-log-writer:{self.directory.name}",
+                                        daemon=True)
+        self._writer.start()
+
+    # ---- opening / recovery
+
+    def _acquire_lock(self) -> int:
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                raise DecisionLogLocked(f"{self.directory} is open for writing elsewhere") from exc
+        return fd
+
+    def _recover(self) -> int:
+        """Rebuild seq, head hash and index from the segments; truncate a torn tail. Returns bytes cut."""
+        scan = _scan(self.directory, verify_hashes=False, index=self._index)  # fast path, every hash
+        if scan.broken is not None:
+            raise DecisionLogCorrupt(ChainReport(False, scan.records, scan.broken, scan.reason,
+                                                 len(scan.segments)))
+        cut = 0
+        if scan.torn_segment is not None:
+            cut = scan.torn_bytes
+            fd = os.open(scan.torn_segment, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, scan.torn_at)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            log.warning("decision log %s: truncated a torn tail of %d bytes at offset %d of %s (a crash "
+                        "mid-write; those records were never acknowledged); chain continues at seq %d",
+                        self.directory, cut, scan.torn_at, scan.torn_segment.name, scan.next_seq)
+        self._next_seq = scan.next_seq
+        self._prev_hash = scan.head_hash
+        if scan.segments:
+            self._seg_no = scan.segments[-1][0]
+            self._seg_size = scan.last_size
+        else:
+            self._seg_no, self._seg_size = 1, 0
+        return cut
+
+    def _seg_path(self, number: int | None = None) -> Path:
+        return self.directory / segment_name(self._seg_no if number is None else number)
+
+    def _open_segment(self, number: int, *, create: bool) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._seg_no = number
+        self._fd = os.open(self._seg_path(number), flags, 0o644)
+        self._seg_size = os.fstat(self._fd).st_size
+        if create:
+            self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        if self.fsync:
+            _fsync_path(self.directory)
+            self._fsyncs += 1
+
+    # ---- public API
+
+    def append(self, record: Mapping[str, Any]) -> LoggedDecision:
+        """Log one decision; returns once it (and everything before it) is durably on disk."""
+        batch, i = self._enqueue(record, None)
+        batch.done.wait()
+        result = batch.results[i]
+        if isinstance(result, BaseException):
+            raise result
+        assert result is not None
+        return result
+
+    async def append_async(self, record: Mapping[str, Any]) -> LoggedDecision:
+        """``append`` for asyncio callers: awaits a future the writer thread resolves (the loop is not
+        blocked)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[LoggedDecision] = loop.create_future()
+        self._enqueue(record, (loop, fut))
+        return await fut
+
+    def get(self, decision_id: str) -> dict[str, Any] | None:
+        """The logged record (with seq, prev_hash, hash) for this decision_id, or None."""
+        loc = self._index.get(decision_id)
+        if loc is None:
+            return None
+        number, offset, length = loc
+        fd = os.open(self._seg_path(number), os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        return json.loads(data)
+
+    def __contains__(self, decision_id: object) -> bool:
+        return decision_id in self._index
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        """Every durable record in seq order (a snapshot: records committed after the call are not
+        included)."""
+        with self._cond:
+            last_no, last_size = self._committed
+        for number, path in _list_segments(self.directory):
+            if number > last_no:
+                break
+            limit = last_size if number == last_no else None
+            read = 0
+            with open(path, "rb") as fh:
+                for line in fh:
+                    if limit is not None and read + len(line) > limit:
+                        break
+                    read += len(line)
+                    yield json.loads(line)
+
+    def close(self) -> None:
+        """Commit everything queued, stop the writer, release the directory. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._writer.join()
+        with self._cond:
+            self._closed = True
+        if self._fd >= 0:
+            os.close(self._fd)
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def fsync_count(self) -> int:
+        """fsync/fdatasync calls made by the writer (segment data, new-segment directory entries)."""
+        return self._fsyncs
+
+    @property
+    def commit_count(self) -> int:
+        """Group commits (batches written)."""
+        return self._commits
+
+    @property
+    def appended_count(self) -> int:
+        """Records appended through this instance."""
+        return self._appended
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def head_hash(self) -> str:
+        """Hash of the last durable record (GENESIS if empty): publish it to anchor the chain."""
+        with self._cond:
+            return self._head_hash_committed
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    # ---- writer
+
+    def _enqueue(self, record: Mapping[str, Any], waiter: Any) -> tuple[_Batch, int]:
+        if not isinstance(record, Mapping):
+            raise TypeError(f"a decision record must be a dict, got {type(record).__name__}")
+        record = dict(record)  # shallow copy: the caller may reuse its dict
+        did = record.get("decision_id")
+        if not isinstance(did, str) or not did:
+            raise ValueError("a decision record needs a non-empty str 'decision_id'")
+        clash = RESERVED.intersection(record)
+        if clash:
+            raise ValueError(f"{sorted(clash)} are set by the decision log; remove them from the record")
+        _check_keys(record)
+        with self._cond:
+            if self._failed is not None:
+                raise DecisionLogError(f"decision log {self.directory} failed earlier; reopen it") \
+                    from self._failed
+            if self._closing:
+                raise DecisionLogError(f"decision log {self.directory} is closed")
+            batch = self._pending
+            if not batch.records:
+                self._cond.notify()
+            batch.records.append(record)
+            batch.waiters.append(waiter)
+            return batch, len(batch.records) - 1
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending.records and not self._closing:
+                    self._cond.wait()
+                if not self._pending.records:
+                    return  # closing, nothing left
+                # A lone appender (previous batch of one) or an idle writer: commit at once. Concurrent
+                # appenders: close the batch one window after the previous commit started, to share it.
+                not_before = self._last_commit_start + self.group_commit_s
+                while self._last_batch_size > 1 and not self._closing:
+                    wait = not_before - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                batch, self._pending = self._pending, _Batch()
+            self._last_commit_start = time.monotonic()
+            self._last_batch_size = len(batch.records)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # I/O failure: outcome unknown, stop taking appends
+                log.exception("decision log %s: write failed; refusing further appends", self.directory)
+                with self._cond:
+                    self._failed = exc
+                    pending, self._pending = self._pending, _Batch()
+                for b in (batch, pending):
+                    b.results = [r if isinstance(r, BaseException) else self._failure(exc)
+                                 for r in (b.results or [None] * len(b.records))]
+                    self._wake(b)
+                return
+
+    def _failure(self, exc: BaseException) -> DecisionLogError:
+        err = DecisionLogError(f"decision log write failed ({exc!r}); the record may or may not be logged")
+        err.__cause__ = exc
+        return err
+
+    def _commit(self, batch: _Batch) -> None:
+        n = len(batch.records)
+        results: list[LoggedDecision | BaseException | None] = [None] * n
+        batch.results = results
+        chunks: list[bytes] = []
+        new_index: list[tuple[str, tuple[int, int, int]]] = []
+        seen: set[str] = set()
+        seq, prev = self._next_seq, self._prev_hash
+        seg_no, seg_size = self._seg_no, self._seg_size
+        seg_name = segment_name(seg_no)
+        for i, record in enumerate(batch.records):
+            did = record["decision_id"]
+            if did in self._index or did in seen:
+                results[i] = DuplicateDecisionError(f"decision_id {did!r} is already logged")
+                continue
+            record["seq"] = seq
+            record["prev_hash"] = prev
+            try:
+                body = canonical_json(record)
+            except (TypeError, ValueError, RecursionError) as exc:
+                results[i] = exc if not isinstance(exc, RecursionError) else ValueError(str(exc))
+                continue
+            h = hashlib.sha256(body.encode()).hexdigest()
+            line = f'{body[:-1]},"hash":"{h}"}}\n'.encode()
+            if seg_size > 0 and seg_size + len(line) > self.segment_max_bytes:
+                self._write_all(chunks)
+                chunks = []
+                if self.fsync:
+                    _fdatasync(self._fd)
+                    self._fsyncs += 1
+                os.close(self._fd)
+                self._fd = -1
+                self._open_segment(seg_no + 1, create=True)
+                seg_no, seg_size = self._seg_no, self._seg_size
+                seg_name = segment_name(seg_no)
+            chunks.append(line)
+            new_index.append((did, (seg_no, seg_size, len(line))))
+            results[i] = LoggedDecision(did, seq, h, seg_name, seg_size)
+            seen.add(did)
+            seg_size += len(line)
+            seq += 1
+            prev = h
+        if chunks:
+            self._write_all(chunks)
+            if self.fsync:
+                _fdatasync(self._fd)
+                self._fsyncs += 1
+        self._commits += 1
+        self._appended += len(new_index)
+        self._next_seq, self._prev_hash, self._seg_size = seq, prev, seg_size
+        with self._cond:
+            self._index.update(new_index)
+            self._committed = (seg_no, seg_size)
+            self._head_hash_committed = prev
+        self._wake(batch)
+
+    def _write_all(self, chunks: list[bytes]) -> None:
+        if not chunks:
+            return
+        data = memoryview(b"".join(chunks))
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    @staticmethod
+    def _wake(batch: _Batch) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+        for waiter, result in zip(batch.waiters, batch.results, strict=True):
+            if waiter is not None:
+                by_loop.setdefault(waiter[0], []).append((waiter[1], result))
+        batch.done.set()
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve_futures, items)

@@ -1,0 +1,445 @@
+"""The decision log: hash chain, segment rotation, recovery of a torn tail, group commit, kill -9 durability.
+
+Real files and real processes throughout (no mocks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlp_platform.serving.decision_log import (
+    GENESIS,
+    DecisionLog,
+    DecisionLogCorrupt,
+    DecisionLogError,
+    DecisionLogLocked,
+    DuplicateDecisionError,
+    segment_name,
+    verify_log,
+)
+from mlp_platform.settings import PROJECT_ROOT
+
+
+def _record(i: int, **extra) -> dict:
+    return {"decision_id": f"d-{i:05d}", "model_version": "v3", "score": round(i / 97, 6),
+            "decision": "review" if i % 5 == 0 else "approve",
+            "features": {"amount": 10.0 + i, "mcc": "5411", "velocity_1h": i % 4}, **extra}
+
+
+def _fill(directory: Path, n: int, start: int = 0, **kwargs) -> list:
+    with DecisionLog(directory, **kwargs) as log:
+        return [log.append(_record(i)) for i in range(start, start + n)]
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("decisions-*.jsonl"))
+
+
+def _independent_hash(record: dict) -> str:
+    """The documented definition, re-implemented: SHA-256 of canonical JSON without 'hash'."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _middle(directory: Path) -> tuple[Path, int, int]:
+    """(segment, 0-based line index, seq) of a record with neighbours in its own segment, in a segment that
+    is neither the first nor the last."""
+    path = _segments(directory)[2]
+    lines = path.read_bytes().splitlines()
+    assert len(lines) >= 3
+    return path, 1, json.loads(lines[1])["seq"]
+
+
+def _rewrite_lines(path: Path, edit) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(edit(lines)))
+
+
+# --------------------------------------------------------------------------------------------- basics
+
+
+def test_append_get_iter_round_trip(tmp_path: Path):
+    when = dt.datetime(2025, 3, 1, 12, 30, tzinfo=dt.UTC)
+    with DecisionLog(tmp_path) as log:
+        logged = [log.append(_record(i, decided_at=when)) for i in range(25)]
+        assert [r.seq for r in logged] == list(range(25))
+        assert len(log) == 25 and log.next_seq == 25 and log.head_hash == logged[-1].hash
+        for i, r in enumerate(logged):
+            got = log.get(r.decision_id)
+            assert got is not None
+            assert {k: got[k] for k in _record(i)} == _record(i)
+            assert got["decided_at"] == "2025-03-01T12:30:00+00:00"
+            assert got["seq"] == r.seq == i and got["hash"] == r.hash == _independent_hash(got)
+            assert got["prev_hash"] == (logged[i - 1].hash if i else GENESIS)
+            assert r.segment == segment_name(1)
+        assert log.get("no-such-decision") is None
+        assert list(log.iter_records()) == [log.get(r.decision_id) for r in logged]
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 25 and report.head_seq == 24 and report.head_hash == logged[-1].hash
+
+
+def test_seq_monotonic_across_segment_rotation(tmp_path: Path):
+    logged = _fill(tmp_path, 60, segment_max_bytes=700)
+    segments = _segments(tmp_path)
+    assert len(segments) >= 5
+    assert [p.name for p in segments] == [segment_name(i) for i in range(1, len(segments) + 1)]
+    assert all(p.stat().st_size <= 700 for p in segments)
+    with DecisionLog(tmp_path, segment_max_bytes=700) as log:
+        records = list(log.iter_records())
+        assert [r["seq"] for r in records] == list(range(60))
+        for r in logged:  # the segment each append reported is where the record is
+            lines = (tmp_path / r.segment).read_bytes()[r.offset:].split(b"\n", 1)[0]
+            assert json.loads(lines)["decision_id"] == r.decision_id
+    # the chain crosses segment boundaries: first record of each segment links to the previous one's last
+    for prev_seg, seg in zip(segments, segments[1:], strict=False):
+        last = json.loads(prev_seg.read_bytes().splitlines()[-1])
+        first = json.loads(seg.read_bytes().splitlines()[0])
+        assert first["seq"] == last["seq"] + 1 and first["prev_hash"] == last["hash"]
+    assert verify_log(tmp_path).ok
+
+
+def test_reopen_continues_chain_and_index(tmp_path: Path):
+    first = _fill(tmp_path, 30, segment_max_bytes=900)
+    with DecisionLog(tmp_path, segment_max_bytes=900) as log:
+        assert log.next_seq == 30 and log.head_hash == first[-1].hash and log.recovered_tail_bytes == 0
+        got = log.get(first[3].decision_id)  # written before the restart
+        assert got is not None and got["seq"] == 3 and got["hash"] == first[3].hash
+        more = [log.append(_record(i)) for i in range(30, 40)]
+    assert [r.seq for r in more] == list(range(30, 40))
+    with DecisionLog(tmp_path, segment_max_bytes=900) as log:
+        assert log.get(more[0].decision_id)["prev_hash"] == first[-1].hash
+        assert len(log) == 40
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 40 and report.head_hash == more[-1].hash
+
+
+def test_rejected_records_are_not_logged_and_the_log_carries_on(tmp_path: Path):
+    with DecisionLog(tmp_path) as log:
+        log.append(_record(0))
+        with pytest.raises(ValueError, match="decision_id"):
+            log.append({"score": 0.5})
+        with pytest.raises(ValueError, match="set by the decision log"):
+            log.append({"decision_id": "x", "seq": 7})
+        with pytest.raises(DuplicateDecisionError):
+            log.append(_record(0))
+        with pytest.raises(ValueError):  # NaN is not JSON
+            log.append({"decision_id": "nan", "score": float("nan")})
+        with pytest.raises(TypeError, match="keys must be str"):
+            log.append({"decision_id": "intkey", "features": {1: "a"}})
+        with pytest.raises(TypeError):
+            log.append({"decision_id": "obj", "payload": object()})
+        r = log.append({"decision_id": "np", "score": np.float32(0.25), "n": np.int64(3),
+                        "vec": np.array([1.5, 2.5])})
+        assert r.seq == 1  # the rejected ones took no seq
+        got = log.get("np")
+        assert got["score"] == 0.25 and got["n"] == 3 and got["vec"] == [1.5, 2.5]
+        for missing in ("nan", "intkey", "obj"):
+            assert log.get(missing) is None
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 2
+
+
+def test_single_writer_per_directory_and_closed_log_refuses(tmp_path: Path):
+    log = DecisionLog(tmp_path)
+    with pytest.raises(DecisionLogLocked):
+        DecisionLog(tmp_path)
+    log.append(_record(1))
+    log.close()
+    with pytest.raises(DecisionLogError, match="closed"):
+        log.append(_record(2))
+    assert log.get("d-00001") is not None  # reads still work after close
+    with DecisionLog(tmp_path) as again:
+        assert again.next_seq == 1
+
+
+# --------------------------------------------------------------------------------------------- verify_log
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Path:
+    _fill(tmp_path, 40, segment_max_bytes=1200)
+    assert len(_segments(tmp_path)) >= 4
+    return tmp_path
+
+
+def test_verify_intact(chain: Path):
+    report = verify_log(chain)
+    assert report.ok and report.records == 40 and report.first_broken is None
+    assert report.segments == len(_segments(chain)) and report.torn_tail_bytes == 0
+
+
+def test_verify_edited_field_in_middle_record(chain: Path):
+    path, idx, seq = _middle(chain)
+
+    def edit(lines):
+        rec = json.loads(lines[idx])
+        rec["score"] = 0.0001  # e.g. someone lowers a score after the fact
+        lines[idx] = (json.dumps(rec) + "\n").encode()
+        return lines
+
+    _rewrite_lines(path, edit)
+    report = verify_log(chain)
+    assert not report.ok and report.records == seq
+    b = report.first_broken
+    assert (b.segment, b.line, b.seq) == (path.name, idx + 1, seq)
+    assert "hash" in report.reason
+    with pytest.raises(DecisionLogCorrupt) as err:  # the writer refuses to extend a broken chain
+        DecisionLog(chain)
+    assert err.value.report.first_broken.segment == path.name
+    assert err.value.report.first_broken.line == idx + 1
+
+
+def test_verify_deleted_middle_line_breaks_at_the_next(chain: Path):
+    path, idx, seq = _middle(chain)
+    _rewrite_lines(path, lambda lines: lines[:idx] + lines[idx + 1:])
+    report = verify_log(chain)
+    assert not report.ok and report.records == seq
+    b = report.first_broken
+    assert (b.segment, b.line, b.seq, b.expected_seq) == (path.name, idx + 1, seq + 1, seq)
+    with pytest.raises(DecisionLogCorrupt):
+        DecisionLog(chain)
+
+
+def test_verify_deleted_first_line_of_a_segment(chain: Path):
+    second = _segments(chain)[1]
+    first_seq = json.loads(second.read_bytes().splitlines()[0])["seq"]
+    _rewrite_lines(second, lambda lines: lines[1:])
+    b = verify_log(chain).first_broken
+    assert b is not None and (b.segment, b.line, b.seq) == (second.name, 1, first_seq + 1)
+
+
+def test_verify_removed_middle_segment(chain: Path):
+    removed = _segments(chain)[1]
+    removed.unlink()
+    report = verify_log(chain)
+    following = _segments(chain)[1]
+    assert not report.ok and report.first_broken.segment == following.name and report.first_broken.line == 1
+    assert "missing" in report.reason
+
+
+def test_verify_reordered_records(chain: Path):
+    path, idx, seq = _middle(chain)
+
+    def swap(lines):
+        lines[idx], lines[idx + 1] = lines[idx + 1], lines[idx]
+        return lines
+
+    _rewrite_lines(path, swap)
+    report = verify_log(chain)
+    assert not report.ok
+    assert (report.first_broken.segment, report.first_broken.line, report.first_broken.seq) == (
+        path.name, idx + 1, seq + 1)
+
+
+def test_modified_last_complete_record_is_broken_not_torn(chain: Path):
+    last = _segments(chain)[-1]
+    _rewrite_lines(last, lambda lines: lines[:-1] + [lines[-1].replace(b'"v3"', b'"v4"')])
+    report = verify_log(chain)
+    assert not report.ok and report.first_broken.seq == 39 and report.torn_tail_bytes == 0
+    with pytest.raises(DecisionLogCorrupt):
+        DecisionLog(chain)
+
+
+# --------------------------------------------------------------------------------------------- torn tail
+
+
+@pytest.mark.parametrize("tail", [
+    b'{"decision_id":"d-99999","features":{"amou',  # crash in the middle of a line
+    None,  # a whole next record written except its newline
+    b"\x00" * 700,  # zero-filled block (power loss after the size grew)
+    b"\x00" * 100 + b'\n{"decision_id":"d-9","seq":10}\n{"x":1',  # lines after a hole: never acknowledged
+])
+def test_torn_tail_is_recovered(tmp_path: Path, tail: bytes | None):
+    logged = _fill(tmp_path, 10)
+    segment = _segments(tmp_path)[-1]
+    if tail is None:
+        body = {**_record(10), "seq": 10, "prev_hash": logged[-1].hash}
+        tail = json.dumps({**body, "hash": _independent_hash(body)}).encode()
+    size = segment.stat().st_size
+    with open(segment, "ab") as fh:
+        fh.write(tail)
+
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 10 and report.torn_tail_bytes == len(tail)
+
+    with DecisionLog(tmp_path) as log:
+        assert log.recovered_tail_bytes == len(tail)
+        assert segment.stat().st_size == size  # exactly the torn bytes are gone
+        assert log.next_seq == 10 and log.head_hash == logged[-1].hash
+        assert all(log.get(r.decision_id) is not None for r in logged)
+        new = [log.append(_record(i)) for i in range(10, 13)]
+    assert [r.seq for r in new] == [10, 11, 12]
+    after = verify_log(tmp_path)
+    assert after.ok and after.records == 13 and after.torn_tail_bytes == 0
+
+
+def test_torn_line_in_an_earlier_segment_is_corruption(tmp_path: Path):
+    _fill(tmp_path, 30, segment_max_bytes=1000)
+    first = _segments(tmp_path)[0]
+    _rewrite_lines(first, lambda lines: lines[:-1] + [lines[-1][:-20]])  # no newline, not at the end
+    report = verify_log(tmp_path)
+    assert not report.ok and report.first_broken.segment == first.name
+    with pytest.raises(DecisionLogCorrupt):
+        DecisionLog(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- concurrency
+
+
+def test_group_commit_under_16_threads(tmp_path: Path):
+    threads, per_thread = 16, 200
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+    with DecisionLog(tmp_path, segment_max_bytes=256 * 1024) as log:
+        start = threading.Barrier(threads)
+
+        def worker(t: int) -> None:
+            try:
+                start.wait()
+                results[t] = [log.append({"decision_id": f"t{t}-{i}", "thread": t, "i": i, "score": i / 200})
+                              for i in range(per_thread)]
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        assert not errors
+        total = threads * per_thread
+        seqs = sorted(r.seq for rs in results.values() for r in rs)
+        assert seqs == list(range(total))
+        for rs in results.values():  # each thread's appends are ordered as it made them
+            assert [r.seq for r in rs] == sorted(r.seq for r in rs)
+        assert all(log.get(f"t{t}-{i}") is not None for t in range(threads) for i in range(per_thread))
+        assert log.appended_count == total
+        # group commit: far fewer fsyncs than records
+        assert log.fsync_count <= total // 4, (log.fsync_count, log.commit_count)
+        assert log.commit_count <= total // 4
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == total
+    assert len(_segments(tmp_path)) >= 2  # rotation happened under concurrency too
+
+
+def test_append_async_gather_500(tmp_path: Path):
+    async def main(log: DecisionLog):
+        results = await asyncio.gather(*(log.append_async(_record(i)) for i in range(500)))
+        with pytest.raises(DuplicateDecisionError):
+            await log.append_async(_record(3))
+        return results
+
+    with DecisionLog(tmp_path) as log:
+        results = asyncio.run(main(log))
+        assert sorted(r.seq for r in results) == list(range(500))
+        assert [r.decision_id for r in results] == [f"d-{i:05d}" for i in range(500)]
+        assert all(log.get(r.decision_id)["hash"] == r.hash for r in results)
+        # the 500 were in flight together (the event loop was not blocked by each append)
+        assert log.commit_count <= 50, log.commit_count
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 500
+
+
+# --------------------------------------------------------------------------------------------- kill -9
+
+CHILD = textwrap.dedent("""
+    import os, sys, threading, uuid
+    from pathlib import Path
+    from mlp_platform.serving.decision_log import DecisionLog
+
+    log = DecisionLog(Path(sys.argv[1]), segment_max_bytes=int(sys.argv[2]))
+    run = uuid.uuid4().hex[:8]
+
+    def worker(t):
+        i = 0
+        while True:
+            did = f"{run}-{t}-{i}"
+            r = log.append({"decision_id": did, "thread": t, "i": i, "score": i / 7, "pad": "x" * (i % 64)})
+            os.write(1, f"{r.seq} {did}\\n".encode())  # only after append returned (durable)
+            i += 1
+
+    for t in range(6):
+        threading.Thread(target=worker, args=(t,), daemon=True).start()
+    threading.Event().wait()
+""")
+
+
+def _run_and_kill(script: Path, directory: Path, rng: random.Random) -> list[tuple[int, str]]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(directory), "16384"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    lines: list[bytes] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(lines) < 300 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert len(lines) >= 300, "child produced too few decisions"
+        time.sleep(rng.uniform(0.0, 0.4))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    acknowledged = []
+    for line in lines:
+        assert line.endswith(b"\n")
+        seq, did = line.decode().split()
+        acknowledged.append((int(seq), did))
+    return acknowledged
+
+
+def test_kill_9_loses_no_acknowledged_decision(tmp_path: Path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    directory = tmp_path / "log"
+    rng = random.Random(20250301)
+    all_acknowledged: list[tuple[int, str]] = []
+    for _round in range(4):
+        acknowledged = _run_and_kill(script, directory, rng)
+        all_acknowledged += acknowledged
+        report = verify_log(directory)  # before recovery: a torn tail is allowed, nothing else
+        assert report.ok, report.describe()
+        assert report.records > max(seq for seq, _ in acknowledged)
+        with DecisionLog(directory, segment_max_bytes=16384) as log:
+            for seq, did in all_acknowledged:
+                got = log.get(did)
+                assert got is not None, f"acknowledged decision {did} (seq {seq}) lost by kill -9"
+                assert got["seq"] == seq
+        after = verify_log(directory)
+        assert after.ok and after.torn_tail_bytes == 0 and after.records == report.records
+    assert len({did for _, did in all_acknowledged}) == len(all_acknowledged)
+    assert len(_segments(directory)) > 1
+
+
+def test_serving_path_imports_stay_light():
+    code = ("import sys, mlp_platform.serving.decision_log; "
+            "print(sorted(m for m in ('dagster', 'dbt', 'polars', 'pandas', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}).stdout
+    assert out.strip() == "[]"
