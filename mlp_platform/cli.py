@@ -200,6 +200,42 @@ def ui(port: int = typer.Option(3000, help="Port of the Dagster UI (loopback).")
     raise typer.Exit(subprocess.call(cmd, env=platform_env(settings), cwd=settings.project_root))
 
 
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+          workers: int = typer.Option(1, help="uvicorn workers; more than 1 needs the Redis feature store "
+                                              "(MLP_FEATURE_STORE_URL=redis://...)")) -> None:
+    """Run the scoring API on the champion from the registry (uvicorn)."""
+    import uvicorn
+
+    settings = load_settings()
+    if workers > 1 and not os.environ.get("MLP_FEATURE_STORE_URL", "").startswith(("redis", "unix")):
+        console.print("[red]more than one worker needs a shared feature store: set MLP_FEATURE_STORE_URL=redis://...[/red]")
+        raise typer.Exit(2)
+    if not settings.routing_path.exists():
+        from mlp_platform import lifecycle
+
+        lifecycle.sync_routing(settings, updated_by="mlp serve (initial)")
+    uvicorn.run("mlp_platform.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False)
+
+
+audit_app = typer.Typer(help="The decision log (audit trail of every decision).", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(directory: Path = typer.Option(None, help="Decision log directory (default: the service's).")) -> None:
+    """Check the hash chain of the decision log; report the first broken link."""
+    from mlp_platform.serving.decision_log import verify_log
+
+    settings = load_settings()
+    directory = directory or Path(os.environ.get("MLP_DECISION_LOG_DIR", str(settings.data_dir / "serving" / "decisions")))
+    report = verify_log(directory)
+    console.print(report.describe(), markup=False, highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @spec_app.command("show")
 def spec_show() -> None:
     """List the features the specification defines."""

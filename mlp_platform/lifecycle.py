@@ -28,6 +28,7 @@ from mlp_platform.features.spec import default_spec
 from mlp_platform.registry.audit import AuditLog
 from mlp_platform.registry.mlflow_registry import ModelRegistry, ModelVersionRef, git_sha
 from mlp_platform.registry.promotion import GateResult, PromotionOutcome, promote, rollback
+from mlp_platform.serving.routing import RoutingFile, RoutingState
 from mlp_platform.serving.scorer import Scorer
 from mlp_platform.settings import Settings
 from mlp_platform.training.splits import select_days
@@ -213,10 +214,28 @@ def evaluate_candidate(settings: Settings, candidate: ModelVersionRef, training:
     return evaluation
 
 
+def sync_routing(settings: Settings, updated_by: str) -> RoutingState:
+    """Write the serving layer's routing state from the registry roles (a promotion in Dagster
+    changes live traffic with no deploy). A challenger keeps its traffic share while it stays the
+    same version; a new challenger starts at 0 (the staged rollout raises it)."""
+    registry = registry_for(settings)
+    routing = RoutingFile(settings.routing_path)
+    previous = routing.read() if settings.routing_path.exists() else RoutingState()
+    challenger = registry.alias("challenger")
+    shadow = registry.alias("shadow")
+    state = RoutingState(
+        champion=registry.alias("champion"), challenger=challenger,
+        challenger_share=previous.challenger_share if challenger and challenger == previous.challenger else 0.0,
+        shadows=(shadow,) if shadow else (), policy_version=previous.policy_version, updated_by=updated_by)
+    return routing.write(state)
+
+
 def promote_candidate(settings: Settings, evaluation: Evaluation, run_id: str, policy: str = "champion") -> PromotionOutcome:
     registry = registry_for(settings)
     outcome = promote(registry, audit_for(settings), evaluation.candidate, evaluation.gates, run_id=run_id,
                       policy=policy)
+    if outcome.promoted:
+        sync_routing(settings, updated_by=f"promotion run {run_id}")
     write_model_card(settings, evaluation.candidate.version)
     return outcome
 
@@ -224,6 +243,7 @@ def promote_candidate(settings: Settings, evaluation: Evaluation, run_id: str, p
 def rollback_champion(settings: Settings, run_id: str, reason: str, actor: str = "operator") -> PromotionOutcome:
     registry = registry_for(settings)
     outcome = rollback(registry, audit_for(settings), run_id=run_id, reason=reason, actor=actor)
+    sync_routing(settings, updated_by=f"rollback run {run_id}")
     for version in {outcome.version, outcome.previous_champion}:
         if version:
             write_model_card(settings, version)

@@ -460,6 +460,11 @@ class OnlineFeatureStore:
                     missing.add(name)
                 else:
                     out[i] = v
+        self._fill_on_demand(t, txn, out)
+        values = [_NAN if v is None else float(v) for v in out]
+        return OnlineFeatures(values, missing, batch_as_of, self.feature_names, self._int_features, duplicate)
+
+    def _fill_on_demand(self, t: int, txn: dict, out: list) -> None:
         for i, kind, column, params in self._on_demand:
             if kind == "request_value":
                 v = txn.get(column)
@@ -472,8 +477,25 @@ class OnlineFeatureStore:
                 out[i] = int(hour >= start or hour < end) if start > end else int(start <= hour < end)
             else:  # is_weekend: 1970-01-01 was a Thursday (weekday 3)
                 out[i] = int((t // DAY_US + 3) % 7 >= 5)
+
+    def fallback_features(self, txn: dict) -> OnlineFeatures:
+        """The documented fallback when the store is unreachable or too slow: on-demand features from
+        the request itself, every stored feature missing (streaming ones null, label rates 0 as in the
+        offline coalesce). Nothing is recorded in the history."""
+        t = to_us(txn["event_time"])
+        out: list = [None] * self._n
+        missing: set[str] = set()
+        for plan in self._streams:
+            missing |= self._stream_features[plan.name]
+        batch_as_of: dict[str, dt.datetime | None] = {}
+        for plan in self._batches:
+            batch_as_of[plan.name] = None
+            for i in plan.out_index:
+                out[i] = plan.fallback
+            missing.update(plan.features)
+        self._fill_on_demand(t, txn, out)
         values = [_NAN if v is None else float(v) for v in out]
-        return OnlineFeatures(values, missing, batch_as_of, self.feature_names, self._int_features, duplicate)
+        return OnlineFeatures(values, missing, batch_as_of, self.feature_names, self._int_features, False)
 
     # -- batch values --
 

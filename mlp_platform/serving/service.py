@@ -1,0 +1,370 @@
+"""The scoring service core (no HTTP here): model pool with hot swap, routing, features with
+fallbacks, decision policy, reason codes, durable decision log, shadow scoring, metrics.
+
+Imports neither dagster nor dbt. The FastAPI layer in :mod:`mlp_platform.serving.app` is thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlp_platform.features.spec import FeatureSpec, default_spec
+from mlp_platform.serving.api_models import ModelUsed, ReasonOut, ScoreOut, TransactionIn
+from mlp_platform.serving.decision_log import DecisionLog
+from mlp_platform.serving.metrics import ServiceMetrics
+from mlp_platform.serving.online_store import FeatureStoreUnavailable, OnlineFeatureStore
+from mlp_platform.serving.reasons import reason_catalogue, top_reasons
+from mlp_platform.serving.routing import RoutingFile, RoutingState, choose_arm
+
+log = logging.getLogger("mlp.serving")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    feature_store_url: str
+    decision_log_dir: Path
+    routing_path: Path
+    api_keys: tuple[str, ...]
+    admin_keys: tuple[str, ...]
+    id_hash_key: bytes
+    review_threshold: float | None = None  # None: the model version's operating threshold
+    decline_threshold: float = 0.9
+    degraded_decision: str = "review"  # the least a decision taken on fallback features can be
+    reasons: int = 3
+    max_body_bytes: int = 64 * 1024
+    reload_interval_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, settings) -> ServingConfig:
+        serving = settings.data_dir / "serving"
+        key_file = serving / "id_hash.key"
+        key = os.environ.get("MLP_ID_HASH_KEY", "").encode()
+        if not key:
+            serving.mkdir(parents=True, exist_ok=True)
+            if not key_file.exists():
+                key_file.write_bytes(secrets.token_bytes(32))
+                key_file.chmod(0o600)
+            key = key_file.read_bytes()
+
+        def keys(name: str) -> tuple[str, ...]:
+            return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
+
+        review = os.environ.get("MLP_REVIEW_THRESHOLD")
+        return cls(
+            feature_store_url=os.environ.get("MLP_FEATURE_STORE_URL", f"embedded://{serving / 'online_store'}"),
+            decision_log_dir=Path(os.environ.get("MLP_DECISION_LOG_DIR", str(serving / "decisions"))),
+            routing_path=serving / "routing.json",
+            api_keys=keys("MLP_API_KEYS"), admin_keys=keys("MLP_ADMIN_KEYS"), id_hash_key=key,
+            review_threshold=float(review) if review else None,
+            decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")),
+            degraded_decision=os.environ.get("MLP_DEGRADED_DECISION", "review"),
+            reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
+        )
+
+
+def key_matches(presented: str | None, keys: tuple[str, ...]) -> bool:
+    """Constant-time comparison against every configured key."""
+    if not presented or not keys:
+        return False
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(presented.encode(), key.encode())
+    return found
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    scorer: object  # FastScorer or Scorer: score(row) / contributions(row)
+    operating_threshold: float
+    artifact_sha256: str
+    feature_names: list[str]
+
+
+def registry_loader(settings) -> Callable[[str], LoadedModel]:
+    """Load a version from the MLflow registry through the serving scorer (schema checked)."""
+    from mlp_platform.registry.mlflow_registry import ModelRegistry
+    from mlp_platform.serving.fast_scorer import FastScorer
+    from mlp_platform.serving.scorer import Scorer
+
+    registry = ModelRegistry.from_settings(settings)
+    spec = default_spec()
+
+    def load(version: str) -> LoadedModel:
+        model_dir = registry.model_dir(version)
+        base = Scorer.from_model_dir(model_dir, spec.feature_names, version=version)
+        fast = FastScorer.from_booster(base.booster, base.feature_names)
+        digest = hashlib.sha256()
+        for path in sorted(model_dir.rglob("*")):
+            if path.is_file():
+                digest.update(path.read_bytes())
+        threshold = float(registry.version_tags(version).get("operating_threshold", "0.5"))
+        return LoadedModel(version, fast, threshold, digest.hexdigest(), base.feature_names)
+
+    return load
+
+
+class ModelPool:
+    """The versions the routing state names, loaded and swapped atomically. A version that fails to
+    load (registry down, corrupt, incompatible) is refused and the previous set keeps serving."""
+
+    def __init__(self, loader: Callable[[str], LoadedModel], routing: RoutingFile, metrics: ServiceMetrics):
+        self._loader, self._routing, self._metrics = loader, routing, metrics
+        self._snapshot: tuple[RoutingState, dict[str, LoadedModel]] = (RoutingState(), {})
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    @property
+    def snapshot(self) -> tuple[RoutingState, dict[str, LoadedModel]]:
+        return self._snapshot
+
+    def refresh(self) -> bool:
+        """Re-read the routing state and load what it needs. True when the served set changed."""
+        with self._lock:
+            try:
+                state = self._routing.read()
+            except FileNotFoundError:
+                self.last_error = f"no routing state at {self._routing.path}"
+                return False
+            except (ValueError, OSError) as err:
+                self._metrics.model_events.labels("routing_invalid").inc()
+                self.last_error = f"routing state refused: {err}"
+                log.error(self.last_error)
+                return False
+            current_state, models = self._snapshot
+            if state == current_state:
+                return False
+            wanted = [v for v in (state.champion, state.challenger, *state.shadows) if v]
+            new_models = {}
+            for version in wanted:
+                if version in models:
+                    new_models[version] = models[version]
+                    continue
+                try:
+                    new_models[version] = self._loader(version)
+                    self._metrics.model_events.labels("loaded").inc()
+                    log.info("loaded model version %s", version)
+                except Exception as err:  # registry down, corrupt or incompatible: keep serving
+                    self._metrics.model_events.labels("refused").inc()
+                    self.last_error = f"version {version} refused: {err}"
+                    log.error(self.last_error)
+                    return False
+            self._snapshot = (state, new_models)
+            self._metrics.models_loaded.set(len(new_models))
+            self._metrics.routing_revision.set(state.revision)
+            self.last_error = None
+            return True
+
+    def start(self, interval_s: float) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception:  # never let the poller die
+                    log.exception("model refresh failed")
+
+        self._thread = threading.Thread(target=loop, name="model-pool", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+DECISION_ORDER = {"approve": 0, "review": 1, "decline": 2}
+
+
+@dataclass
+class ScoringService:
+    config: ServingConfig
+    store: OnlineFeatureStore
+    decisions: DecisionLog
+    pool: ModelPool
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    spec: FeatureSpec = field(default_factory=default_spec)
+
+    def __post_init__(self) -> None:
+        self._catalogue = reason_catalogue(self.spec)
+        self._names = self.spec.feature_names
+        self._shadow_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+
+    def hash_id(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return hmac.new(self.config.id_hash_key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def ready(self) -> tuple[bool, str]:
+        state, models = self.pool.snapshot
+        if not state.champion or state.champion not in models:
+            return False, self.pool.last_error or "no champion loaded"
+        try:
+            if not self.store.ping():
+                return False, "feature store unreachable"
+        except Exception as err:
+            return False, f"feature store unreachable: {err}"
+        return True, "ok"
+
+    def thresholds(self, model: LoadedModel) -> dict[str, float]:
+        review = self.config.review_threshold if self.config.review_threshold is not None else model.operating_threshold
+        return {"review": review, "decline": max(self.config.decline_threshold, review)}
+
+    @staticmethod
+    def decide(score: float, thresholds: dict[str, float]) -> str:
+        if score >= thresholds["decline"]:
+            return "decline"
+        return "review" if score >= thresholds["review"] else "approve"
+
+    async def score(self, request: TransactionIn) -> ScoreOut:
+        started = time.perf_counter()
+        txn, defaults = request.canonical()
+        state, models = self.pool.snapshot
+        arm, version = choose_arm(state, txn["customer_id"])
+        model = models.get(version)
+        if model is None:  # routing names a version that is not loaded (yet): serve the champion
+            arm, version = "champion", state.champion
+            model = models.get(version)
+        if model is None:
+            raise LookupError("no model loaded")
+        t0 = time.perf_counter()
+        degraded = False
+        try:
+            features = self.store.score_features(txn)
+        except FeatureStoreUnavailable as err:
+            degraded = True
+            self.metrics.errors.labels("feature_store_unavailable").inc()
+            log.warning("feature store unavailable, serving fallbacks: %s", err)
+            features = self.store.fallback_features(txn)
+        self.metrics.store_latency.observe(time.perf_counter() - t0)
+        row = np.asarray(features.values, dtype=np.float64)
+        score = float(model.scorer.score(row))
+        thresholds = self.thresholds(model)
+        decision = self.decide(score, thresholds)
+        fallbacks = sorted(features.missing)
+        if degraded:
+            self.metrics.degraded.inc()
+            if DECISION_ORDER[decision] < DECISION_ORDER[self.config.degraded_decision]:
+                decision = self.config.degraded_decision
+        reasons = []
+        if decision != "approve":
+            contributions = list(model.scorer.contributions(row))
+            reasons = top_reasons(self._catalogue, self._names, features.values, contributions,
+                                  self.config.reasons)
+        decision_id = uuid.uuid4().hex
+        policy_version = f"{state.policy_version}/r={thresholds['review']:.6g}/d={thresholds['decline']:.6g}"
+        record = {
+            "decision_id": decision_id, "kind": "decision",
+            "time": dt.datetime.now(dt.UTC).isoformat(), "transaction_id": txn["transaction_id"],
+            "event_time": txn["event_time"].isoformat(),
+            "customer_hash": self.hash_id(txn["customer_id"]), "merchant_hash": self.hash_id(txn["merchant_id"]),
+            "device_hash": self.hash_id(txn["device_id"]),
+            "request": {k: txn[k] for k in ("amount", "currency", "channel", "country", "merchant_category")},
+            "arm": arm, "model_version": version, "model_sha256": model.artifact_sha256,
+            "routing_revision": state.revision,
+            "features": dict(zip(self._names, [None if v != v else v for v in features.values], strict=True)),
+            "fallbacks": fallbacks, "defaults_applied": defaults, "degraded": degraded,
+            "score": score, "thresholds": thresholds, "policy_version": policy_version, "decision": decision,
+            "reasons": [r.__dict__ for r in reasons],
+        }
+        await self.decisions.append_async(record)
+        for shadow in state.shadows:
+            if shadow in models and shadow != version:
+                self._shadow_pool.submit(self._score_shadow, models[shadow], row, decision_id, decision)
+        for name in fallbacks:
+            self.metrics.fallbacks.labels(name).inc()
+        for name in defaults:
+            self.metrics.defaults.labels(name).inc()
+        self.metrics.decisions.labels(decision, arm).inc()
+        self.metrics.scores.labels(version).observe(score)
+        latency = time.perf_counter() - started
+        self.metrics.latency.labels("score", arm).observe(latency)
+        return ScoreOut(
+            decision_id=decision_id, decision=decision, score=score, policy_version=policy_version,
+            thresholds=thresholds, model=ModelUsed(arm=arm, version=version, score=score),
+            reasons=[ReasonOut(**r.__dict__) for r in reasons], fallbacks=fallbacks, defaults_applied=defaults,
+            degraded=degraded, latency_ms=latency * 1000.0,
+        )
+
+    def _score_shadow(self, model: LoadedModel, row: np.ndarray, decision_id: str, served: str) -> None:
+        """Off the critical path: the shadow's score is logged for comparison, never served."""
+        try:
+            score = float(model.scorer.score(row))
+            decision = self.decide(score, self.thresholds(model))
+            self.decisions.append({
+                "decision_id": f"{decision_id}:shadow:{model.version}", "kind": "shadow",
+                "of_decision": decision_id, "time": dt.datetime.now(dt.UTC).isoformat(),
+                "model_version": model.version, "model_sha256": model.artifact_sha256, "score": score,
+                "decision": decision, "served_decision": served})
+            self.metrics.shadow_scores.labels(model.version).inc()
+            if decision != served:
+                self.metrics.shadow_disagreements.labels(model.version).inc()
+        except Exception:
+            self.metrics.errors.labels("shadow").inc()
+            log.exception("shadow scoring failed")
+
+    def flush_shadows(self) -> None:
+        """Wait for queued shadow scorings (tests, shutdown)."""
+        self._shadow_pool.submit(lambda: None).result()
+
+    def explain(self, decision_id: str) -> tuple[dict, str] | None:
+        record = self.decisions.get(decision_id)
+        if record is None:
+            return None
+        reasons = record.get("reasons") or []
+        if not reasons and record.get("kind") == "decision":
+            _, models = self.pool.snapshot
+            model = models.get(record["model_version"])
+            if model is not None:  # contributions computed on demand from the features as served
+                values = [np.nan if record["features"][n] is None else record["features"][n] for n in self._names]
+                contributions = list(model.scorer.contributions(np.asarray(values, dtype=np.float64)))
+                reasons = [r.__dict__ for r in top_reasons(self._catalogue, self._names, values, contributions,
+                                                           self.config.reasons)]
+        return record, explanation_text(record, reasons)
+
+    async def close(self) -> None:
+        self.pool.stop()
+        self._shadow_pool.shutdown(wait=True)
+        await asyncio.to_thread(self.decisions.close)
+        self.store.close()
+
+
+def explanation_text(record: dict, reasons: list[dict]) -> str:
+    t = record.get("thresholds", {})
+    parts = [
+        f"On {record.get('time', '?')} transaction {record.get('transaction_id')} received the decision "
+        f"'{record.get('decision')}' under policy {record.get('policy_version')}.",
+        f"Model version {record.get('model_version')} ({record.get('arm')} arm) gave a fraud score of "
+        f"{record.get('score', 0):.4f}; transactions scoring at least {t.get('review', 0):.4f} go to review "
+        f"and at least {t.get('decline', 0):.4f} are declined.",
+    ]
+    if reasons:
+        parts.append("The factors that raised the score most: " + "; ".join(
+            f"{r['text']} ({r['feature']} = {r['value']})" for r in reasons) + ".")
+    else:
+        parts.append("No factor pushed the score towards fraud.")
+    if record.get("degraded"):
+        parts.append("The feature store could not be reached: stored features were replaced by documented "
+                     f"fallbacks ({', '.join(record.get('fallbacks', []))}) and the decision was made at least "
+                     "'review' so that a person checks it.")
+    elif record.get("fallbacks"):
+        parts.append(f"Fallback values were used for: {', '.join(record['fallbacks'])}.")
+    if record.get("defaults_applied"):
+        parts.append(f"Missing request fields received defaults: {', '.join(record['defaults_applied'])}.")
+    return " ".join(parts)
+
+

@@ -1,0 +1,344 @@
+"""The scoring service for real: a LightGBM model registered in a temporary MLflow store, the online
+feature store, the durable decision log, routing and hot swaps, behind the FastAPI app."""
+
+import dataclasses
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from mlp_platform import lifecycle
+from mlp_platform.features.spec import default_spec
+from mlp_platform.serving.app import create_app
+from mlp_platform.serving.decision_log import DecisionLog, verify_log
+from mlp_platform.serving.metrics import ServiceMetrics
+from mlp_platform.serving.online_store import store_from_url
+from mlp_platform.serving.routing import BUCKETS, RoutingFile, RoutingState, bucket, choose_arm
+from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
+from mlp_platform.settings import load_settings
+from mlp_platform.training.trainer import TrainingConfig, train_model
+from test_online_store import redis_server_process
+
+KEY, ADMIN = "score-key-123", "admin-key-456"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def synthetic_training_frame(seed: int, n: int = 6000) -> pl.DataFrame:
+    """A training frame with the spec's columns; fraud depends on amount and recent velocity."""
+    rng = np.random.default_rng(seed)
+    names = default_spec().feature_names
+    data = {name: rng.random(n) * 10 for name in names}
+    data["amount"] = rng.lognormal(3, 1, n)
+    logit = 0.02 * data["amount"] + 0.5 * data["customer_txn_count_1h"] - 7
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    start = dt.datetime(2026, 1, 1)
+    times = [start + dt.timedelta(seconds=int(s)) for s in np.sort(rng.integers(0, 40 * 86400, n))]
+    return pl.DataFrame({**data, "label": label, "transaction_id": [f"t{i:06d}" for i in range(n)],
+                         "event_time": times, "feature_spec_hash": default_spec().spec_hash}).with_columns(
+        pl.col("event_time").dt.date().alias("event_date"))
+
+
+def register(settings, seed: int) -> str:
+    trained = train_model(synthetic_training_frame(seed), default_spec().feature_names,
+                          TrainingConfig(seed=seed, n_candidates=1, n_folds=2, max_rounds=60, search_max_rounds=30,
+                                         gap_days=2))
+    ref = lifecycle.registry_for(settings).log_training(trained, spec_hash=default_spec().spec_hash,
+                                                        code_version="test", operating_threshold=0.3)
+    return ref.version
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLP_DATA_DIR", str(tmp / "data"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        settings = load_settings()
+        v1, v2 = register(settings, 1), register(settings, 2)
+        RoutingFile(settings.routing_path).write(RoutingState(champion=v1, updated_by="test"))
+        yield {"settings": settings, "v1": v1, "v2": v2, "tmp": tmp, "mp": mp}
+
+
+def make_service(platform, tmp_path, store_url="memory://", **overrides) -> ScoringService:
+    settings = platform["settings"]
+    config = ServingConfig(feature_store_url=store_url, decision_log_dir=tmp_path / "decisions",
+                           routing_path=tmp_path / "routing.json", api_keys=(KEY,), admin_keys=(ADMIN,),
+                           id_hash_key=b"k" * 32, reload_interval_s=3600, **overrides)
+    routing = RoutingFile(config.routing_path)
+    routing.write(RoutingState(champion=platform["v1"], updated_by="test"))
+    metrics = ServiceMetrics()
+    pool = ModelPool(registry_loader(settings), routing, metrics)
+    assert pool.refresh()
+    return ScoringService(config, store_from_url(store_url), DecisionLog(config.decision_log_dir), pool, metrics)
+
+
+def txn(i: int, customer: str = "C1", **extra) -> dict:
+    base = {"transaction_id": f"T{i:08d}", "event_time": (dt.datetime(2026, 3, 1, 12) + dt.timedelta(seconds=i)).isoformat(),
+            "customer_id": customer, "merchant_id": f"M{i % 7}", "amount": 20.0 + i % 50, "currency": "EUR",
+            "channel": "ecom", "country": "DE", "merchant_category": "5411", "device_id": "D1"}
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def client(platform, tmp_path):
+    service = make_service(platform, tmp_path)
+    with TestClient(create_app(service)) as c:
+        c.service = service
+        yield c
+
+
+def test_score_and_explain_a_decision(client, platform):
+    r = client.post("/v1/score", json=txn(1), headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"arm": "champion", "version": platform["v1"], "score": body["score"]}
+    assert body["decision"] in ("approve", "review", "decline") and 0 <= body["score"] <= 1
+    assert body["thresholds"]["review"] == pytest.approx(0.3) and body["latency_ms"] > 0
+    trace = client.get(f"/v1/decisions/{body['decision_id']}", headers=AUTH)
+    assert trace.status_code == 200
+    record = trace.json()["record"]
+    assert record["model_version"] == platform["v1"] and len(record["model_sha256"]) == 64
+    assert set(record["features"]) == set(default_spec().feature_names)
+    assert record["customer_hash"] != "C1" and "C1" not in str(record)  # no raw identifier stored
+    assert "fraud score" in trace.json()["explanation"]
+    # review/decline decisions carry reason codes with readable text
+    client.service.config = dataclasses.replace(client.service.config, review_threshold=0.0)
+    flagged = client.post("/v1/score", json=txn(2), headers=AUTH).json()
+    assert flagged["decision"] in ("review", "decline") and 1 <= len(flagged["reasons"]) <= 3
+    assert all(reason["contribution"] > 0 and reason["code"].startswith("R") for reason in flagged["reasons"])
+    # an approve has no inline reasons: the trace computes them on demand
+    client.service.config = dataclasses.replace(client.service.config, review_threshold=1.0, decline_threshold=1.0)
+    approved = client.post("/v1/score", json=txn(3, amount=5000.0), headers=AUTH).json()
+    assert approved["decision"] == "approve" and approved["reasons"] == []
+    explained = client.get(f"/v1/decisions/{approved['decision_id']}", headers=AUTH).json()["explanation"]
+    assert "raised the score most" in explained or "No factor" in explained
+    assert client.get("/v1/decisions/nope", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"amount": None}, "amount"), ({"amount": -3}, "amount"), ({"event_time": "yesterday"}, "event_time"),
+    ({"transaction_id": ""}, "transaction_id"), ({"customer_id": None}, "customer_id"),
+])
+def test_critical_field_errors_are_422_naming_the_field(client, change, field):
+    body = {k: v for k, v in {**txn(5), **change}.items() if v is not None}
+    r = client.post("/v1/score", json=body, headers=AUTH)
+    assert r.status_code == 422 and field in r.json()["fields"]
+
+
+def test_bad_input_never_500(client):
+    assert client.post("/v1/score", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
+                       ).status_code == 422
+    big = client.post("/v1/score", content=b"{" + b" " * 70_000 + b"}",
+                      headers={**AUTH, "content-type": "application/json"})
+    assert big.status_code == 413
+    assert client.post("/v1/score", json=txn(6)).status_code == 401
+    assert client.post("/v1/score", json=txn(6), headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/v1/admin/reload", headers=AUTH).status_code == 401
+    assert client.post("/v1/admin/reload", headers={"X-API-Key": ADMIN}).status_code == 200
+    defaulted = client.post("/v1/score", json=txn(7, channel="carrier-pigeon", country=None), headers=AUTH)
+    assert defaulted.status_code == 200 and set(defaulted.json()["defaults_applied"]) == {"channel", "country"}
+    metrics = client.get("/metrics").text
+    assert 'mlp_request_defaults_total{field="channel"} 1.0' in metrics
+    assert "mlp_request_latency_seconds_bucket" in metrics and "mlp_score_bucket" in metrics
+
+
+def test_health_readiness_and_openapi(client, platform):
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["champion"] == platform["v1"]
+    schema = client.get("/openapi.json").json()
+    assert "/v1/score" in schema["paths"] and schema["components"]["schemas"]["TransactionIn"]["examples"]
+
+
+def test_routing_is_sticky_with_the_configured_share():
+    state = RoutingState(champion="1", challenger="2", challenger_share=0.25)
+    arms = [choose_arm(state, f"C{i}")[0] for i in range(20_000)]
+    share = arms.count("challenger") / len(arms)
+    assert 0.23 < share < 0.27
+    assert all(choose_arm(state, f"C{i}") == choose_arm(state, f"C{i}") for i in range(500))
+    assert bucket("C42") == bucket("C42") and 0 <= bucket("C42") < BUCKETS
+    # raising the canary share only adds customers to the challenger, never moves one back
+    wider = RoutingState(champion="1", challenger="2", challenger_share=0.5)
+    assert all(choose_arm(wider, f"C{i}")[0] == "challenger" for i in range(2000)
+               if choose_arm(state, f"C{i}")[0] == "challenger")
+    with pytest.raises(ValueError):
+        RoutingState(champion="1", challenger_share=0.5).validate()
+
+
+def test_challenger_split_and_shadow_off_the_critical_path(client, platform, tmp_path):
+    routing = RoutingFile(client.service.config.routing_path)
+    routing.write(RoutingState(champion=platform["v1"], challenger=platform["v2"], challenger_share=0.5,
+                               shadows=(platform["v2"],)))
+    assert client.service.pool.refresh()
+    seen = {}
+    for i in range(60):
+        customer = f"C{i % 20}"
+        version = client.post("/v1/score", json=txn(100 + i, customer=customer), headers=AUTH).json()["model"]["version"]
+        assert seen.setdefault(customer, version) == version  # sticky
+    assert set(seen.values()) == {platform["v1"], platform["v2"]}
+    # block the shadow worker: scoring must not wait for it
+    release = threading.Event()
+    client.service._shadow_pool.submit(release.wait, 10)
+    started = time.perf_counter()
+    champion_customer = next(f"S{i}" for i in range(1000) if bucket(f"S{i}") >= BUCKETS // 2)
+    r = client.post("/v1/score", json=txn(500, customer=champion_customer), headers=AUTH)
+    elapsed = time.perf_counter() - started
+    release.set()
+    assert r.status_code == 200 and elapsed < 2.0
+    client.service.flush_shadows()
+    served = r.json()
+    assert served["model"]["version"] == platform["v1"]
+    shadow = client.service.decisions.get(f"{served['decision_id']}:shadow:{platform['v2']}")
+    assert shadow is not None and shadow["kind"] == "shadow" and shadow["served_decision"] == served["decision"]
+
+
+def test_hot_swap_under_load_fails_no_request(client, platform):
+    routing = RoutingFile(client.service.config.routing_path)
+    errors, versions = [], []
+
+    def hammer(worker: int) -> None:
+        for i in range(60):
+            r = client.post("/v1/score", json=txn(10_000 + worker * 100 + i, customer=f"H{worker}"), headers=AUTH)
+            if r.status_code != 200:
+                errors.append(r.status_code)
+            else:
+                versions.append(r.json()["model"]["version"])
+
+    threads = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    routing.write(RoutingState(champion=platform["v2"]))
+    assert client.post("/v1/admin/reload", headers={"X-API-Key": ADMIN}).json()["champion"] == platform["v2"]
+    for t in threads:
+        t.join()
+    assert errors == [] and len(versions) == 240
+    assert versions[-1] == platform["v2"]
+
+
+def test_registry_down_or_corrupt_version_keeps_the_last_good_model(client, platform, tmp_path):
+    service = client.service
+    routing = RoutingFile(service.config.routing_path)
+    routing.write(RoutingState(champion="999"))  # a version the registry does not have
+    assert not service.pool.refresh()
+    assert "999" in service.pool.last_error
+    r = client.post("/v1/score", json=txn(700), headers=AUTH)
+    assert r.status_code == 200 and r.json()["model"]["version"] == platform["v1"]
+    assert 'mlp_model_load_events_total{outcome="refused"}' in client.get("/metrics").text
+    # the registry itself unreachable: a loader pointed at a closed port refuses, serving continues
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    down = dataclasses.replace(platform["settings"], mlflow_uri=f"http://127.0.0.1:{dead}")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    pool = ModelPool(registry_loader(down), routing, ServiceMetrics())
+    pool._snapshot = service.pool.snapshot
+    routing.write(RoutingState(champion=platform["v2"]))
+    assert not pool.refresh() and pool.snapshot[0].champion == platform["v1"]
+
+
+def test_incompatible_model_is_refused(client, platform, tmp_path):
+    """A version whose model file is corrupt is refused; the previous one keeps serving."""
+    registry = lifecycle.registry_for(platform["settings"])
+    v3 = register(platform["settings"], 3)
+    model_file = next(p for p in registry.model_dir(v3).rglob("*.lgb"))
+    source = next(p for p in Path(platform["settings"].data_dir, "mlflow").rglob(model_file.name)
+                  if p.read_bytes() == model_file.read_bytes())
+    source.write_text("this is not a model")
+    RoutingFile(client.service.config.routing_path).write(RoutingState(champion=v3))
+    assert not client.service.pool.refresh()
+    assert client.post("/v1/score", json=txn(800), headers=AUTH).json()["model"]["version"] == platform["v1"]
+
+
+def test_feature_store_down_degrades_then_recovers(platform, tmp_path):
+    with redis_server_process(tmp_path / "redis") as (proc, port):
+        service = make_service(platform, tmp_path, store_url=f"redis://127.0.0.1:{port}/0?timeout=0.2")
+        with TestClient(create_app(service)) as c:
+            ok = c.post("/v1/score", json=txn(1), headers=AUTH).json()
+            assert ok["degraded"] is False
+            os.kill(proc.pid, signal.SIGSTOP)  # hung store
+            try:
+                r = c.post("/v1/score", json=txn(2), headers=AUTH)
+                assert r.status_code == 200
+                body = r.json()
+                assert body["degraded"] is True and body["decision"] in ("review", "decline")
+                assert "customer_txn_count_1h" in body["fallbacks"]
+                assert c.get("/readyz").status_code == 503
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            recovered = c.post("/v1/score", json=txn(3), headers=AUTH).json()
+            assert recovered["degraded"] is False
+            assert 'mlp_errors_total{type="feature_store_unavailable"}' in c.get("/metrics").text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_every_acknowledged_decision_survives_kill_9(platform, tmp_path):
+    settings = platform["settings"]
+    port = _free_port()
+    decisions = tmp_path / "kill9"
+    env = {**os.environ, "MLP_DATA_DIR": str(settings.data_dir), "MLP_API_KEYS": KEY,
+           "MLP_FEATURE_STORE_URL": "memory://", "MLP_DECISION_LOG_DIR": str(decisions)}
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "mlp_platform.serving.app:app_from_env",
+                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("server did not become ready")
+
+        def load(worker: int) -> None:
+            with httpx.Client(timeout=5) as http:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    try:
+                        r = http.post(f"http://127.0.0.1:{port}/v1/score", headers=AUTH,
+                                      json=txn(worker * 1_000_000 + i, customer=f"K{worker}"))
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code == 200:
+                        acknowledged.append(r.json()["decision_id"])
+
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        os.kill(server.pid, signal.SIGKILL)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+    assert len(acknowledged) > 20
+    report = verify_log(decisions)
+    assert report.ok, report.describe()
+    with DecisionLog(decisions) as log:
+        missing = [d for d in acknowledged if log.get(d) is None]
+    assert missing == []
