@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
+from test_online_store import redis_server_process
 
 from mlp_platform import lifecycle
 from mlp_platform.features.spec import default_spec
@@ -28,7 +29,6 @@ from mlp_platform.serving.routing import BUCKETS, RoutingFile, RoutingState, buc
 from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
 from mlp_platform.settings import load_settings
 from mlp_platform.training.trainer import TrainingConfig, train_model
-from test_online_store import redis_server_process
 
 KEY, ADMIN = "score-key-123", "admin-key-456"
 AUTH = {"Authorization": f"Bearer {KEY}"}
