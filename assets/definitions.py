@@ -12,12 +12,14 @@ from assets.features import build_feature_assets
 from assets.ingest import build_ingest_assets
 from assets.model import MODEL_ASSETS, MODEL_CHECKS, MODEL_JOBS
 from assets.resources import resources_for
+from assets.serving import build_serving_assets
 from mlp_platform.settings import Settings, load_settings
 from sensors.definitions import build_automation
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    assets = [*build_ingest_assets(settings), *build_feature_assets(settings), *MODEL_ASSETS]
+    assets = [*build_ingest_assets(settings), *build_feature_assets(settings), *MODEL_ASSETS,
+              *build_serving_assets(settings)]
     jobs, schedules, sensors = build_automation(settings)
     jobs = [*jobs, *MODEL_JOBS]
     # Locally one process runs a whole run (fast start, one DuckDB writer); in production the run

@@ -117,6 +117,10 @@ class Settings:
         return None if self.mlflow_uri else self.data_dir / "mlflow" / "artifacts"
 
     @property
+    def batch_snapshot_dir(self) -> Path:
+        return self.data_dir / "serving" / "batch"
+
+    @property
     def routing_path(self) -> Path:
         return self.data_dir / "serving" / "routing.json"
 

@@ -95,6 +95,9 @@ def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
         assert meta["promoted"].value is True and meta["role"].value == "champion"
         card = instance.get_latest_materialization_event(dg.AssetKey("model_card"))
         assert "# Model card: fraud-detector v1" in card.asset_materialization.metadata["card"].value
+        # batch features pushed for the serving layer, as of the start of the day
+        pushed = _materialize(defs, "online_batch_features", instance, "2026-02-10", "2026-02-10")
+        assert pushed.success
         mats = instance.get_latest_materialization_event(dg.AssetKey(["features", "transaction_features"]))
         assert mats is not None
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
@@ -105,6 +108,22 @@ def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
     # training rows are only those whose label matured (14 days) before the newest event
     newest_mature = dt.datetime(2026, 2, 15) - dt.timedelta(days=settings.label_maturity_days)
     assert 0 < train[0] < raw and train[1] <= newest_mature
+    snapshot = settings.batch_snapshot_dir / "merchant_risk" / "2026-02-10.json"
+    rows = json.loads(snapshot.read_text())["rows"]
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        expected = con.execute("select merchant_id, merchant_fraud_rate_30d from features.fv_merchant_risk "
+                               "where as_of_date = '2026-02-10'").fetchall()
+    assert len(rows) == len(expected) > 0
+    from mlp_platform.serving.batch_push import SnapshotLoader
+    from mlp_platform.serving.online_store import store_from_url
+
+    merchant, rate = max(expected, key=lambda r: r[1])
+    with store_from_url("memory://") as store:
+        assert SnapshotLoader(settings.batch_snapshot_dir).load_new(store) == 1
+        served = store.score_features({"transaction_id": "probe", "event_time": dt.datetime(2026, 2, 10, 12),
+                                       "customer_id": "C_PROBE", "merchant_id": merchant, "amount": 10.0})
+        assert served.to_dict()["merchant_fraud_rate_30d"] == pytest.approx(rate)
+        assert not {"merchant_fraud_rate_30d"} & served.missing
 
 
 @pytest.mark.skipif(not HANDBOOK.exists(), reason="shared dataset not mounted")

@@ -140,6 +140,7 @@ def create_app(service: ScoringService) -> FastAPI:
               summary="Re-read the routing state and load the models it names now")
     async def reload():
         changed = service.pool.refresh()
+        service.refresh_batch_features()
         state, models = service.pool.snapshot
         return {"changed": changed, "champion": state.champion, "loaded": sorted(models),
                 "error": service.pool.last_error}
@@ -161,9 +162,11 @@ def build_service(settings=None) -> ScoringService:
     metrics = ServiceMetrics()
     pool = ModelPool(registry_loader(settings), RoutingFile(config.routing_path), metrics)
     pool.refresh()
-    pool.start(config.reload_interval_s)
     store = store_from_url(config.feature_store_url)
-    return ScoringService(config, store, DecisionLog(config.decision_log_dir), pool, metrics)
+    service = ScoringService(config, store, DecisionLog(config.decision_log_dir), pool, metrics)
+    pool.on_tick = service.refresh_batch_features
+    pool.start(config.reload_interval_s)
+    return service
 
 
 def app_from_env():

@@ -48,6 +48,7 @@ class ServingConfig:
     reasons: int = 3
     max_body_bytes: int = 64 * 1024
     reload_interval_s: float = 5.0
+    batch_snapshot_dir: Path | None = None
 
     @classmethod
     def from_env(cls, settings) -> ServingConfig:
@@ -74,6 +75,7 @@ class ServingConfig:
             decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")),
             degraded_decision=os.environ.get("MLP_DEGRADED_DECISION", "review"),
             reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
+            batch_snapshot_dir=settings.batch_snapshot_dir,
         )
 
 
@@ -130,6 +132,7 @@ class ModelPool:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.on_tick: Callable[[], object] | None = None  # extra work per poll (batch-feature snapshots)
 
     @property
     def snapshot(self) -> tuple[RoutingState, dict[str, LoadedModel]]:
@@ -177,6 +180,8 @@ class ModelPool:
             while not self._stop.wait(interval_s):
                 try:
                     self.refresh()
+                    if self.on_tick:
+                        self.on_tick()
                 except Exception:  # never let the poller die
                     log.exception("model refresh failed")
 
@@ -200,9 +205,24 @@ class ScoringService:
     spec: FeatureSpec = field(default_factory=default_spec)
 
     def __post_init__(self) -> None:
+        from mlp_platform.serving.batch_push import SnapshotLoader
+
+        self._snapshots = SnapshotLoader(self.config.batch_snapshot_dir) if self.config.batch_snapshot_dir else None
+        self.refresh_batch_features()
         self._catalogue = reason_catalogue(self.spec)
         self._names = self.spec.feature_names
         self._shadow_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+
+    def refresh_batch_features(self) -> int:
+        """Load batch-feature snapshots pushed since the last call (embedded store)."""
+        if self._snapshots is None or not self.config.feature_store_url.startswith(("embedded", "memory")):
+            return 0
+        try:
+            return self._snapshots.load_new(self.store)
+        except Exception:
+            self.metrics.errors.labels("batch_snapshot").inc()
+            log.exception("loading batch feature snapshots failed")
+            return 0
 
     def hash_id(self, value: str | None) -> str | None:
         if value is None:
