@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 
-.PHONY: setup prepare demo demo-handbook test lint ui bench clean
+.PHONY: setup prepare demo demo-handbook test lint ui serve bench clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
@@ -33,6 +33,9 @@ lint: setup
 
 ui: prepare
 	$(VENV)/bin/mlp ui
+
+serve: prepare
+	$(VENV)/bin/mlp serve
 
 bench: prepare
 	$(VENV)/bin/python bench/bench_features.py

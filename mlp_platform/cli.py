@@ -215,6 +215,20 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
         from mlp_platform import lifecycle
 
         lifecycle.sync_routing(settings, updated_by="mlp serve (initial)")
+    if not os.environ.get("MLP_API_KEYS"):
+        if settings.env == "production":
+            console.print("[red]MLP_API_KEYS must be set in production[/red]")
+            raise typer.Exit(2)
+        key_file = settings.data_dir / "serving" / "local_api_key"
+        if not key_file.exists():
+            import secrets
+
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_urlsafe(24))
+            key_file.chmod(0o600)
+        os.environ["MLP_API_KEYS"] = key_file.read_text().strip()
+        os.environ.setdefault("MLP_ADMIN_KEYS", os.environ["MLP_API_KEYS"])
+        console.print(f"local API key (from {key_file}): {os.environ['MLP_API_KEYS']}")
     uvicorn.run("mlp_platform.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False)
 
