@@ -120,6 +120,17 @@ def _default(df: pl.DataFrame, column: str, mask: pl.Expr, value: str, rule: str
     return df
 
 
+def _refuse_on_critical(checks: dict[str, pl.Series], out: pl.DataFrame, report: ContractReport) -> None:
+    """Record every critical rule that matched rows; refuse the batch if any did."""
+    for rule, mask in checks.items():
+        mask = mask.fill_null(False)
+        n = int(mask.sum())
+        if n:
+            report.critical.append(Issue(rule, n, _row_names(out, mask)))
+    if report.critical:
+        raise ContractViolation(report)
+
+
 def validate_transactions(df: pl.DataFrame, dataset: str = "transactions") -> tuple[pl.DataFrame, ContractReport]:
     """Return the canonical, defaulted frame and its report; raise ContractViolation if critical."""
     report = ContractReport(dataset=dataset, rows=df.height)
@@ -134,13 +145,7 @@ def validate_transactions(df: pl.DataFrame, dataset: str = "transactions") -> tu
         "non_finite_amount": out["amount"].is_nan() | out["amount"].is_infinite(),
         "duplicate.transaction_id": out["transaction_id"].is_duplicated() & out["transaction_id"].is_not_null(),
     }
-    for rule, mask in checks.items():
-        mask = mask.fill_null(False)
-        n = int(mask.sum())
-        if n:
-            report.critical.append(Issue(rule, n, _row_names(out, mask)))
-    if report.critical:
-        raise ContractViolation(report)
+    _refuse_on_critical(checks, out, report)
 
     out = out.with_columns(pl.col("channel").str.to_lowercase().str.strip_chars())
     out = _default(out, "channel", ~pl.col("channel").is_in(list(CHANNELS)) | pl.col("channel").is_null(),
@@ -170,11 +175,5 @@ def validate_labels(
         "duplicate.transaction_id_label_time": out.select(
             pl.struct("transaction_id", "label_time").is_duplicated()).to_series(),
     }
-    for rule, mask in checks.items():
-        mask = mask.fill_null(False)
-        n = int(mask.sum())
-        if n:
-            report.critical.append(Issue(rule, n, _row_names(out, mask)))
-    if report.critical:
-        raise ContractViolation(report)
+    _refuse_on_critical(checks, out, report)
     return out, report
