@@ -195,3 +195,19 @@ def test_cards_exist_for_every_version(world):
         names = {a.path for a in registry.client.list_artifacts(mv.run_id)}
         assert "model_card.md" in names, f"v{mv.version} has no card"
     assert Path(world["settings"].audit_dir).exists()
+
+
+def test_a_fresh_process_loads_the_champion_through_the_registry(world):
+    """The serving loader in a new interpreter (no global MLflow state) finds the registered model."""
+    import subprocess
+    import sys
+
+    code = ("from mlp_platform.settings import load_settings\n"
+            "from mlp_platform.serving.service import registry_loader\n"
+            f"m = registry_loader(load_settings())('{world['v1'].version}')\n"
+            "print(m.version, len(m.feature_names), len(m.artifact_sha256))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**env, "MLP_DATA_DIR": str(world["settings"].data_dir)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [world["v1"].version, str(len(default_spec().feature_names)), "64"]

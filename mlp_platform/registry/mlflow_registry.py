@@ -161,8 +161,9 @@ class ModelRegistry:
         """Local directory of the version's MLflow model (downloaded when remote)."""
         from mlflow.artifacts import download_artifacts
 
-        return Path(download_artifacts(artifact_uri=f"models:/{self.model_name}/{version}",
-                                       tracking_uri=self.tracking_uri))
+        # resolve through this registry's own client (a models:/ URI would use the process-global one)
+        location = self.client.get_model_version_download_uri(self.model_name, version)
+        return Path(download_artifacts(artifact_uri=location, tracking_uri=self.tracking_uri))
 
     def log_json(self, run_id: str, payload: dict[str, Any], path: str) -> None:
         self.client.log_dict(run_id, payload, path)
@@ -179,7 +180,7 @@ class ModelRegistry:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 local = download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
-                                           tracking_uri=self.tracking_uri)
+                                           tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
                 return json.loads(Path(local).read_text())
         except Exception:  # absent artefact
             return None
