@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext
 
 from assets.resources import PlatformSettingsResource
 from mlp_platform import lifecycle
+from mlp_platform.evaluation.gates import GateConfig
 from mlp_platform.registry.mlflow_registry import ModelVersionRef
 from mlp_platform.training.trainer import TrainingConfig
 
@@ -19,6 +20,24 @@ class TrainingRunConfig(dg.Config):
     n_candidates: int = 6
     n_folds: int = 3
     max_rounds: int = 300
+
+
+class EvaluationConfig(dg.Config):
+    """Gate settings (defaults: mlp_platform.evaluation.gates.GateConfig). Tolerances are absolute
+    losses the paired 95% interval must exclude; small windows give wide intervals."""
+
+    ap_tolerance: float = 0.02
+    alert_budget_tolerance: float = 0.02
+    recall_tolerance: float = 0.03
+    latency_p99_budget_us: float = 2000.0
+    require_bias_segments: bool = False
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig(tolerances=(("average_precision", self.ap_tolerance),
+                                      ("alert_budget_precision", self.alert_budget_tolerance),
+                                      ("recall_at_fpr", self.recall_tolerance)),
+                          latency_p99_budget_us=self.latency_p99_budget_us,
+                          require_bias_segments=self.require_bias_segments)
 
 
 class PromotionConfig(dg.Config):
@@ -69,11 +88,11 @@ def candidate_model(context: AssetExecutionContext, config: TrainingRunConfig,
                 "(daily metrics, segments, bootstrap intervals, decision impact) and runs the promotion "
                 "gates; the gates are the blocking checks of this asset.",
 )
-def candidate_evaluation(context: AssetExecutionContext, candidate_model: ModelVersionRef,
+def candidate_evaluation(context: AssetExecutionContext, config: EvaluationConfig, candidate_model: ModelVersionRef,
                          platform: PlatformSettingsResource) -> dg.Output[lifecycle.Evaluation]:
     settings = platform.get()
     training = lifecycle.load_training_set(settings)
-    evaluation = lifecycle.evaluate_candidate(settings, candidate_model, training)
+    evaluation = lifecycle.evaluate_candidate(settings, candidate_model, training, config.gate_config())
     card = lifecycle.write_model_card(settings, candidate_model.version)
     return dg.Output(evaluation, metadata={
         "candidate_version": candidate_model.version,

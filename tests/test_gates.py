@@ -48,3 +48,16 @@ def test_audit_log_appends_and_verifies(tmp_path):
     (tmp_path / "a.jsonl").write_text(text)
     check = verify_chain(log.records())
     assert not check.ok and check.first_broken == 1
+
+
+def test_bias_gate_says_when_it_could_not_judge():
+    import numpy as np
+    import polars as pl
+
+    from mlp_platform.evaluation.gates import bias_gate
+
+    window = pl.DataFrame({"label": [0, 1] * 50, "amount": [1.0] * 100})
+    lenient = bias_gate(window, np.linspace(0, 1, 100), 0.5, CONFIG)
+    assert lenient.passed and lenient.summary.startswith("NOT EVALUATED")
+    strict = bias_gate(window, np.linspace(0, 1, 100), 0.5, GateConfig(require_bias_segments=True))
+    assert not strict.passed

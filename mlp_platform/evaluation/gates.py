@@ -34,6 +34,8 @@ class GateConfig:
     #: Customer attributes judged for bias (home_country: the customer's home region). Business
     #: segments (channel, amount band) differ in risk by nature and are reported, not judged.
     bias_segments: tuple[str, ...] = ("home_country",)
+    #: When the data has none of the bias segments: pass with "not evaluated" (False) or refuse (True).
+    require_bias_segments: bool = False
     max_fpr_ratio: float = 1.25
     max_tpr_diff: float = 0.10
     min_group_size: int = 200
@@ -143,8 +145,11 @@ def bias_gate(window: pl.DataFrame, scores: np.ndarray, threshold: float, config
         if not verdict["passed"]:
             failures.append(verdict["explanation"])
     if not judged:
-        return GateResult("bias", True, "no segment with two or more groups in this data: nothing to judge",
-                          {"segments": {}})
+        return GateResult("bias", not config.require_bias_segments,
+                          f"NOT EVALUATED: the data has none of the bias segments {list(config.bias_segments)} "
+                          "with two or more groups; this is not evidence of fairness"
+                          + (" (refused: bias segments are required)" if config.require_bias_segments else ""),
+                          {"segments": {}, "evaluated": False})
     summary = ("; ".join(failures) if failures else
                f"FPR ratio within {config.max_fpr_ratio} and TPR difference within {config.max_tpr_diff} "
                f"for {', '.join(judged)} (groups below {config.min_group_size} rows or "

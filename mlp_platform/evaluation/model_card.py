@@ -43,6 +43,8 @@ def _limitations(evidence: dict[str, Any]) -> list[str]:
     if absent:
         out.append(f"The training source lacks {absent}; features and segments using them carry defaults.")
     bias = next((g for g in evidence.get("gates", []) if g["name"] == "bias"), None)
+    if bias and bias.get("details", {}).get("evaluated") is False:
+        out.append("Fairness was not evaluated: the data has no attribute of the configured bias segments.")
     if bias:
         for segment, judged in bias.get("details", {}).get("segments", {}).items():
             small = [k for k, v in judged["verdict"]["groups"].items() if v.get("status") == "insufficient"]
@@ -103,6 +105,8 @@ def render_markdown(evidence: dict[str, Any]) -> str:
     if bias:
         for judged in bias.get("details", {}).get("segments", {}).values():
             lines.append(f"- {judged['verdict']['explanation']}")
+        if not bias.get("details", {}).get("segments"):
+            lines.append(f"- {bias['summary']}")
     else:
         lines.append("- not evaluated")
     lines += ["", "## Decision impact versus the champion", ""]
