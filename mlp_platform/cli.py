@@ -229,6 +229,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
         os.environ["MLP_API_KEYS"] = key_file.read_text().strip()
         os.environ.setdefault("MLP_ADMIN_KEYS", os.environ["MLP_API_KEYS"])
         console.print(f"local API key (from {key_file}): {os.environ['MLP_API_KEYS']}")
+    os.environ["MLP_SERVING_WORKERS"] = str(workers)
     uvicorn.run("mlp_platform.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False)
 
@@ -244,9 +245,14 @@ def audit_verify(directory: Path = typer.Option(None, help="Decision log directo
 
     settings = load_settings()
     directory = directory or Path(os.environ.get("MLP_DECISION_LOG_DIR", str(settings.data_dir / "serving" / "decisions")))
-    report = verify_log(directory)
-    console.print(report.describe(), markup=False, highlight=False)
-    if not report.ok:
+    chains = [directory, *sorted(p for p in directory.glob("worker-*") if p.is_dir())]
+    broken = False
+    for chain in chains:
+        if chain != directory or any(chain.glob("decisions-*.jsonl")) or len(chains) == 1:
+            report = verify_log(chain)
+            console.print(f"{chain}: {report.describe()}", markup=False, highlight=False)
+            broken |= not report.ok
+    if broken:
         raise typer.Exit(1)
 
 

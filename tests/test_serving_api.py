@@ -342,3 +342,28 @@ def test_every_acknowledged_decision_survives_kill_9(platform, tmp_path):
     with DecisionLog(decisions) as log:
         missing = [d for d in acknowledged if log.get(d) is None]
     assert missing == []
+
+
+def test_decisions_of_other_workers_are_found_and_audit_verify_checks_every_chain(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlp_platform.cli import app as cli
+    from mlp_platform.serving.decision_log import find_decision
+
+    root = tmp_path / "decisions"
+    for worker in ("worker-1", "worker-2"):
+        with DecisionLog(root / worker) as log:
+            for i in range(5):
+                log.append({"decision_id": f"{worker}-d{i}", "kind": "decision", "score": i / 10})
+    assert find_decision(root, "worker-2-d3", skip=root / "worker-1")["score"] == 0.3
+    assert find_decision(root, "worker-1-d3", skip=root / "worker-1") is None
+    runner = CliRunner()
+    monkeypatch.setenv("MLP_DATA_DIR", str(tmp_path / "data"))
+    ok = runner.invoke(cli, ["audit", "verify", "--directory", str(root)])
+    assert ok.exit_code == 0, ok.output
+    segment = next((root / "worker-2").glob("decisions-*.jsonl"))
+    lines = segment.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace('"score":0.2', '"score":0.9')
+    segment.write_text("".join(lines))
+    broken = runner.invoke(cli, ["audit", "verify", "--directory", str(root)])
+    assert broken.exit_code == 1 and "worker-2" in broken.output

@@ -701,3 +701,22 @@ class DecisionLog:
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve_futures, items)
+
+
+def find_decision(root: Path, decision_id: str, skip: Path | None = None) -> dict[str, Any] | None:
+    """Read-only lookup of a decision in every log directory under ``root`` (one per serving
+    worker), without taking their writer locks. Linear in the size of the logs: for the occasional
+    compliance lookup that lands on another worker than the one that decided."""
+    needle = f'"decision_id":{json.dumps(decision_id)}'.encode()
+    directories = [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.exists() else []
+    for directory in directories:
+        if skip is not None and directory.resolve() == skip.resolve():
+            continue
+        for _, path in _list_segments(directory):
+            with open(path, "rb") as fh:
+                for line in fh:
+                    if needle in line and line.endswith(b"\n"):
+                        record = json.loads(line)
+                        if record.get("decision_id") == decision_id:
+                            return record
+    return None

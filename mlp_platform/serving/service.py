@@ -49,6 +49,8 @@ class ServingConfig:
     max_body_bytes: int = 64 * 1024
     reload_interval_s: float = 5.0
     batch_snapshot_dir: Path | None = None
+    #: Set when several workers each write their own log directory under this root.
+    decision_log_root: Path | None = None
 
     @classmethod
     def from_env(cls, settings) -> ServingConfig:
@@ -66,9 +68,13 @@ class ServingConfig:
             return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
 
         review = os.environ.get("MLP_REVIEW_THRESHOLD")
+        log_root = Path(os.environ.get("MLP_DECISION_LOG_DIR", str(serving / "decisions")))
+        workers = int(os.environ.get("MLP_SERVING_WORKERS", "1"))
+        # one writer per log: with several workers each gets its own chain under the root
+        log_dir = log_root / f"worker-{os.getpid()}" if workers > 1 else log_root
         return cls(
             feature_store_url=os.environ.get("MLP_FEATURE_STORE_URL", f"embedded://{serving / 'online_store'}"),
-            decision_log_dir=Path(os.environ.get("MLP_DECISION_LOG_DIR", str(serving / "decisions"))),
+            decision_log_dir=log_dir, decision_log_root=log_root if workers > 1 else None,
             routing_path=serving / "routing.json",
             api_keys=keys("MLP_API_KEYS"), admin_keys=keys("MLP_ADMIN_KEYS"), id_hash_key=key,
             review_threshold=float(review) if review else None,
@@ -343,6 +349,10 @@ class ScoringService:
 
     def explain(self, decision_id: str) -> tuple[dict, str] | None:
         record = self.decisions.get(decision_id)
+        if record is None and self.config.decision_log_root is not None:  # decided by another worker
+            from mlp_platform.serving.decision_log import find_decision
+
+            record = find_decision(self.config.decision_log_root, decision_id, skip=self.config.decision_log_dir)
         if record is None:
             return None
         reasons = record.get("reasons") or []
