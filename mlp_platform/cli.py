@@ -296,6 +296,30 @@ def model_roles() -> None:
     console.print(table)
 
 
+@model_app.command("routing")
+def model_routing(
+    challenger_share: float = typer.Option(None, help="Share of customers (0..1) routed to the challenger."),
+    advance: bool = typer.Option(False, help="Move the challenger to the next canary stage (1%, 5%, 25%, 100%)."),
+) -> None:
+    """Show the serving routing state; set or advance the challenger's canary share."""
+    from dataclasses import replace
+
+    from mlp_platform import lifecycle
+    from mlp_platform.serving.routing import RoutingFile, next_canary_share
+
+    settings = load_settings()
+    routing = RoutingFile(settings.routing_path)
+    state = routing.read() if settings.routing_path.exists() else lifecycle.sync_routing(settings, "mlp model routing")
+    if advance or challenger_share is not None:
+        share = next_canary_share(state.challenger_share) if advance else challenger_share
+        try:
+            state = routing.write(replace(state, challenger_share=share, updated_by="mlp model routing"))
+        except ValueError as err:
+            console.print(f"[red]refused:[/red] {err}")
+            raise typer.Exit(1) from err
+    console.print(state.to_json(), markup=False, highlight=False)
+
+
 @model_app.command("rollback")
 def model_rollback(reason: str = typer.Option(..., help="Why: recorded in the audit trail.")) -> None:
     """Restore the previous champion (audited)."""

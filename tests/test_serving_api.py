@@ -175,6 +175,9 @@ def test_routing_is_sticky_with_the_configured_share():
                if choose_arm(state, f"C{i}")[0] == "challenger")
     with pytest.raises(ValueError):
         RoutingState(champion="1", challenger_share=0.5).validate()
+    from mlp_platform.serving.routing import next_canary_share
+
+    assert [next_canary_share(s) for s in (0.0, 0.01, 0.05, 0.25, 1.0)] == [0.01, 0.05, 0.25, 1.0, 1.0]
 
 
 def test_challenger_split_and_shadow_off_the_critical_path(client, platform, tmp_path):

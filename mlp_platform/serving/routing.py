@@ -62,6 +62,11 @@ def choose_arm(state: RoutingState, customer_id: str) -> tuple[str, str]:
     return "champion", state.champion
 
 
+def next_canary_share(share: float, stages: tuple[float, ...] = CANARY_STAGES) -> float:
+    """The next canary stage above ``share`` (1% -> 5% -> 25% -> 100%); 100% stays 100%."""
+    return next((stage for stage in stages if stage > share + 1e-12), stages[-1])
+
+
 @dataclass
 class RoutingFile:
     """The routing state on disk, replaced atomically (write + rename) so readers never see half."""
