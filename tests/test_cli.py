@@ -54,3 +54,19 @@ def test_bad_configuration_is_a_clear_error_not_a_traceback(platform_env, monkey
     result = runner.invoke(app, ["warehouse"])
     assert result.exit_code == 2
     assert "MLP_SOURCE" in result.output and "Traceback" not in result.output
+
+
+def test_model_routing_sets_and_advances_the_canary(platform_env):
+    import json
+
+    from mlp_platform.serving.routing import RoutingFile, RoutingState
+
+    settings = platform_env()
+    RoutingFile(settings.routing_path).write(RoutingState(champion="1", challenger="2"))
+    first = runner.invoke(app, ["model", "routing", "--challenger-share", "0.05"])
+    assert first.exit_code == 0 and json.loads(first.output)["challenger_share"] == 0.05
+    advanced = runner.invoke(app, ["model", "routing", "--advance"])
+    assert json.loads(advanced.output)["challenger_share"] == 0.25
+    assert RoutingFile(settings.routing_path).read().challenger_share == 0.25
+    bad = runner.invoke(app, ["model", "routing", "--challenger-share", "1.5"])
+    assert bad.exit_code == 1 and "refused" in bad.output
