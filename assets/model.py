@@ -93,7 +93,6 @@ def candidate_evaluation(context: AssetExecutionContext, config: EvaluationConfi
     settings = platform.get()
     training = lifecycle.load_training_set(settings)
     evaluation = lifecycle.evaluate_candidate(settings, candidate_model, training, config.gate_config())
-    card = lifecycle.write_model_card(settings, candidate_model.version)
     return dg.Output(evaluation, metadata={
         "candidate_version": candidate_model.version,
         "champion_version": evaluation.champion_version or "none",
@@ -102,7 +101,7 @@ def candidate_evaluation(context: AssetExecutionContext, config: EvaluationConfi
         "daily_backtest": dg.MetadataValue.md(lifecycle.figure_markdown(lifecycle.backtest_figure(evaluation.backtest))),
         "daily_metrics": dg.MetadataValue.json(evaluation.backtest.get("daily", {})),
         "decision_impact": dg.MetadataValue.json(evaluation.backtest.get("impact") or {}),
-        "model_card": dg.MetadataValue.md(card),
+        "model_card": dg.MetadataValue.md(evaluation.card),
     })
 
 

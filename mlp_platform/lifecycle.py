@@ -46,6 +46,7 @@ class Evaluation:
     champion_version: str | None
     backtest: dict[str, Any]
     gates: list[GateResult] = field(default_factory=list)
+    card: str = ""  # the model card as rendered after the evaluation
 
     @property
     def passed(self) -> bool:
@@ -210,7 +211,7 @@ def evaluate_candidate(settings: Settings, candidate: ModelVersionRef, training:
             reason="gate(s) failed: " + "; ".join(f"{g.name}: {g.summary}" for g in gates if not g.passed),
             gates=[g.as_dict() for g in gates])
         registry.set_version_tag(candidate.version, "promotion", "refused")
-    write_model_card(settings, candidate.version)
+    evaluation.card = write_model_card(settings, candidate.version)
     return evaluation
 
 
