@@ -203,6 +203,14 @@ def test_challenger_split_and_shadow_off_the_critical_path(client, platform, tmp
     client.service.flush_shadows()
     served = r.json()
     assert served["model"]["version"] == platform["v1"]
+    # overload: a full shadow queue drops (and counts) shadow work instead of growing without bound
+    client.service.config = dataclasses.replace(client.service.config, shadow_queue_max=1)
+    hold = threading.Event()
+    client.service._shadow_pool.submit(hold.wait, 10)
+    for i in range(3):
+        assert client.post("/v1/score", json=txn(600 + i, customer=champion_customer), headers=AUTH).status_code == 200
+    hold.set()
+    assert f'mlp_shadow_dropped_total{{model_version="{platform["v2"]}"}} 2.0' in client.get("/metrics").text
     shadow = client.service.decisions.get(f"{served['decision_id']}:shadow:{platform['v2']}")
     assert shadow is not None and shadow["kind"] == "shadow" and shadow["served_decision"] == served["decision"]
 

@@ -77,13 +77,13 @@ def create_app(service: ScoringService) -> FastAPI:
     app = FastAPI(title="mlp-platform scoring API", version="1", lifespan=lifespan,
                   description="Real-time fraud scoring: decision, score, model version, reason codes.")
 
-    def require_scoring_key(authorization: str | None = Header(default=None),
+    async def require_scoring_key(authorization: str | None = Header(default=None),
                             x_api_key: str | None = Header(default=None)) -> None:
         if not key_matches(_presented_key(authorization, x_api_key), config.api_keys + config.admin_keys):
             metrics.errors.labels("unauthorized").inc()
             raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
-    def require_admin_key(authorization: str | None = Header(default=None),
+    async def require_admin_key(authorization: str | None = Header(default=None),
                           x_api_key: str | None = Header(default=None)) -> None:
         if not key_matches(_presented_key(authorization, x_api_key), config.admin_keys):
             metrics.errors.labels("unauthorized_admin").inc()
@@ -163,7 +163,8 @@ def build_service(settings=None) -> ScoringService:
     pool = ModelPool(registry_loader(settings), RoutingFile(config.routing_path), metrics)
     pool.refresh()
     store = store_from_url(config.feature_store_url)
-    service = ScoringService(config, store, DecisionLog(config.decision_log_dir), pool, metrics)
+    decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms)
+    service = ScoringService(config, store, decisions, pool, metrics)
     pool.on_tick = service.refresh_batch_features
     pool.start(config.reload_interval_s)
     return service

@@ -34,6 +34,8 @@ class ServiceMetrics:
                                     ["outcome"], registry=r)
         self.models_loaded = Gauge("mlp_models_loaded", "Model versions currently loaded", registry=r)
         self.shadow_scores = Counter("mlp_shadow_scores_total", "Shadow scorings", ["model_version"], registry=r)
+        self.shadow_dropped = Counter("mlp_shadow_dropped_total", "Shadow scorings dropped under overload",
+                                      ["model_version"], registry=r)
         self.shadow_disagreements = Counter("mlp_shadow_disagreements_total",
                                             "Shadow decisions different from the served decision",
                                             ["model_version"], registry=r)

@@ -48,6 +48,9 @@ class ServingConfig:
     reasons: int = 3
     max_body_bytes: int = 64 * 1024
     reload_interval_s: float = 5.0
+    shadow_queue_max: int = 10_000
+    #: Group-commit window of the decision log (0: commit as soon as the writer is free).
+    log_group_commit_ms: float = 0.0
     batch_snapshot_dir: Path | None = None
     #: Set when several workers each write their own log directory under this root.
     decision_log_root: Path | None = None
@@ -81,6 +84,7 @@ class ServingConfig:
             decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")),
             degraded_decision=os.environ.get("MLP_DEGRADED_DECISION", "review"),
             reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
+            log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "0")),
             batch_snapshot_dir=settings.batch_snapshot_dir,
         )
 
@@ -218,6 +222,8 @@ class ScoringService:
         self._catalogue = reason_catalogue(self.spec)
         self._names = self.spec.feature_names
         self._shadow_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._shadow_pending = 0
+        self._shadow_lock = threading.Lock()
 
     def refresh_batch_features(self) -> int:
         """Load batch-feature snapshots pushed since the last call (embedded store)."""
@@ -287,8 +293,8 @@ class ScoringService:
             if DECISION_ORDER[decision] < DECISION_ORDER[self.config.degraded_decision]:
                 decision = self.config.degraded_decision
         reasons = []
-        if decision != "approve":
-            contributions = list(model.scorer.contributions(row))
+        if decision != "approve":  # TreeSHAP (~1 ms) runs off the event loop (the C call releases the GIL)
+            contributions = list(await asyncio.to_thread(model.scorer.contributions, row))
             reasons = top_reasons(self._catalogue, self._names, features.values, contributions,
                                   self.config.reasons)
         decision_id = uuid.uuid4().hex
@@ -310,7 +316,7 @@ class ScoringService:
         await self.decisions.append_async(record)
         for shadow in state.shadows:
             if shadow in models and shadow != version:
-                self._shadow_pool.submit(self._score_shadow, models[shadow], row, decision_id, decision)
+                self._submit_shadow(models[shadow], row, decision_id, decision)
         for name in fallbacks:
             self.metrics.fallbacks.labels(name).inc()
         for name in defaults:
@@ -326,8 +332,20 @@ class ScoringService:
             degraded=degraded, latency_ms=latency * 1000.0,
         )
 
+    def _submit_shadow(self, model: LoadedModel, row: np.ndarray, decision_id: str, served: str) -> None:
+        """Queue a shadow scoring; under overload (queue full) it is dropped and counted, never
+        allowed to grow without bound or to slow the served decision."""
+        with self._shadow_lock:
+            if self._shadow_pending >= self.config.shadow_queue_max:
+                self.metrics.shadow_dropped.labels(model.version).inc()
+                return
+            self._shadow_pending += 1
+        self._shadow_pool.submit(self._score_shadow, model, row, decision_id, served)
+
     def _score_shadow(self, model: LoadedModel, row: np.ndarray, decision_id: str, served: str) -> None:
         """Off the critical path: the shadow's score is logged for comparison, never served."""
+        with self._shadow_lock:
+            self._shadow_pending -= 1
         try:
             score = float(model.scorer.score(row))
             decision = self.decide(score, self.thresholds(model))
