@@ -443,3 +443,14 @@ def test_serving_path_imports_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}).stdout
     assert out.strip() == "[]"
+
+
+def test_append_many_commits_together_and_reports_bad_records(tmp_path):
+    from mlp_platform.serving.decision_log import DecisionLog, verify_log
+
+    with DecisionLog(tmp_path / "log") as log:
+        results = log.append_many([{"decision_id": "a"}, {"no_id": True}, {"decision_id": "b"}])
+        assert isinstance(results[1], Exception)
+        assert [r.decision_id for r in (results[0], results[2])] == ["a", "b"]
+        assert log.get("a") and log.get("b") and len(log) == 2
+    assert verify_log(tmp_path / "log").ok

@@ -191,11 +191,12 @@ def test_challenger_split_and_shadow_off_the_critical_path(client, platform, tmp
         version = client.post("/v1/score", json=txn(100 + i, customer=customer), headers=AUTH).json()["model"]["version"]
         assert seen.setdefault(customer, version) == version  # sticky
     assert set(seen.values()) == {platform["v1"], platform["v2"]}
-    # block the shadow worker: scoring must not wait for it
+    # a shadow that hangs: scoring must not wait for it
     release = threading.Event()
-    client.service._shadow_pool.submit(release.wait, 10)
-    started = time.perf_counter()
+    _, models = client.service.pool.snapshot
+    client.service._shadow_queue.put((slow_model(models[platform["v2"]], release), np.zeros(32), "blocker", "approve"))
     champion_customer = next(f"S{i}" for i in range(1000) if bucket(f"S{i}") >= BUCKETS // 2)
+    started = time.perf_counter()
     r = client.post("/v1/score", json=txn(500, customer=champion_customer), headers=AUTH)
     elapsed = time.perf_counter() - started
     release.set()
@@ -203,16 +204,36 @@ def test_challenger_split_and_shadow_off_the_critical_path(client, platform, tmp
     client.service.flush_shadows()
     served = r.json()
     assert served["model"]["version"] == platform["v1"]
-    # overload: a full shadow queue drops (and counts) shadow work instead of growing without bound
-    client.service.config = dataclasses.replace(client.service.config, shadow_queue_max=1)
-    hold = threading.Event()
-    client.service._shadow_pool.submit(hold.wait, 10)
-    for i in range(3):
-        assert client.post("/v1/score", json=txn(600 + i, customer=champion_customer), headers=AUTH).status_code == 200
-    hold.set()
-    assert f'mlp_shadow_dropped_total{{model_version="{platform["v2"]}"}} 2.0' in client.get("/metrics").text
     shadow = client.service.decisions.get(f"{served['decision_id']}:shadow:{platform['v2']}")
     assert shadow is not None and shadow["kind"] == "shadow" and shadow["served_decision"] == served["decision"]
+
+
+def slow_model(model, release: threading.Event):
+    """The shadow version with a scorer that hangs until released (a stuck shadow)."""
+    class Hanging:
+        def score(self, row):
+            release.wait(10)
+            return model.scorer.score(row)
+
+    return dataclasses.replace(model, scorer=Hanging())
+
+
+def test_overloaded_shadow_work_is_dropped_and_counted(platform, tmp_path):
+    service = make_service(platform, tmp_path, shadow_queue_max=2)
+    RoutingFile(service.config.routing_path).write(RoutingState(champion=platform["v1"], shadows=(platform["v2"],)))
+    assert service.pool.refresh()
+    with TestClient(create_app(service)) as c:
+        release = threading.Event()
+        _, models = service.pool.snapshot
+        service._shadow_queue.put((slow_model(models[platform["v2"]], release), np.zeros(32), "blocker", "approve"))
+        time.sleep(0.2)  # the worker picks the hanging job up; the queue is empty again
+        for i in range(5):
+            assert c.post("/v1/score", json=txn(900 + i), headers=AUTH).status_code == 200
+        release.set()
+        service.flush_shadows()
+        metrics = c.get("/metrics").text
+    assert f'mlp_shadow_dropped_total{{model_version="{platform["v2"]}"}} 3.0' in metrics
+    assert f'mlp_shadow_scores_total{{model_version="{platform["v2"]}"}} 3.0' in metrics  # 2 queued + blocker
 
 
 def test_hot_swap_under_load_fails_no_request(client, platform):

@@ -476,6 +476,25 @@ class DecisionLog:
         assert result is not None
         return result
 
+    def append_many(self, records: list[Mapping[str, Any]]) -> list[LoggedDecision | BaseException]:
+        """Log several records with as few commits as possible; returns when all are durable. A record
+        that fails validation yields its exception in place of a result (the others are logged)."""
+        slots: list[tuple[Any, int] | BaseException] = []
+        for record in records:
+            try:
+                slots.append(self._enqueue(record, None))
+            except (ValueError, TypeError) as err:  # refused before it took a seq
+                slots.append(err)
+        results: list[LoggedDecision | BaseException] = []
+        for slot in slots:
+            if isinstance(slot, BaseException):
+                results.append(slot)
+                continue
+            batch, i = slot
+            batch.done.wait()
+            results.append(batch.results[i])
+        return results
+
     async def append_async(self, record: Mapping[str, Any]) -> LoggedDecision:
         """``append`` for asyncio callers: awaits a future the writer thread resolves (the loop is not
         blocked)."""

@@ -7,12 +7,12 @@ Imports neither dagster nor dbt. The FastAPI layer in :mod:`mlp_platform.serving
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime as dt
 import hashlib
 import hmac
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -221,9 +221,9 @@ class ScoringService:
         self.refresh_batch_features()
         self._catalogue = reason_catalogue(self.spec)
         self._names = self.spec.feature_names
-        self._shadow_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
-        self._shadow_pending = 0
-        self._shadow_lock = threading.Lock()
+        self._shadow_queue: queue.Queue = queue.Queue(maxsize=self.config.shadow_queue_max)
+        self._shadow_thread = threading.Thread(target=self._shadow_worker, name="shadow", daemon=True)
+        self._shadow_thread.start()
 
     def refresh_batch_features(self) -> int:
         """Load batch-feature snapshots pushed since the last call (embedded store)."""
@@ -333,37 +333,59 @@ class ScoringService:
         )
 
     def _submit_shadow(self, model: LoadedModel, row: np.ndarray, decision_id: str, served: str) -> None:
-        """Queue a shadow scoring; under overload (queue full) it is dropped and counted, never
-        allowed to grow without bound or to slow the served decision."""
-        with self._shadow_lock:
-            if self._shadow_pending >= self.config.shadow_queue_max:
-                self.metrics.shadow_dropped.labels(model.version).inc()
-                return
-            self._shadow_pending += 1
-        self._shadow_pool.submit(self._score_shadow, model, row, decision_id, served)
-
-    def _score_shadow(self, model: LoadedModel, row: np.ndarray, decision_id: str, served: str) -> None:
-        """Off the critical path: the shadow's score is logged for comparison, never served."""
-        with self._shadow_lock:
-            self._shadow_pending -= 1
+        """Queue a shadow scoring for the shadow worker; when the queue is full (overload) the shadow
+        work is dropped and counted, never allowed to grow without bound or to slow a decision."""
         try:
-            score = float(model.scorer.score(row))
-            decision = self.decide(score, self.thresholds(model))
-            self.decisions.append({
-                "decision_id": f"{decision_id}:shadow:{model.version}", "kind": "shadow",
-                "of_decision": decision_id, "time": dt.datetime.now(dt.UTC).isoformat(),
-                "model_version": model.version, "model_sha256": model.artifact_sha256, "score": score,
-                "decision": decision, "served_decision": served})
-            self.metrics.shadow_scores.labels(model.version).inc()
-            if decision != served:
-                self.metrics.shadow_disagreements.labels(model.version).inc()
-        except Exception:
-            self.metrics.errors.labels("shadow").inc()
-            log.exception("shadow scoring failed")
+            self._shadow_queue.put_nowait((model, row, decision_id, served))
+        except queue.Full:
+            self.metrics.shadow_dropped.labels(model.version).inc()
+
+    def _shadow_worker(self) -> None:
+        """Off the critical path: drains queued shadow scorings in batches (one log commit per batch);
+        the shadows' scores are logged for comparison, never served."""
+        while True:
+            job = self._shadow_queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            while len(jobs) < 512:
+                try:
+                    nxt = self._shadow_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._shadow_queue.put(None)
+                    break
+                jobs.append(nxt)
+            records = []
+            for model, row, decision_id, served in jobs:
+                try:
+                    score = float(model.scorer.score(row))
+                    decision = self.decide(score, self.thresholds(model))
+                except Exception:
+                    self.metrics.errors.labels("shadow").inc()
+                    log.exception("shadow scoring failed")
+                    continue
+                records.append({
+                    "decision_id": f"{decision_id}:shadow:{model.version}", "kind": "shadow",
+                    "of_decision": decision_id, "time": dt.datetime.now(dt.UTC).isoformat(),
+                    "model_version": model.version, "model_sha256": model.artifact_sha256, "score": score,
+                    "decision": decision, "served_decision": served})
+                self.metrics.shadow_scores.labels(model.version).inc()
+                if decision != served:
+                    self.metrics.shadow_disagreements.labels(model.version).inc()
+            try:
+                self.decisions.append_many(records)
+            except Exception:
+                self.metrics.errors.labels("shadow").inc()
+                log.exception("logging shadow scores failed")
+            finally:
+                for _ in jobs:
+                    self._shadow_queue.task_done()
 
     def flush_shadows(self) -> None:
         """Wait for queued shadow scorings (tests, shutdown)."""
-        self._shadow_pool.submit(lambda: None).result()
+        self._shadow_queue.join()
 
     def explain(self, decision_id: str) -> tuple[dict, str] | None:
         record = self.decisions.get(decision_id)
@@ -386,7 +408,8 @@ class ScoringService:
 
     async def close(self) -> None:
         self.pool.stop()
-        self._shadow_pool.shutdown(wait=True)
+        self._shadow_queue.put(None)
+        self._shadow_thread.join(timeout=30)
         await asyncio.to_thread(self.decisions.close)
         self.store.close()
 
