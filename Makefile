@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 
-.PHONY: setup prepare demo demo-handbook test lint ui serve bench clean
+.PHONY: setup prepare demo demo-handbook test lint ui serve bench bench-training bench-scorer bench-serving clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
@@ -39,6 +39,15 @@ serve: prepare
 
 bench: prepare
 	$(VENV)/bin/python bench/bench_features.py
+
+bench-training: prepare
+	$(VENV)/bin/python bench/bench_training.py
+
+bench-scorer: prepare
+	$(VENV)/bin/python bench/bench_scorer.py
+
+bench-serving: prepare   # uses wrk (Debian package) when installed, else its own asyncio client
+	$(VENV)/bin/python bench/bench_serving.py
 
 clean:
 	rm -rf data dbt_project/target dbt_project/logs
