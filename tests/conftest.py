@@ -20,7 +20,8 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Settings pointing at a fresh data directory; returns a function to (re)load them."""
     monkeypatch.setenv("MLP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MLP_WAREHOUSE_PATH", str(tmp_path / "data" / "warehouse.duckdb"))
-    for var in ("MLP_SOURCE", "MLP_ENV", "MLP_WAREHOUSE", "MLP_SYNTH_DRIFT_START"):
+    for var in ("MLP_SOURCE", "MLP_ENV", "MLP_WAREHOUSE", "MLP_SYNTH_DRIFT_START", "MLFLOW_TRACKING_URI",
+                "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLP_SYNTH_CUSTOMERS", "150")
     monkeypatch.setenv("MLP_SYNTH_MERCHANTS", "60")

@@ -211,3 +211,10 @@ def test_a_fresh_process_loads_the_champion_through_the_registry(world):
                          env={**env, "MLP_DATA_DIR": str(world["settings"].data_dir)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [world["v1"].version, str(len(default_spec().feature_names)), "64"]
+
+
+def test_logging_a_model_leaves_no_global_mlflow_uri_behind(world):
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ or os.environ["MLFLOW_TRACKING_URI"] != \
+        world["settings"].mlflow_tracking_uri

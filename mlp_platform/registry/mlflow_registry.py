@@ -8,6 +8,7 @@ names the version it works on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -85,10 +86,8 @@ class ModelRegistry:
         from mlflow.models import infer_signature
 
         mlflow = self._mlflow
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
         exp_id = self.experiment_id()
-        with mlflow.start_run(experiment_id=exp_id) as run:
+        with self._global_uris(), mlflow.start_run(experiment_id=exp_id) as run:
             mlflow.log_params({k: v for k, v in trained.params.items() if k not in ("metric", "verbosity")})
             mlflow.log_params({"split." + k: v for k, v in trained.split.as_dict().items()})
             mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items() if v == v})
@@ -117,12 +116,32 @@ class ModelRegistry:
                 pip_requirements=[f"lightgbm=={lgb.__version__}", f"numpy=={np.__version__}"],
             )
             run_id = run.info.run_id
-        version = mlflow.register_model(info.model_uri, self.model_name, tags={
-            "feature_spec_hash": spec_hash, "code_version": code_version, "run_id": run_id,
-            "operating_threshold": repr(operating_threshold),
-            "features": json.dumps(trained.feature_names),
-        })
+            version = mlflow.register_model(info.model_uri, self.model_name, tags={
+                "feature_spec_hash": spec_hash, "code_version": code_version, "run_id": run_id,
+                "operating_threshold": repr(operating_threshold),
+                "features": json.dumps(trained.feature_names),
+            })
         return ModelVersionRef(self.model_name, str(version.version), run_id)
+
+    @contextlib.contextmanager
+    def _global_uris(self):
+        """MLflow's fluent API (start_run, log_model) uses process-global URIs and writes them into
+        os.environ; point them at this registry for the block only, then restore everything."""
+        mlflow = self._mlflow
+        saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            mlflow.set_registry_uri(saved[1])
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     # --- aliases ---------------------------------------------------------------------------------
     def alias(self, role: str) -> str | None:
