@@ -111,12 +111,21 @@ def backtest_figure(backtest: dict[str, Any]):
     return fig
 
 
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def figure_markdown(fig) -> str:
-    """A figure as an inline PNG, for Dagster markdown metadata."""
+    """A figure as an inline PNG, for Dagster markdown metadata (the figure is closed)."""
     import base64
+
+    import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
     return f"![backtest](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
@@ -132,11 +141,13 @@ def train_candidate(settings: Settings, training: pl.DataFrame, config: Training
     test = select_days(training, trained.split.test).sort("event_time", "transaction_id")
     test_scores = trained.booster.predict(matrix(test, spec.feature_names))
     registry = registry_for(settings)
+    plots = _plots(test["label"].to_numpy(), test_scores)
     ref = registry.log_training(
         trained, spec_hash=spec.spec_hash, code_version=git_sha(settings.project_root),
-        operating_threshold=threshold, plots=_plots(test["label"].to_numpy(), test_scores),
-        tags={"source": settings.source},
+        operating_threshold=threshold, plots=plots, tags={"source": settings.source},
     )
+    for figure in plots.values():
+        _close(figure)
     golden = test.head(GOLDEN_ROWS)
     registry.log_json(ref.run_id, {
         "transaction_ids": golden["transaction_id"].to_list(),
@@ -201,7 +212,9 @@ def evaluate_candidate(settings: Settings, candidate: ModelVersionRef, training:
     ]
     evaluation = Evaluation(candidate, champion, backtest, gates)
     registry.log_json(candidate.run_id, backtest, "backtest.json")
-    registry.client.log_figure(candidate.run_id, backtest_figure(backtest), "plots/backtest_daily.png")
+    figure = backtest_figure(backtest)
+    registry.client.log_figure(candidate.run_id, figure, "plots/backtest_daily.png")
+    _close(figure)
     registry.log_json(candidate.run_id, {"gates": [g.as_dict() for g in gates]}, "gates.json")
     registry.set_version_tag(candidate.version, "gates", "passed" if evaluation.passed else "failed")
     if not evaluation.passed:
