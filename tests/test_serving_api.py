@@ -391,6 +391,7 @@ def test_decisions_of_other_workers_are_found_and_audit_verify_checks_every_chai
     assert find_decision(root, "worker-1-d3", skip=root / "worker-1") is None
     runner = CliRunner()
     monkeypatch.setenv("MLP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr("mlp_platform.cli.console.width", 400)  # no wrapping inside long paths
     ok = runner.invoke(cli, ["audit", "verify", "--directory", str(root)])
     assert ok.exit_code == 0, ok.output
     segment = next((root / "worker-2").glob("decisions-*.jsonl"))

@@ -466,9 +466,10 @@ class DecisionLog:
 
     # ---- public API
 
-    def append(self, record: Mapping[str, Any]) -> LoggedDecision:
-        """Log one decision; returns once it (and everything before it) is durably on disk."""
-        batch, i = self._enqueue(record, None)
+    def append(self, record: Mapping[str, Any], *, trusted: bool = False) -> LoggedDecision:
+        """Log one decision; returns once it (and everything before it) is durably on disk.
+        ``trusted``: the caller built the record with str keys only (skips the deep key walk)."""
+        batch, i = self._enqueue(record, None, trusted)
         batch.done.wait()
         result = batch.results[i]
         if isinstance(result, BaseException):
@@ -476,13 +477,14 @@ class DecisionLog:
         assert result is not None
         return result
 
-    def append_many(self, records: list[Mapping[str, Any]]) -> list[LoggedDecision | BaseException]:
+    def append_many(self, records: list[Mapping[str, Any]], *,
+                    trusted: bool = False) -> list[LoggedDecision | BaseException]:
         """Log several records with as few commits as possible; returns when all are durable. A record
         that fails validation yields its exception in place of a result (the others are logged)."""
         slots: list[tuple[Any, int] | BaseException] = []
         for record in records:
             try:
-                slots.append(self._enqueue(record, None))
+                slots.append(self._enqueue(record, None, trusted))
             except (ValueError, TypeError) as err:  # refused before it took a seq
                 slots.append(err)
         results: list[LoggedDecision | BaseException] = []
@@ -495,12 +497,12 @@ class DecisionLog:
             results.append(batch.results[i])
         return results
 
-    async def append_async(self, record: Mapping[str, Any]) -> LoggedDecision:
+    async def append_async(self, record: Mapping[str, Any], *, trusted: bool = False) -> LoggedDecision:
         """``append`` for asyncio callers: awaits a future the writer thread resolves (the loop is not
         blocked)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[LoggedDecision] = loop.create_future()
-        self._enqueue(record, (loop, fut))
+        self._enqueue(record, (loop, fut), trusted)
         return await fut
 
     def get(self, decision_id: str) -> dict[str, Any] | None:
@@ -586,7 +588,7 @@ class DecisionLog:
 
     # ---- writer
 
-    def _enqueue(self, record: Mapping[str, Any], waiter: Any) -> tuple[_Batch, int]:
+    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False) -> tuple[_Batch, int]:
         if not isinstance(record, Mapping):
             raise TypeError(f"a decision record must be a dict, got {type(record).__name__}")
         record = dict(record)  # shallow copy: the caller may reuse its dict
@@ -596,7 +598,8 @@ class DecisionLog:
         clash = RESERVED.intersection(record)
         if clash:
             raise ValueError(f"{sorted(clash)} are set by the decision log; remove them from the record")
-        _check_keys(record)
+        if not trusted:
+            _check_keys(record)
         with self._cond:
             if self._failed is not None:
                 raise DecisionLogError(f"decision log {self.directory} failed earlier; reopen it") \

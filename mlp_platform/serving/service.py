@@ -313,7 +313,7 @@ class ScoringService:
             "score": score, "thresholds": thresholds, "policy_version": policy_version, "decision": decision,
             "reasons": [r.__dict__ for r in reasons],
         }
-        await self.decisions.append_async(record)
+        await self.decisions.append_async(record, trusted=True)  # built here with str keys only
         for shadow in state.shadows:
             if shadow in models and shadow != version:
                 self._submit_shadow(models[shadow], row, decision_id, decision)
@@ -375,7 +375,7 @@ class ScoringService:
                 if decision != served:
                     self.metrics.shadow_disagreements.labels(model.version).inc()
             try:
-                self.decisions.append_many(records)
+                self.decisions.append_many(records, trusted=True)
             except Exception:
                 self.metrics.errors.labels("shadow").inc()
                 log.exception("logging shadow scores failed")
