@@ -125,6 +125,16 @@ class Settings:
         return self.data_dir / "serving" / "routing.json"
 
     @property
+    def monitoring_dir(self) -> Path:
+        """Drift reports, batch-scoring outputs and the latest drift summary the service exports."""
+        return self.data_dir / "monitoring"
+
+    @property
+    def rollout_path(self) -> Path:
+        """The staged-rollout state (which candidate, which stage, since when, history)."""
+        return self.data_dir / "serving" / "rollout.json"
+
+    @property
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
 
