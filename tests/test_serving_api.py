@@ -3,6 +3,7 @@ feature store, the durable decision log, routing and hot swaps, behind the FastA
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -400,3 +401,58 @@ def test_decisions_of_other_workers_are_found_and_audit_verify_checks_every_chai
     segment.write_text("".join(lines))
     broken = runner.invoke(cli, ["audit", "verify", "--directory", str(root)])
     assert broken.exit_code == 1 and "worker-2" in broken.output
+
+
+def _drift_report(features: dict, prediction_psi: float, computed_at: str = "2026-02-11T03:00:00+00:00") -> dict:
+    return {"day": "2026-02-10", "computed_at": computed_at, "model_version": "3",
+            "features": features,
+            "prediction": {"psi": prediction_psi, "ks": 0.01, "wasserstein": 0.001, "drifted": False},
+            "skew": {"amount": {"mismatch_rate": 0.25}, "not_a_feature": {"mismatch_rate": 0.5}}}
+
+
+def test_drift_report_is_exported_as_gauges_and_a_bad_file_keeps_the_last_values(platform, tmp_path):
+    report_path = tmp_path / "monitoring" / "drift_latest.json"
+    service = make_service(platform, tmp_path, drift_report_path=report_path)  # no report yet
+    with TestClient(create_app(service)) as c:
+        metrics = c.get("/metrics").text
+        assert 'mlp_errors_total{type="drift_report"} 1.0' in metrics  # missing: counted once
+        assert "mlp_feature_drift{" not in metrics
+        service.refresh_periodic()
+        assert 'mlp_errors_total{type="drift_report"} 1.0' in c.get("/metrics").text  # not on every poll
+        report_path.parent.mkdir(parents=True)
+        report_path.write_text(json.dumps(_drift_report(
+            {"amount": {"psi": 0.31, "ks": 0.2, "wasserstein": 4.5, "drifted": True},
+             "customer_txn_count_1h": {"psi": 0.01, "ks": 0.02, "wasserstein": 0.003, "drifted": False},
+             "raw_card_number": {"psi": 9.0, "ks": 1.0, "wasserstein": 1.0}}, prediction_psi=0.02)))
+        assert service.refresh_drift_report()
+        assert not service.refresh_drift_report()  # unchanged file (same mtime): not re-read
+        metrics = c.get("/metrics").text
+        assert 'mlp_feature_drift{feature="amount",statistic="psi"} 0.31' in metrics
+        assert 'mlp_feature_drift{feature="amount",statistic="wasserstein"} 4.5' in metrics
+        assert 'mlp_feature_drift{feature="customer_txn_count_1h",statistic="ks"} 0.02' in metrics
+        assert "raw_card_number" not in metrics and "not_a_feature" not in metrics  # bounded labels
+        assert 'mlp_prediction_drift{statistic="psi"} 0.02' in metrics
+        assert 'mlp_feature_skew_mismatch_rate{feature="amount"} 0.25' in metrics
+        stamp = dt.datetime(2026, 2, 11, 3, tzinfo=dt.UTC).timestamp()
+        assert "mlp_drift_report_timestamp_seconds " in metrics
+        assert service.metrics.registry.get_sample_value("mlp_drift_report_timestamp_seconds") == stamp
+        # a torn/corrupt rewrite: the last values stay, the problem is counted once
+        report_path.write_text('{"features": {"amount": ')
+        os.utime(report_path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        assert not service.refresh_drift_report() and not service.refresh_drift_report()
+        metrics = c.get("/metrics").text
+        assert 'mlp_errors_total{type="drift_report"} 2.0' in metrics
+        assert 'mlp_feature_drift{feature="amount",statistic="psi"} 0.31' in metrics
+        # the next good report replaces the values
+        report_path.write_text(json.dumps(_drift_report(
+            {"amount": {"psi": 0.05, "ks": 0.03, "wasserstein": 0.5, "drifted": False}}, prediction_psi=0.4)))
+        os.utime(report_path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        assert service.refresh_drift_report()
+        metrics = c.get("/metrics").text
+        assert 'mlp_feature_drift{feature="amount",statistic="psi"} 0.05' in metrics
+        assert 'mlp_prediction_drift{statistic="psi"} 0.4' in metrics
+
+
+def test_drift_report_path_defaults_to_the_monitoring_dir(platform):
+    config = ServingConfig.from_env(platform["settings"])
+    assert config.drift_report_path == platform["settings"].monitoring_dir / "drift_latest.json"

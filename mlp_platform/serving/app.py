@@ -140,7 +140,7 @@ def create_app(service: ScoringService) -> FastAPI:
               summary="Re-read the routing state and load the models it names now")
     async def reload():
         changed = service.pool.refresh()
-        service.refresh_batch_features()
+        service.refresh_periodic()
         state, models = service.pool.snapshot
         return {"changed": changed, "champion": state.champion, "loaded": sorted(models),
                 "error": service.pool.last_error}
@@ -165,7 +165,7 @@ def build_service(settings=None) -> ScoringService:
     store = store_from_url(config.feature_store_url)
     decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms)
     service = ScoringService(config, store, decisions, pool, metrics)
-    pool.on_tick = service.refresh_batch_features
+    pool.on_tick = service.refresh_periodic
     pool.start(config.reload_interval_s)
     return service
 

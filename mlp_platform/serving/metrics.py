@@ -3,10 +3,14 @@ model versions, spec feature names, error types): no ids as labels."""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
+DRIFT_STATISTICS = ("psi", "ks", "wasserstein")
 
 
 class ServiceMetrics:
@@ -40,3 +44,59 @@ class ServiceMetrics:
                                             "Shadow decisions different from the served decision",
                                             ["model_version"], registry=r)
         self.routing_revision = Gauge("mlp_routing_revision", "Revision of the routing state in use", registry=r)
+        # drift and skew of the latest monitored day, read from the drift asset's summary file
+        self.feature_drift = Gauge("mlp_feature_drift", "Drift statistic of a feature on the latest monitored day vs the champion's reference", ["feature", "statistic"], registry=r)  # noqa: E501
+        self.prediction_drift = Gauge("mlp_prediction_drift", "Drift statistic of the score distribution on the latest monitored day", ["statistic"], registry=r)  # noqa: E501
+        self.feature_skew = Gauge("mlp_feature_skew_mismatch_rate", "Share of served feature values that differ from the offline recomputation", ["feature"], registry=r)  # noqa: E501
+        self.drift_report_time = Gauge("mlp_drift_report_timestamp_seconds", "When the latest drift report was computed (unix time)", registry=r)  # noqa: E501
+
+    def export_drift_report(self, report: dict, feature_names: list[str] | tuple[str, ...]) -> int:
+        """Set the drift/skew gauges from a drift summary (the drift asset's ``drift_latest.json``).
+
+        Only spec feature names and the known statistics become labels (bounded); unknown names and
+        non-numeric values are ignored. Raises ValueError when the report is not a JSON object of
+        the expected shape (the caller keeps the previous values). Returns the number of gauges set.
+        """
+        if not isinstance(report, dict):
+            raise ValueError("drift report: expected a JSON object")
+        known = set(feature_names)
+        features, prediction = report.get("features") or {}, report.get("prediction") or {}
+        skew = report.get("skew") or {}
+        if not all(isinstance(x, dict) for x in (features, prediction, skew)):
+            raise ValueError("drift report: 'features', 'prediction' and 'skew' must be objects")
+        computed_at = report.get("computed_at")
+        try:
+            stamp = dt.datetime.fromisoformat(computed_at) if isinstance(computed_at, str) else None
+        except ValueError as err:
+            raise ValueError(f"drift report: computed_at {computed_at!r} is not an ISO time") from err
+        set_count = 0
+        for name, stats in features.items():
+            if name in known and isinstance(stats, dict):
+                for statistic in DRIFT_STATISTICS:
+                    value = _number(stats.get(statistic))
+                    if value is not None:
+                        self.feature_drift.labels(name, statistic).set(value)
+                        set_count += 1
+        for statistic in DRIFT_STATISTICS:
+            value = _number(prediction.get(statistic))
+            if value is not None:
+                self.prediction_drift.labels(statistic).set(value)
+                set_count += 1
+        for name, stats in skew.items():
+            value = _number(stats.get("mismatch_rate")) if isinstance(stats, dict) else None
+            if name in known and value is not None:
+                self.feature_skew.labels(name).set(value)
+                set_count += 1
+        if stamp is not None:
+            if stamp.tzinfo is None:  # the asset writes UTC
+                stamp = stamp.replace(tzinfo=dt.UTC)
+            self.drift_report_time.set(stamp.timestamp())
+            set_count += 1
+        return set_count
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

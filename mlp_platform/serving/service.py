@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import json
 import logging
 import os
 import queue
@@ -54,6 +55,8 @@ class ServingConfig:
     batch_snapshot_dir: Path | None = None
     #: Set when several workers each write their own log directory under this root.
     decision_log_root: Path | None = None
+    #: The drift asset's latest summary, exported as drift/skew gauges (None: not exported).
+    drift_report_path: Path | None = None
 
     @classmethod
     def from_env(cls, settings) -> ServingConfig:
@@ -86,6 +89,8 @@ class ServingConfig:
             reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
             log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "0")),
             batch_snapshot_dir=settings.batch_snapshot_dir,
+            drift_report_path=Path(os.environ.get("MLP_DRIFT_REPORT_PATH",
+                                                  str(settings.monitoring_dir / "drift_latest.json"))),
         )
 
 
@@ -219,6 +224,9 @@ class ScoringService:
 
         self._snapshots = SnapshotLoader(self.config.batch_snapshot_dir) if self.config.batch_snapshot_dir else None
         self.refresh_batch_features()
+        self._drift_mtime: int | None = None
+        self._drift_problem_seen: tuple | None = None
+        self.refresh_drift_report()
         self._catalogue = reason_catalogue(self.spec)
         self._names = self.spec.feature_names
         self._shadow_queue: queue.Queue = queue.Queue(maxsize=self.config.shadow_queue_max)
@@ -235,6 +243,41 @@ class ScoringService:
             self.metrics.errors.labels("batch_snapshot").inc()
             log.exception("loading batch feature snapshots failed")
             return 0
+
+    def refresh_periodic(self) -> None:
+        """The pool's poll tick: batch-feature snapshots and the drift summary."""
+        self.refresh_batch_features()
+        self.refresh_drift_report()
+
+    def refresh_drift_report(self) -> bool:
+        """Export the drift summary as gauges when its file changed (by mtime). A missing or unreadable
+        file keeps the last exported values; each new problem is logged once and counted once as error
+        type ``drift_report`` (not again on every poll). True when new values were exported."""
+        path = self.config.drift_report_path
+        if path is None:
+            return False
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError as err:
+            self._drift_problem(("missing", None), f"no readable drift report at {path} ({err.strerror})")
+            return False
+        if mtime == self._drift_mtime:
+            return False
+        try:
+            report = json.loads(path.read_bytes())
+            self.metrics.export_drift_report(report, self.spec.feature_names)
+        except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
+            self._drift_problem(("unreadable", mtime), f"drift report {path} unreadable: {err}")
+            return False
+        self._drift_mtime, self._drift_problem_seen = mtime, None
+        return True
+
+    def _drift_problem(self, key: tuple, message: str) -> None:
+        if key == self._drift_problem_seen:
+            return
+        self._drift_problem_seen = key
+        self.metrics.errors.labels("drift_report").inc()
+        log.warning("%s; keeping the last exported drift values", message)
 
     def hash_id(self, value: str | None) -> str | None:
         if value is None:
