@@ -60,6 +60,21 @@ def _env_date(name: str, default: dt.date | None) -> dt.date | None:
         raise SettingsError(f"{name}={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
 
 
+def _env_json_object(name: str) -> dict:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+    import json
+
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise SettingsError(f"{name} must be a JSON object of field: value")
+    return value
+
+
 def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
     value = _env(name, default).lower()
     if value not in allowed:
@@ -99,6 +114,14 @@ class Settings:
     model_name: str = "fraud-detector"
     #: MLflow tracking/registry URI; empty means the embedded SQLite store under data_dir.
     mlflow_uri: str = ""
+    #: Drift sensor: consecutive days against the champion before a retrain, cool-down, severity.
+    retrain_min_days: int = 2
+    retrain_cooldown_hours: float = 24.0
+    retrain_severity: str = "error"
+    #: Staged rollout overrides (JSON object of mlp_platform.rollout RolloutConfig fields).
+    rollout_config: dict = field(default_factory=dict)
+    #: The scoring service's /metrics URL for the rollout guardrails (error rate, latency); empty: not read.
+    service_metrics_url: str = ""
 
     @property
     def duckdb_path(self) -> Path:
@@ -186,7 +209,14 @@ def load_settings() -> Settings:
         contract_default_warn_share=_env_float("MLP_CONTRACT_DEFAULT_WARN_SHARE", 0.05),
         model_name=_env("MLP_MODEL_NAME", "fraud-detector"),
         mlflow_uri=_env("MLFLOW_TRACKING_URI", ""),
+        retrain_min_days=_env_int("MLP_RETRAIN_MIN_DAYS", 2),
+        retrain_cooldown_hours=_env_float("MLP_RETRAIN_COOLDOWN_HOURS", 24.0),
+        retrain_severity=_choice("MLP_RETRAIN_SEVERITY", "error", ("warn", "error")),
+        rollout_config=_env_json_object("MLP_ROLLOUT_CONFIG"),
+        service_metrics_url=_env("MLP_SERVICE_METRICS_URL", ""),
     )
+    if settings.retrain_min_days < 1 or settings.retrain_cooldown_hours < 0:
+        raise SettingsError("MLP_RETRAIN_MIN_DAYS must be >= 1 and MLP_RETRAIN_COOLDOWN_HOURS >= 0")
     if settings.handbook_label_delay_days < 0 or settings.label_delay_days < 0:
         raise SettingsError("label delays must be >= 0 days")
     return settings
