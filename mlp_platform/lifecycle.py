@@ -228,10 +228,11 @@ def evaluate_candidate(settings: Settings, candidate: ModelVersionRef, training:
     return evaluation
 
 
-def sync_routing(settings: Settings, updated_by: str) -> RoutingState:
+def sync_routing(settings: Settings, updated_by: str, challenger_share: float | None = None) -> RoutingState:
     """Write the serving layer's routing state from the registry roles (a promotion in Dagster
     changes live traffic with no deploy). A challenger keeps its traffic share while it stays the
-    same version; a new challenger starts at 0 (the staged rollout raises it)."""
+    same version; a new challenger starts at 0 (the staged rollout raises it). An explicit
+    ``challenger_share`` (the staged rollout's canary step) replaces that rule."""
     registry = registry_for(settings)
     routing = RoutingFile(settings.routing_path)
     previous = routing.read() if settings.routing_path.exists() else RoutingState()
@@ -239,7 +240,8 @@ def sync_routing(settings: Settings, updated_by: str) -> RoutingState:
     shadow = registry.alias("shadow")
     state = RoutingState(
         champion=registry.alias("champion"), challenger=challenger,
-        challenger_share=previous.challenger_share if challenger and challenger == previous.challenger else 0.0,
+        challenger_share=(challenger_share if challenger_share is not None
+                          else previous.challenger_share if challenger and challenger == previous.challenger else 0.0),
         shadows=(shadow,) if shadow else (), policy_version=previous.policy_version, updated_by=updated_by)
     return routing.write(state)
 
