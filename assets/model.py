@@ -41,8 +41,10 @@ class EvaluationConfig(dg.Config):
 
 
 class PromotionConfig(dg.Config):
-    #: "champion": a passing candidate becomes champion; "challenger": only gets the challenger role.
-    policy: str = "champion"
+    #: "staged" (default): a passing candidate starts a staged rollout (shadow -> canary -> champion,
+    #: driven by the rollout sensor; the first model becomes champion at once); "champion": at once;
+    #: "challenger": only the challenger role.
+    policy: str = "staged"
 
 
 def _metrics_table(evaluation: lifecycle.Evaluation) -> str:
@@ -127,8 +129,9 @@ def promotion_gates(candidate_evaluation: lifecycle.Evaluation):
 @dg.asset(
     group_name="model", kinds={"mlflow"},
     automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
-    description="Moves the registry aliases (champion, previous_champion or challenger) to the evaluated "
-                "candidate when every gate passed, and records the decision in the audit trail.",
+    description="When every gate passed: starts the staged rollout of the evaluated candidate (shadow first; "
+                "the rollout sensor then takes it through the canary stages to champion), or makes it champion "
+                "at once (first model / policy 'champion'). Every decision goes to the audit trail.",
 )
 def model_promotion(context: AssetExecutionContext, config: PromotionConfig, candidate_evaluation: lifecycle.Evaluation,
                     platform: PlatformSettingsResource) -> dg.Output[dict]:

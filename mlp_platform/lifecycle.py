@@ -36,6 +36,9 @@ from mlp_platform.training.trainer import TrainedModel, TrainingConfig, matrix, 
 
 GOLDEN_ROWS = 500
 TARGET_FPR = 0.01
+#: The training-window profile (quantile bins, reference samples, calibrated drift thresholds) that
+#: the daily drift report of this version compares with, stored with the version in MLflow.
+REFERENCE_PROFILE = "reference_profile.json"
 
 
 @dataclass
@@ -153,12 +156,32 @@ def train_candidate(settings: Settings, training: pl.DataFrame, config: Training
         "transaction_ids": golden["transaction_id"].to_list(),
         "scores": test_scores[: golden.height].tolist(),
     }, "golden.json")
+    registry.log_text(ref.run_id, reference_profile(trained, training, spec.feature_names).to_json(),
+                      REFERENCE_PROFILE)
     registry.log_json(ref.run_id, {"split": trained.split.as_dict(), "data_fingerprint": trained.data_fingerprint,
                                    "search": trained.search, "params": trained.params, "config": trained.config,
                                    "metrics": trained.metrics, "operating_threshold": threshold,
                                    "label_maturity_days": settings.label_maturity_days},
                       "training_record.json")
     return ref, trained, threshold
+
+
+def reference_profile(trained: TrainedModel, training: pl.DataFrame, feature_names: list[str]):
+    """The drift reference of a model: its training window's features and its scores on them."""
+    from mlp_platform.monitoring.profile import build_reference_profile
+
+    window = select_days(training, trained.split.train)
+    x = matrix(window, feature_names)
+    return build_reference_profile(window, feature_names, trained.booster.predict(x, num_threads=1), seed=0)
+
+
+def load_reference_profile(settings: Settings, version: str):
+    """The reference profile stored with a version (None for a version trained before profiles)."""
+    from mlp_platform.monitoring.profile import ReferenceProfile
+
+    registry = registry_for(settings)
+    text = registry.load_text(registry.ref(version).run_id, REFERENCE_PROFILE)
+    return ReferenceProfile.from_json(text) if text is not None else None
 
 
 def load_scorer(registry: ModelRegistry, version: str) -> Scorer:
@@ -247,13 +270,32 @@ def sync_routing(settings: Settings, updated_by: str, challenger_share: float | 
 
 
 def promote_candidate(settings: Settings, evaluation: Evaluation, run_id: str, policy: str = "champion") -> PromotionOutcome:
+    """Promote a gated candidate. ``champion``: at once; ``challenger``: the challenger role only;
+    ``staged``: a staged rollout starts (shadow, then canary stages, then champion, driven by the
+    rollout sensor) -- or, with no champion yet, the candidate becomes champion at once."""
     registry = registry_for(settings)
+    if policy == "staged" and evaluation.passed and registry.alias("champion") not in (None, evaluation.candidate.version):
+        return _start_staged_rollout(settings, registry, evaluation, run_id)
+    if policy == "staged":
+        policy = "champion"  # refused by the gates (audited as such), or the very first model
     outcome = promote(registry, audit_for(settings), evaluation.candidate, evaluation.gates, run_id=run_id,
                       policy=policy)
     if outcome.promoted:
         sync_routing(settings, updated_by=f"promotion run {run_id}")
     write_model_card(settings, evaluation.candidate.version)
     return outcome
+
+
+def _start_staged_rollout(settings: Settings, registry: ModelRegistry, evaluation: Evaluation,
+                          run_id: str) -> PromotionOutcome:
+    from mlp_platform.rollout import RolloutConfig, start_rollout  # the rollout machine imports this module
+
+    champion = registry.alias("champion")
+    outcome = start_rollout(settings, evaluation.candidate.version, run_id,
+                            RolloutConfig.from_dict(settings.rollout_config), actor="dagster")
+    write_model_card(settings, evaluation.candidate.version)
+    return PromotionOutcome(outcome.applied, evaluation.candidate.version, "shadow" if outcome.applied else None,
+                            champion, outcome.message, outcome.audit_seq if outcome.audit_seq is not None else -1)
 
 
 def rollback_champion(settings: Settings, run_id: str, reason: str, actor: str = "operator") -> PromotionOutcome:

@@ -194,13 +194,18 @@ class ModelRegistry:
         self.client.log_artifact(run_id, str(local), artifact_dir)
 
     def load_json(self, run_id: str, path: str) -> dict[str, Any] | None:
+        text = self.load_text(run_id, path)
+        return json.loads(text) if text is not None else None
+
+    def load_text(self, run_id: str, path: str) -> str | None:
+        """A text artefact of a run, or None when the run has no such artefact."""
         from mlflow.artifacts import download_artifacts
 
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 local = download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
                                            tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-                return json.loads(Path(local).read_text())
+                return Path(local).read_text()
         except Exception:  # absent artefact
             return None
 
