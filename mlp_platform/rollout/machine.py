@@ -221,7 +221,7 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
     observation = {**obs.summary(), "champion_sample": obs.champion.to_dict()}
     base.update(guardrails=guardrails, observation=observation)
     unevaluated = "; ".join(f"{g.name} not evaluated ({g.detail})" for g in guardrails
-                            if g.verdict == NOT_EVALUATED)
+                            if g.verdict == NOT_EVALUATED and not g.detail.startswith("not applicable"))
     suffix = f". {unevaluated}" if unevaluated else ""
     failed = [g for g in guardrails if g.verdict == FAIL]
     if failed:
