@@ -592,3 +592,53 @@ def test_observation_reads_every_worker_log_and_skips_torn_tails(settings):
     assert obs.log.unreadable_lines == 1 and obs.log.directories == 2
     # records before the stage started are not part of it
     assert observe(state, root, dt.datetime.fromisoformat(state.stage_started_at)).shadow_pairs == 0
+
+
+def test_interrupted_completion_is_finished_not_rolled_back(settings):
+    traffic = Traffic(settings)
+    try:
+        _to_canary(settings, traffic)
+        traffic.serve(challenger_n=120, shift=same)
+        decision = evaluate_rollout(settings, later(), QUARTER, traffic.metrics_text())
+        apply_rollout_decision(settings, decision, "run-100", metrics_text=traffic.metrics_text())
+        assert rollout_state(settings).share == 1.0
+        # the completing job died after moving the champion alias, before writing the rollout state
+        registry = lifecycle.registry_for(settings)
+        registry.set_alias("previous_champion", "1")
+        registry.set_alias("champion", "2")
+        decision = evaluate_rollout(settings, later(), QUARTER, traffic.metrics_text())
+        assert decision.action == "complete" and "interrupted" in decision.reason
+        outcome = apply_rollout_decision(settings, decision, "run-finish")
+        assert outcome.applied and rollout_state(settings).stage == "completed"
+        assert registry.alias("champion") == "2" and registry.alias("previous_champion") == "1"
+        assert RoutingFile(settings.routing_path).read().challenger is None
+    finally:
+        traffic.close()
+
+
+def test_bad_inputs_get_clear_errors(settings):
+    start_rollout(settings, "2", "run-start", FAST)
+    with pytest.raises(ValueError, match="not in the Prometheus text format"):
+        evaluate_rollout(settings, later(), FAST, "<html>bad gateway</html>")
+    with pytest.raises(ValueError, match="timezone"):
+        evaluate_rollout(settings, dt.datetime(2030, 1, 1), FAST)
+    with pytest.raises(ValueError, match="unknown rollout action"):
+        apply_rollout_decision(settings, RolloutDecision("promote", "?"), "run")
+    settings.rollout_path.write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        evaluate_rollout(settings, later(), FAST)
+
+
+def test_lost_challenger_role_stops_the_canary_step(settings):
+    traffic = Traffic(settings)
+    try:
+        _to_canary(settings, traffic)
+        traffic.serve(challenger_n=120, shift=same)
+        decision = evaluate_rollout(settings, later(), QUARTER, traffic.metrics_text())
+        assert decision.action == "advance"
+        lifecycle.registry_for(settings).clear_alias("challenger")  # an operator cleared it by hand
+        with pytest.raises(RolloutError, match="no longer holds the challenger role"):
+            apply_rollout_decision(settings, decision, "run")
+        assert rollout_state(settings).share == 0.25  # nothing moved
+    finally:
+        traffic.close()

@@ -211,6 +211,10 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
             "from_stage": state.stage, "from_share": state.share, "stage_started_at": state.stage_started_at,
             "evaluated_at": at}
     champion = lifecycle.registry_for(settings).alias("champion")
+    if champion == state.candidate and state.stage == CANARY:
+        return RolloutDecision("complete", f"v{state.candidate} is already champion: a completion was interrupted "
+                               "before the rollout state was written; finishing it", to_stage=COMPLETED,
+                               to_share=1.0, **base)
     if champion != state.baseline_champion:
         return RolloutDecision("rollback", f"the champion changed during the rollout (v{state.baseline_champion} "
                                f"at start, now v{champion}): the evidence compares with another model",
@@ -278,6 +282,9 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                   "share_from": state.share, "guardrails": guardrails,
                   "observation": decision.to_dict()["observation"]}
         if decision.action == "rollback":
+            if registry.alias("champion") == version:
+                raise RolloutError(f"v{version} is already champion: roll it back with rollback_champion, "
+                                   "not by aborting its rollout")
             for role in ("shadow", "challenger"):
                 if registry.alias(role) == version:
                     registry.clear_alias(role)

@@ -246,13 +246,14 @@ def observe(state: RolloutState, root: Path, now: dt.datetime, metrics_text: str
         _observe_canary(state, records, obs)
     else:
         raise ValueError(f"nothing to observe in a {state.stage} rollout")
-    if metrics_text is None:
+    current = parse_metrics(metrics_text) if metrics_text is not None else None  # bad text: a clear error
+    if current is None:
         obs.metrics_note = "no metrics text given: error-rate and latency guardrails not evaluated"
     elif state.metrics_snapshot is None:
         obs.metrics_note = ("no metrics snapshot was taken when the stage started: error-rate and latency "
                             "guardrails not evaluated")
     else:
-        obs.metrics = MetricsWindow.between(state.metrics_snapshot, parse_metrics(metrics_text))
+        obs.metrics = MetricsWindow.between(state.metrics_snapshot, current)
     return obs
 
 
