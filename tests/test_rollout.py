@@ -30,6 +30,7 @@ from mlp_platform.rollout import (
     evaluate_rollout,
     rollout_state,
     start_rollout,
+    step_rollout,
 )
 from mlp_platform.rollout.guardrails import FAIL, NOT_EVALUATED, PASS, WAIT
 from mlp_platform.rollout.observe import observe
@@ -505,7 +506,10 @@ def test_stale_decision_is_not_applied(settings):
         assert apply_rollout_decision(settings, decision, "run-1").applied
         routing_before = RoutingFile(settings.routing_path).read()
         audit_before = len(events(settings))
-        again = apply_rollout_decision(settings, decision, "run-2")  # the same decision a second time
+        # the same decision a second time, as a sensor would hand it to a job (through JSON run config)
+        handed = RolloutDecision.from_dict(json.loads(json.dumps(decision.to_dict())))
+        assert handed == decision
+        again = apply_rollout_decision(settings, handed, "run-2")
         assert not again.applied and "stale decision" in again.message
         rollback = RolloutDecision("rollback", "old news", "2", "1", SHADOW, 0.0, decision.stage_started_at,
                                    "rolled_back", 0.0)
@@ -616,6 +620,22 @@ def test_interrupted_completion_is_finished_not_rolled_back(settings):
         traffic.close()
 
 
+def test_step_rollout_judges_and_applies_in_one_call(settings):
+    traffic = Traffic(settings)
+    try:
+        start_rollout(settings, "2", "run-start", FAST, metrics_text=traffic.metrics_text())
+        decision, outcome = step_rollout(settings, "run-tick-1", FAST, metrics_text=traffic.metrics_text())
+        assert decision.action == "wait" and not outcome.applied
+        traffic.serve(350, shift=same)
+        decision, outcome = step_rollout(settings, "run-tick-2", FAST, metrics_text=traffic.metrics_text(),
+                                         now=later())
+        assert decision.action == "advance" and outcome.applied and outcome.state.share == CANARY_STAGES[0]
+        assert outcome.state.metrics_snapshot is not None  # the new stage counts from here
+        assert outcome.to_dict()["routing_revision"] == RoutingFile(settings.routing_path).read().revision
+    finally:
+        traffic.close()
+
+
 def test_bad_inputs_get_clear_errors(settings):
     start_rollout(settings, "2", "run-start", FAST)
     with pytest.raises(ValueError, match="not in the Prometheus text format"):
@@ -624,6 +644,8 @@ def test_bad_inputs_get_clear_errors(settings):
         evaluate_rollout(settings, dt.datetime(2030, 1, 1), FAST)
     with pytest.raises(ValueError, match="unknown rollout action"):
         apply_rollout_decision(settings, RolloutDecision("promote", "?"), "run")
+    with pytest.raises(ValueError, match="unknown rollout decision keys"):
+        RolloutDecision.from_dict({"action": "wait", "reason": "", "verdict": "?"})
     settings.rollout_path.write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         evaluate_rollout(settings, later(), FAST)

@@ -76,15 +76,28 @@ class RolloutDecision:
                 "stage_started_at": self.stage_started_at}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able (Dagster metadata, audit records)."""
+        """JSON-able (Dagster metadata, run config from a sensor to a job); :meth:`from_dict` inverts it."""
         return {
             "action": self.action, "reason": self.reason, "candidate": self.candidate,
             "baseline_champion": self.baseline_champion, "from_stage": self.from_stage,
             "from_share": self.from_share, "stage_started_at": self.stage_started_at, "to_stage": self.to_stage,
             "to_share": self.to_share, "evaluated_at": self.evaluated_at,
             "soak_remaining_s": self.soak_remaining_s, "guardrails": [g.to_dict() for g in self.guardrails],
-            "observation": {k: v for k, v in self.observation.items() if k != "champion_sample"},
+            "observation": dict(self.observation),
         }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> RolloutDecision:
+        if not isinstance(doc, dict) or "action" not in doc:
+            raise ValueError("a rollout decision needs at least an 'action'")
+        if doc["action"] not in ACTIONS:
+            raise ValueError(f"unknown rollout action {doc['action']!r}; one of {ACTIONS}")
+        known = set(cls.__dataclass_fields__) - {"guardrails"}
+        unknown = set(doc) - known - {"guardrails"}
+        if unknown:
+            raise ValueError(f"unknown rollout decision keys {sorted(unknown)}")
+        guardrails = tuple(GuardrailResult(**g) for g in doc.get("guardrails") or ())
+        return cls(**{k: v for k, v in doc.items() if k in known}, guardrails=guardrails)
 
 
 @dataclass(frozen=True)
@@ -280,7 +293,7 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
         common = {"model": registry.model_name, "version": version, "baseline_champion": state.baseline_champion,
                   "by_run": run_id, "actor": actor, "reason": decision.reason, "stage_from": state.stage,
                   "share_from": state.share, "guardrails": guardrails,
-                  "observation": decision.to_dict()["observation"]}
+                  "observation": {k: v for k, v in decision.observation.items() if k != "champion_sample"}}
         if decision.action == "rollback":
             if registry.alias("champion") == version:
                 raise RolloutError(f"v{version} is already champion: roll it back with rollback_champion, "
@@ -333,6 +346,16 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                               previous_champion=state.baseline_champion, routing_revision=routing.revision)
         return RolloutOutcome(True, "complete", f"v{version} is champion (was v{state.baseline_champion})", new,
                               routing, record["seq"])
+
+
+def step_rollout(settings, run_id: str, config: RolloutConfig, actor: str = "dagster",
+                 metrics_text: str | None = None, *, now: dt.datetime | None = None,
+                 decision_log_dir: Path | None = None) -> tuple[RolloutDecision, RolloutOutcome]:
+    """Evaluate and apply in one go (a job that re-judges when it runs rather than trusting the
+    decision its sensor saw). ``metrics_text`` serves as evidence and as the next stage's snapshot."""
+    now = _now(now)
+    decision = evaluate_rollout(settings, now, config, metrics_text, decision_log_dir=decision_log_dir)
+    return decision, apply_rollout_decision(settings, decision, run_id, actor, metrics_text, now=now)
 
 
 def abort_rollout(settings, run_id: str, reason: str, actor: str = "operator",
