@@ -349,6 +349,9 @@ def test_waits_for_soak_and_for_enough_observations(settings):
         assert decision.action == "wait"
         assert verdicts(decision)["shadow_disagreement"] == WAIT and "not enough data" in decision.reason
         assert "400 paired shadow scores, need 5000" in decision.reason
+        # a stage that never gathers enough data (say the service cannot load the candidate) times out
+        decision = evaluate_rollout(settings, later(2 * 86_400), greedy)
+        assert decision.action == "rollback" and "stage timed out" in decision.reason
         # require_metrics turns the missing metrics source into a wait
         strict = RolloutConfig(shadow_soak_s=0, shadow_min_observations=300, require_metrics=True)
         decision = evaluate_rollout(settings, later(), strict)

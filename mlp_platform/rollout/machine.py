@@ -8,7 +8,8 @@ state, the rollout state file and the audit trail.
 A Dagster sensor calls :func:`evaluate_rollout` (read-only) on every tick and, when the decision is
 ``advance``, ``complete`` or ``rollback``, a job applies it with :func:`apply_rollout_decision`.
 Each stage lasts at least its soak and until every guardrail has enough observations; a failed
-guardrail rolls back at once (even mid-soak). Applying re-checks, under a lock, that the rollout
+guardrail rolls back at once (even mid-soak), and so does a stage still short of data after
+``max_stage_s``. Applying re-checks, under a lock, that the rollout
 is still where the decision was taken (candidate, stage, share, stage start): a stale decision is
 not applied. The effects of a step are idempotent (aliases, routing, then state, then audit), so a
 step interrupted half-way is completed by applying the same decision again.
@@ -251,7 +252,12 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
                                soak_remaining_s=remaining, **base)
     waiting = [g for g in guardrails if g.verdict == WAIT]
     if waiting:
-        return RolloutDecision("wait", "; ".join(f"{g.name}: {g.detail}" for g in waiting) + suffix, **base)
+        why = "; ".join(f"{g.name}: {g.detail}" for g in waiting)
+        if config.max_stage_s and elapsed > config.max_stage_s:  # e.g. the service never loaded the candidate
+            return RolloutDecision("rollback", f"stage timed out: still not enough data after {elapsed:.0f} s "
+                                   f"(max_stage_s {config.max_stage_s:g}): {why}" + suffix,
+                                   to_stage=ROLLED_BACK, to_share=0.0, **base)
+        return RolloutDecision("wait", why + suffix, **base)
     stages = config.canary_stages
     if state.stage == SHADOW:
         to_stage, to_share = CANARY, stages[0]
@@ -331,10 +337,11 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                                   routing_revision=routing.revision)
             return RolloutOutcome(True, "advance", f"v{version} at canary {share:.0%}", new, routing, record["seq"])
         # complete
-        ref = registry.ref(version)
-        promote(registry, audit, ref, [GateResult("staged_rollout", True, decision.reason,
-                                                  {"guardrails": guardrails})],
-                run_id=run_id, policy="champion", actor=actor)
+        if registry.alias("champion") != version:  # else an interrupted completion already moved it
+            promote(registry, audit, registry.ref(version),
+                    [GateResult("staged_rollout", True, decision.reason, {"guardrails": guardrails})],
+                    run_id=run_id, policy="champion", actor=actor)
+        registry.set_version_tag(version, "promotion", "champion")
         for role in ("shadow", "challenger"):
             if registry.alias(role) == version:
                 registry.clear_alias(role)
