@@ -13,6 +13,7 @@ from mlp_platform.rollout.machine import (
     evaluate_rollout,
     rollout_state,
     start_rollout,
+    step_rollout,
 )
 from mlp_platform.rollout.observe import fetch_metrics_text
 from mlp_platform.rollout.state import RolloutState
@@ -20,5 +21,5 @@ from mlp_platform.rollout.state import RolloutState
 __all__ = [
     "GuardrailResult", "RolloutConfig", "RolloutDecision", "RolloutError", "RolloutOutcome", "RolloutState",
     "abort_rollout", "apply_rollout_decision", "evaluate_rollout", "fetch_metrics_text", "rollout_state",
-    "start_rollout",
+    "start_rollout", "step_rollout",
 ]

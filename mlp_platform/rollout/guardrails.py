@@ -50,6 +50,8 @@ class RolloutConfig:
     max_shadow_disagreement: float = 0.05
     max_decline_rate_increase: float = 0.01  # absolute: 0.01 = one percentage point
     require_metrics: bool = False
+    #: A stage still short of data after this long is rolled back (0: wait for ever).
+    max_stage_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "canary_stages", tuple(float(s) for s in self.canary_stages))

@@ -8,7 +8,8 @@ state, the rollout state file and the audit trail.
 A Dagster sensor calls :func:`evaluate_rollout` (read-only) on every tick and, when the decision is
 ``advance``, ``complete`` or ``rollback``, a job applies it with :func:`apply_rollout_decision`.
 Each stage lasts at least its soak and until every guardrail has enough observations; a failed
-guardrail rolls back at once (even mid-soak). Applying re-checks, under a lock, that the rollout
+guardrail rolls back at once (even mid-soak), and so does a stage still short of data after
+``max_stage_s``. Applying re-checks, under a lock, that the rollout
 is still where the decision was taken (candidate, stage, share, stage start): a stale decision is
 not applied. The effects of a step are idempotent (aliases, routing, then state, then audit), so a
 step interrupted half-way is completed by applying the same decision again.
@@ -76,15 +77,28 @@ class RolloutDecision:
                 "stage_started_at": self.stage_started_at}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able (Dagster metadata, audit records)."""
+        """JSON-able (Dagster metadata, run config from a sensor to a job); :meth:`from_dict` inverts it."""
         return {
             "action": self.action, "reason": self.reason, "candidate": self.candidate,
             "baseline_champion": self.baseline_champion, "from_stage": self.from_stage,
             "from_share": self.from_share, "stage_started_at": self.stage_started_at, "to_stage": self.to_stage,
             "to_share": self.to_share, "evaluated_at": self.evaluated_at,
             "soak_remaining_s": self.soak_remaining_s, "guardrails": [g.to_dict() for g in self.guardrails],
-            "observation": {k: v for k, v in self.observation.items() if k != "champion_sample"},
+            "observation": dict(self.observation),
         }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> RolloutDecision:
+        if not isinstance(doc, dict) or "action" not in doc:
+            raise ValueError("a rollout decision needs at least an 'action'")
+        if doc["action"] not in ACTIONS:
+            raise ValueError(f"unknown rollout action {doc['action']!r}; one of {ACTIONS}")
+        known = set(cls.__dataclass_fields__) - {"guardrails"}
+        unknown = set(doc) - known - {"guardrails"}
+        if unknown:
+            raise ValueError(f"unknown rollout decision keys {sorted(unknown)}")
+        guardrails = tuple(GuardrailResult(**g) for g in doc.get("guardrails") or ())
+        return cls(**{k: v for k, v in doc.items() if k in known}, guardrails=guardrails)
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,10 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
             "from_stage": state.stage, "from_share": state.share, "stage_started_at": state.stage_started_at,
             "evaluated_at": at}
     champion = lifecycle.registry_for(settings).alias("champion")
+    if champion == state.candidate and state.stage == CANARY:
+        return RolloutDecision("complete", f"v{state.candidate} is already champion: a completion was interrupted "
+                               "before the rollout state was written; finishing it", to_stage=COMPLETED,
+                               to_share=1.0, **base)
     if champion != state.baseline_champion:
         return RolloutDecision("rollback", f"the champion changed during the rollout (v{state.baseline_champion} "
                                f"at start, now v{champion}): the evidence compares with another model",
@@ -221,7 +239,7 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
     observation = {**obs.summary(), "champion_sample": obs.champion.to_dict()}
     base.update(guardrails=guardrails, observation=observation)
     unevaluated = "; ".join(f"{g.name} not evaluated ({g.detail})" for g in guardrails
-                            if g.verdict == NOT_EVALUATED)
+                            if g.verdict == NOT_EVALUATED and not g.detail.startswith("not applicable"))
     suffix = f". {unevaluated}" if unevaluated else ""
     failed = [g for g in guardrails if g.verdict == FAIL]
     if failed:
@@ -234,7 +252,12 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
                                soak_remaining_s=remaining, **base)
     waiting = [g for g in guardrails if g.verdict == WAIT]
     if waiting:
-        return RolloutDecision("wait", "; ".join(f"{g.name}: {g.detail}" for g in waiting) + suffix, **base)
+        why = "; ".join(f"{g.name}: {g.detail}" for g in waiting)
+        if config.max_stage_s and elapsed > config.max_stage_s:  # e.g. the service never loaded the candidate
+            return RolloutDecision("rollback", f"stage timed out: still not enough data after {elapsed:.0f} s "
+                                   f"(max_stage_s {config.max_stage_s:g}): {why}" + suffix,
+                                   to_stage=ROLLED_BACK, to_share=0.0, **base)
+        return RolloutDecision("wait", why + suffix, **base)
     stages = config.canary_stages
     if state.stage == SHADOW:
         to_stage, to_share = CANARY, stages[0]
@@ -276,8 +299,11 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
         common = {"model": registry.model_name, "version": version, "baseline_champion": state.baseline_champion,
                   "by_run": run_id, "actor": actor, "reason": decision.reason, "stage_from": state.stage,
                   "share_from": state.share, "guardrails": guardrails,
-                  "observation": decision.to_dict()["observation"]}
+                  "observation": {k: v for k, v in decision.observation.items() if k != "champion_sample"}}
         if decision.action == "rollback":
+            if registry.alias("champion") == version:
+                raise RolloutError(f"v{version} is already champion: roll it back with rollback_champion, "
+                                   "not by aborting its rollout")
             for role in ("shadow", "challenger"):
                 if registry.alias(role) == version:
                     registry.clear_alias(role)
@@ -311,10 +337,11 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                                   routing_revision=routing.revision)
             return RolloutOutcome(True, "advance", f"v{version} at canary {share:.0%}", new, routing, record["seq"])
         # complete
-        ref = registry.ref(version)
-        promote(registry, audit, ref, [GateResult("staged_rollout", True, decision.reason,
-                                                  {"guardrails": guardrails})],
-                run_id=run_id, policy="champion", actor=actor)
+        if registry.alias("champion") != version:  # else an interrupted completion already moved it
+            promote(registry, audit, registry.ref(version),
+                    [GateResult("staged_rollout", True, decision.reason, {"guardrails": guardrails})],
+                    run_id=run_id, policy="champion", actor=actor)
+        registry.set_version_tag(version, "promotion", "champion")
         for role in ("shadow", "challenger"):
             if registry.alias(role) == version:
                 registry.clear_alias(role)
@@ -326,6 +353,16 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                               previous_champion=state.baseline_champion, routing_revision=routing.revision)
         return RolloutOutcome(True, "complete", f"v{version} is champion (was v{state.baseline_champion})", new,
                               routing, record["seq"])
+
+
+def step_rollout(settings, run_id: str, config: RolloutConfig, actor: str = "dagster",
+                 metrics_text: str | None = None, *, now: dt.datetime | None = None,
+                 decision_log_dir: Path | None = None) -> tuple[RolloutDecision, RolloutOutcome]:
+    """Evaluate and apply in one go (a job that re-judges when it runs rather than trusting the
+    decision its sensor saw). ``metrics_text`` serves as evidence and as the next stage's snapshot."""
+    now = _now(now)
+    decision = evaluate_rollout(settings, now, config, metrics_text, decision_log_dir=decision_log_dir)
+    return decision, apply_rollout_decision(settings, decision, run_id, actor, metrics_text, now=now)
 
 
 def abort_rollout(settings, run_id: str, reason: str, actor: str = "operator",

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,12 @@ from typing import Any
 from mlp_platform.rollout.scores import ScoreSample
 from mlp_platform.rollout.state import CANARY, SHADOW, RolloutState, parse_time, utc_iso
 from mlp_platform.serving.decision_log import SEGMENT_PREFIX, SEGMENT_SUFFIX
+
+try:  # 3-4x faster on decision records; a dependency of dagster-dbt, json when absent
+    from orjson import JSONDecodeError as _DecodeError
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads, _DecodeError = json.loads, json.JSONDecodeError
 
 #: Samples kept from the service's /metrics (everything the guardrails read).
 KEPT_SAMPLES = frozenset({
@@ -45,6 +52,7 @@ SCORE_ENDPOINT = "/v1/score"
 _SEGMENT = re.compile(rf"^{re.escape(SEGMENT_PREFIX)}(\d+){re.escape(SEGMENT_SUFFIX)}$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 MTIME_SLACK_S = 5.0
+MAX_PENDING = 200_000  # served decisions waiting for their shadow record
 
 
 def decision_log_root(settings) -> Path:
@@ -102,9 +110,9 @@ def iter_log_records(root: Path, since: dt.datetime, until: dt.datetime | None =
                         scan.unreadable_lines += 1  # a commit in progress or a torn tail
                         continue
                     try:
-                        record = json.loads(line)
+                        record = _loads(line)
                         moment = parse_time(record["time"])
-                    except (ValueError, KeyError, TypeError):
+                    except (_DecodeError, ValueError, KeyError, TypeError):
                         scan.unreadable_lines += 1
                         continue
                     if moment < since or (until is not None and moment > until):
@@ -238,43 +246,45 @@ def observe(state: RolloutState, root: Path, now: dt.datetime, metrics_text: str
         _observe_canary(state, records, obs)
     else:
         raise ValueError(f"nothing to observe in a {state.stage} rollout")
-    if metrics_text is None:
+    current = parse_metrics(metrics_text) if metrics_text is not None else None  # bad text: a clear error
+    if current is None:
         obs.metrics_note = "no metrics text given: error-rate and latency guardrails not evaluated"
     elif state.metrics_snapshot is None:
         obs.metrics_note = ("no metrics snapshot was taken when the stage started: error-rate and latency "
                             "guardrails not evaluated")
     else:
-        obs.metrics = MetricsWindow.between(state.metrics_snapshot, parse_metrics(metrics_text))
+        obs.metrics = MetricsWindow.between(state.metrics_snapshot, current)
     return obs
 
 
 def _observe_shadow(state: RolloutState, records: Iterator[dict[str, Any]], obs: Observation) -> None:
-    served: dict[str, tuple[float, str]] = {}
-    degraded: set[str] = set()
-    shadows: list[tuple[str, float, str]] = []
+    """Pairs in one pass: the service logs a shadow record after the decision it shadows, in the same
+    worker's log, so a served decision waits in ``pending`` only until its shadow arrives (bounded:
+    the oldest waiting decisions are dropped past ``MAX_PENDING``, their shadows then count unpaired)."""
+    pending: OrderedDict[str, tuple[float, str] | None] = OrderedDict()  # None: degraded
     for record in records:
         kind = record.get("kind")
         if kind == "decision":
             if record.get("arm") != "champion" or record.get("model_version") != state.baseline_champion:
                 continue
-            if record.get("degraded"):
-                degraded.add(record["decision_id"])
-            else:
-                served[record["decision_id"]] = (float(record["score"]), str(record["decision"]))
+            pending[record["decision_id"]] = (None if record.get("degraded")
+                                              else (float(record["score"]), str(record["decision"])))
+            if len(pending) > MAX_PENDING:
+                pending.popitem(last=False)
         elif kind == "shadow" and record.get("model_version") == state.candidate:
-            shadows.append((str(record.get("of_decision")), float(record["score"]), str(record["decision"])))
-    for of_decision, score, decision in shadows:
-        if of_decision in degraded:
-            obs.degraded_skipped += 1
-            continue
-        pair = served.get(of_decision)
-        if pair is None:  # shadowed a decision outside the window or of another arm
-            obs.unpaired_shadows += 1
-            continue
-        obs.candidate.add(score, decision)
-        obs.champion.add(pair[0], pair[1])
-        obs.shadow_pairs += 1
-        obs.shadow_disagreements += decision != pair[1]
+            of_decision = str(record.get("of_decision"))
+            if of_decision not in pending:  # shadowed a decision outside the window or of another arm
+                obs.unpaired_shadows += 1
+                continue
+            served = pending.pop(of_decision)
+            if served is None:
+                obs.degraded_skipped += 1
+                continue
+            score, decision = float(record["score"]), str(record["decision"])
+            obs.candidate.add(score, decision)
+            obs.champion.add(*served)
+            obs.shadow_pairs += 1
+            obs.shadow_disagreements += decision != served[1]
 
 
 def _observe_canary(state: RolloutState, records: Iterator[dict[str, Any]], obs: Observation) -> None:
