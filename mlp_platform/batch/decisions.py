@@ -1,0 +1,293 @@
+"""Loading the scoring service's decision log into the warehouse, incrementally and verified, for
+drift and training/serving skew monitoring.
+
+:func:`load_decisions` reads every log directory under a root (the root itself and each worker
+subdirectory, as :func:`mlp_platform.serving.decision_log.find_decision` does), continuing in each
+from where the previous load stopped: ``monitoring.decision_log_state`` holds, per directory, the seq
+and hash of the last record loaded and where the next one starts (segment, byte offset). Every record
+read is checked against the chain with the decision log's own link check (seq = previous + 1,
+prev_hash = previous hash, hash = SHA-256 of the canonical body), continuing from the stored hash.
+
+Rows go to ``monitoring.decisions`` (one per decision), ``monitoring.served_features`` (the features
+as served, one column per feature named as in the feature spec, null where the service had none) and
+``monitoring.shadow_scores``; the rows of a directory and its new state are written in one
+transaction, so a load is all-or-nothing per directory and re-running it loads nothing twice.
+
+Torn or in-progress writes: only complete lines (ending with a newline, no NUL bytes) are read; an
+incomplete last line of the last segment is a write in progress (or a crash's torn tail that the
+service truncates on restart) and is left for the next load. A restart of the service continues the
+same chain (same or next segment) and is picked up. A break anywhere else (an edited, removed,
+inserted or reordered record, a missing segment, an incomplete line in a segment that is not the
+last) raises :class:`DecisionChainBroken` naming directory, segment, line and seq, after loading the
+verified records before the break and nothing after it (the other directories are still loaded).
+
+Warehouse: the embedded DuckDB warehouse. A root that does not exist yet loads nothing (the service
+has not decided anything).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlp_platform.batch.scoring import BatchScoringError, _duckdb
+from mlp_platform.features.spec import default_spec
+from mlp_platform.serving.decision_log import GENESIS, _link_problem, _list_segments, segment_name
+
+SCHEMA = "monitoring"
+STATE_TABLE = f"{SCHEMA}.decision_log_state"
+DECISIONS_TABLE = f"{SCHEMA}.decisions"
+FEATURES_TABLE = f"{SCHEMA}.served_features"
+SHADOW_TABLE = f"{SCHEMA}.shadow_scores"
+
+
+class DecisionChainBroken(RuntimeError):
+    """A decision log's hash chain is broken; ``breaks`` lists (directory, segment, line, seq, reason)."""
+
+    def __init__(self, breaks: list[dict[str, Any]], result: LoadResult):
+        lines = [f"{b['log_dir']}: {b['segment']} line {b['line']} (seq {b['seq']}, expected {b['expected_seq']}): "
+                 f"{b['reason']}" for b in breaks]
+        super().__init__("decision log chain broken; nothing after the break was loaded: " + "; ".join(lines))
+        self.breaks = breaks
+        self.result = result
+
+
+@dataclass
+class LoadResult:
+    """What one load added (for the asset's metadata)."""
+
+    decisions: int = 0
+    shadow_scores: int = 0
+    other_records: int = 0  # verified records of another kind (not loaded)
+    directories: dict[str, dict[str, Any]] = field(default_factory=dict)
+    days: list[str] = field(default_factory=list)
+    pending_bytes: int = 0  # an incomplete last line left for the next load (a write in progress)
+    seconds: float = 0.0
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"decisions": self.decisions, "shadow_scores": self.shadow_scores,
+                "other_records": self.other_records, "directories": self.directories, "days": self.days,
+                "pending_bytes": self.pending_bytes, "seconds": round(self.seconds, 3)}
+
+
+def _ddl(feature_names: list[str]) -> list[str]:
+    features = ",\n".join(f'    "{n}" double' for n in feature_names)
+    return [
+        f"create schema if not exists {SCHEMA}",
+        f"""create table if not exists {STATE_TABLE} (
+    log_dir varchar primary key, last_seq bigint not null, last_hash varchar not null,
+    segment varchar not null, "offset" bigint not null, loaded_at timestamp not null)""",
+        f"""create table if not exists {DECISIONS_TABLE} (
+    decision_id varchar not null, transaction_id varchar, event_time timestamp, day date,
+    decided_at timestamp, arm varchar, model_version varchar, model_sha256 varchar, score double,
+    decision varchar, degraded boolean, fallbacks varchar, policy_version varchar, routing_revision bigint,
+    seq bigint not null, log_dir varchar not null)""",
+        f"""create table if not exists {FEATURES_TABLE} (
+    decision_id varchar not null, transaction_id varchar, day date,
+{features})""",
+        f"""create table if not exists {SHADOW_TABLE} (
+    decision_id varchar not null, of_decision varchar, model_version varchar, score double, decision varchar,
+    served_decision varchar, day date, shadow_at timestamp, seq bigint not null, log_dir varchar not null)""",
+    ]
+
+
+def _utc_naive(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    t = dt.datetime.fromisoformat(value)
+    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo is not None else t
+
+
+def log_directories(root: Path) -> list[Path]:
+    """The root (when it holds segments) and every subdirectory holding segments, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    return [d for d in candidates if _list_segments(d)]
+
+
+@dataclass
+class _Read:
+    records: list[tuple[dict, int]] = field(default_factory=list)  # (record, seq)
+    last_seq: int = -1
+    last_hash: str = GENESIS
+    segment: str = ""
+    offset: int = 0
+    pending: int = 0
+    broken: dict[str, Any] | None = None
+
+
+def _read_new(directory: Path, state: tuple[int, str, str, int] | None) -> _Read:
+    """Verified complete records after ``state`` (last_seq, last_hash, segment, offset)."""
+    segments = _list_segments(directory)
+    last_seq, last_hash, seg_name, offset = state if state else (-1, GENESIS, segment_name(segments[0][0]), 0)
+    out = _Read(last_seq=last_seq, last_hash=last_hash, segment=seg_name, offset=offset)
+    numbers = [n for n, _ in segments]
+    start_no = int(seg_name[len("decisions-"):-len(".jsonl")])
+    if start_no not in numbers:
+        out.broken = {"segment": seg_name, "line": 0, "seq": None, "expected_seq": last_seq + 1,
+                      "reason": "the segment the previous load stopped in is gone"}
+        return out
+    expected = last_seq + 1
+    previous_no = start_no
+    for number, path in segments:
+        if number < start_no:
+            continue
+        if number != previous_no and number != previous_no + 1:
+            out.broken = {"segment": path.name, "line": 1, "seq": None, "expected_seq": expected,
+                          "reason": f"segment numbers jump from {previous_no} to {number}: a segment is missing"}
+            return out
+        previous_no = number
+        is_last = number == numbers[-1]
+        pos = offset if number == start_no else 0
+        line_no = 0
+        with open(path, "rb") as fh:
+            fh.seek(pos)
+            for line in fh:
+                line_no += 1
+                if not line.endswith(b"\n") or b"\x00" in line:
+                    if is_last:  # a write in progress (or a torn tail the service will truncate)
+                        out.pending = len(line)
+                        break
+                    out.broken = {"segment": path.name, "line": line_no, "seq": None, "expected_seq": expected,
+                                  "reason": "incomplete line in a segment that is not the last",
+                                  "offset": pos}
+                    return out
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record, reason = None, "line is not valid JSON"
+                else:
+                    reason = _link_problem(record, line, expected, out.last_hash, strict=False)
+                if reason:
+                    seq = record.get("seq") if isinstance(record, dict) else None
+                    out.broken = {"segment": path.name, "line": line_no, "seq": seq, "expected_seq": expected,
+                                  "reason": reason, "offset": pos}
+                    return out
+                out.records.append((record, expected))
+                out.last_seq, out.last_hash = expected, record["hash"]
+                expected += 1
+                pos += len(line)
+                out.segment, out.offset = path.name, pos
+    return out
+
+
+_DECISION_COLUMNS = ("decision_id", "transaction_id", "event_time", "day", "decided_at", "arm", "model_version",
+                     "model_sha256", "score", "decision", "degraded", "fallbacks", "policy_version",
+                     "routing_revision", "seq", "log_dir")
+_SHADOW_COLUMNS = ("decision_id", "of_decision", "model_version", "score", "decision", "served_decision",
+                   "shadow_at", "seq", "log_dir")
+
+
+def _tables(read: _Read, log_dir: str, feature_names: list[str]):
+    """Arrow tables (decisions, served features, shadow scores) of the verified records, and the count
+    of records of another kind."""
+    import pyarrow as pa
+
+    dec: dict[str, list] = {c: [] for c in _DECISION_COLUMNS}
+    feat: dict[str, list] = {c: [] for c in ("decision_id", "transaction_id", "day", *feature_names)}
+    sh: dict[str, list] = {c: [] for c in _SHADOW_COLUMNS}
+    other = 0
+    for record, seq in read.records:
+        kind = record.get("kind")
+        if kind == "decision":
+            event_time = _utc_naive(record.get("event_time"))
+            day = event_time.date() if event_time else None
+            served = record.get("features") or {}
+            for column, value in zip(_DECISION_COLUMNS, (
+                    record["decision_id"], record.get("transaction_id"), event_time, day,
+                    _utc_naive(record.get("time")), record.get("arm"), record.get("model_version"),
+                    record.get("model_sha256"), record.get("score"), record.get("decision"),
+                    bool(record.get("degraded", False)), ",".join(record.get("fallbacks") or []),
+                    record.get("policy_version"), record.get("routing_revision"), seq, log_dir), strict=True):
+                dec[column].append(value)
+            feat["decision_id"].append(record["decision_id"])
+            feat["transaction_id"].append(record.get("transaction_id"))
+            feat["day"].append(day)
+            for n in feature_names:
+                v = served.get(n)
+                feat[n].append(None if v is None else float(v))
+        elif kind == "shadow":
+            for column, value in zip(_SHADOW_COLUMNS, (
+                    record["decision_id"], record.get("of_decision"), record.get("model_version"),
+                    record.get("score"), record.get("decision"), record.get("served_decision"),
+                    _utc_naive(record.get("time")), seq, log_dir), strict=True):
+                sh[column].append(value)
+        else:
+            other += 1
+    types = {"event_time": pa.timestamp("us"), "decided_at": pa.timestamp("us"), "shadow_at": pa.timestamp("us"),
+             "day": pa.date32(), "score": pa.float64(), "degraded": pa.bool_(), "routing_revision": pa.int64(),
+             "seq": pa.int64(), **{n: pa.float64() for n in feature_names}}
+
+    def table(columns: dict[str, list]):
+        return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in columns.items()})
+
+    return table(dec), table(feat), table(sh), other
+
+
+def load_decisions(settings, log_root: Path) -> LoadResult:
+    """Load what the service logged under ``log_root`` since the last load (see the module docstring).
+    Raises :class:`DecisionChainBroken` (after loading every verified record before the break, and the
+    other directories) when a chain is broken."""
+    started = time.perf_counter()
+    try:
+        warehouse = _duckdb(settings)
+    except BatchScoringError as exc:
+        raise BatchScoringError(str(exc).replace("batch scoring", "the decision-log load")) from exc
+    names = default_spec().feature_names
+    result = LoadResult()
+    breaks: list[dict[str, Any]] = []
+    days: set[dt.date] = set()
+    directories = log_directories(Path(log_root))
+    with warehouse.connect() as con:
+        for statement in _ddl(names):
+            con.execute(statement)
+        for directory in directories:
+            log_dir = str(directory.resolve())
+            found = con.execute(f'select last_seq, last_hash, segment, "offset" from {STATE_TABLE} '
+                                f'where log_dir = ?', [log_dir]).fetchall()
+            read = _read_new(directory, tuple(found[0]) if found else None)
+            decisions, features, shadows, other = _tables(read, log_dir, names)
+            result.pending_bytes += read.pending
+            if read.records:
+                con.register("decisions_in", decisions)
+                con.register("features_in", features)
+                con.register("shadows_in", shadows)
+                con.execute("begin transaction")
+                try:
+                    con.execute(f"insert into {DECISIONS_TABLE} by name select * from decisions_in")
+                    con.execute(f"insert into {FEATURES_TABLE} by name select * from features_in")
+                    con.execute(f"""insert into {SHADOW_TABLE} by name
+                        select s.*, coalesce(d.day, cast(s.shadow_at as date)) as day
+                        from shadows_in as s
+                        left join (select decision_id, day from {DECISIONS_TABLE}) as d
+                               on d.decision_id = s.of_decision""")
+                    con.execute(f"delete from {STATE_TABLE} where log_dir = ?", [log_dir])
+                    con.execute(f"insert into {STATE_TABLE} values (?, ?, ?, ?, ?, ?)",
+                                [log_dir, read.last_seq, read.last_hash, read.segment, read.offset,
+                                 dt.datetime.now(dt.UTC).replace(tzinfo=None)])
+                    con.execute("commit")
+                except BaseException:
+                    con.execute("rollback")
+                    raise
+                for name in ("decisions_in", "features_in", "shadows_in"):
+                    con.unregister(name)
+            days.update(d for d in decisions.column("day").to_pylist() if d is not None)
+            result.decisions += decisions.num_rows
+            result.shadow_scores += shadows.num_rows
+            result.other_records += other
+            result.directories[log_dir] = {"decisions": decisions.num_rows, "shadow_scores": shadows.num_rows,
+                                           "last_seq": read.last_seq, "pending_bytes": read.pending}
+            if read.broken is not None:
+                breaks.append({"log_dir": log_dir, **read.broken})
+                result.directories[log_dir]["broken"] = read.broken
+    result.days = sorted(d.isoformat() for d in days)
+    result.seconds = time.perf_counter() - started
+    if breaks:
+        raise DecisionChainBroken(breaks, result)
+    return result

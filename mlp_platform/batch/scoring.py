@@ -1,0 +1,294 @@
+"""Nightly batch scoring: one day of transactions scored by one named model version, written to the
+warehouse idempotently, with per-customer batch risk pushed to the online store.
+
+:func:`score_day` reads the day's rows of ``features.transaction_features`` (DuckDB straight to Arrow,
+features to one float64 matrix, nulls as NaN), scores them through the serving code path (the
+version's registered artefact loaded by :func:`mlp_platform.serving.service.registry_loader`: the same
+schema check, the same compiled trees, the same artefact digest the online service logs), evaluated
+over the whole matrix in C (:meth:`FastScorer.score_batch`, rows split over ``threads`` threads), and
+applies the online service's decision policy (:meth:`ScoringService.thresholds` /
+:meth:`ScoringService.decide`, vectorised; thresholds from the version's ``operating_threshold`` tag
+and ``MLP_REVIEW_THRESHOLD`` / ``MLP_DECLINE_THRESHOLD`` exactly as the service reads them; batch
+features are complete, so there is no degraded decision). The day's rows in ``scoring.batch_scores``
+are replaced in one transaction (delete + insert): re-running or backfilling a day leaves exactly the
+last run's rows.
+
+:func:`push_customer_batch_risk` aggregates the day per customer (the score of the customer's last
+transaction, the highest score, the count of review/decline decisions) from ``scoring.batch_scores``
+and pushes it to the online store as of the end of the day (midnight after it: readable by
+transactions of the next day, never by those of the day itself), view
+:data:`mlp_platform.serving.batch_push.CUSTOMER_BATCH_RISK`.
+
+Warehouse: the embedded DuckDB warehouse (Snowflake is not implemented for batch scoring yet: a clear
+error says so). Never uses "latest": the caller names the version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from mlp_platform.data.warehouse import DuckDBWarehouse, warehouse_for
+from mlp_platform.features.spec import default_spec
+
+FEATURES_TABLE = "features.transaction_features"
+SCORES_SCHEMA = "scoring"
+SCORES_TABLE = f"{SCORES_SCHEMA}.batch_scores"
+DECISIONS = ("approve", "review", "decline")  # index = number of thresholds reached
+
+_SCORES_DDL = f"""
+create table if not exists {SCORES_TABLE} (
+    transaction_id varchar not null,
+    customer_id varchar,
+    merchant_id varchar,
+    event_time timestamp,
+    day date not null,
+    score double not null,
+    decision varchar not null,
+    model_version varchar not null,
+    model_sha256 varchar not null,
+    scored_at timestamp not null
+)"""
+
+
+class BatchScoringError(ValueError):
+    """Batch scoring cannot run as asked (no features for the day, unknown version, wrong warehouse)."""
+
+
+@dataclass(frozen=True)
+class BatchScoringResult:
+    """What scoring one day produced (for the asset's metadata)."""
+
+    day: dt.date
+    model_version: str
+    model_sha256: str
+    rows: int
+    decisions: dict[str, int]
+    approval_rate: float
+    score_quantiles: dict[str, float]
+    thresholds: dict[str, float]
+    scorer_backend: str
+    scored_at: dt.datetime
+    seconds: dict[str, float] = field(default_factory=dict)
+    customers_pushed: int = 0
+    push: dict[str, Any] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(), "model_version": self.model_version, "model_sha256": self.model_sha256,
+            "rows": self.rows, "decisions": dict(self.decisions), "approval_rate": self.approval_rate,
+            "score_quantiles": dict(self.score_quantiles), "thresholds": dict(self.thresholds),
+            "scorer_backend": self.scorer_backend, "scored_at": self.scored_at.isoformat(),
+            "seconds": dict(self.seconds), "customers_pushed": self.customers_pushed,
+        }
+
+
+# ------------------------------------------------------------------------------------- decision policy
+
+
+def service_threshold_config() -> SimpleNamespace:
+    """The two policy settings of the online service, read from the same variables with the same
+    defaults as :meth:`ServingConfig.from_env` (review: the version's operating threshold unless
+    ``MLP_REVIEW_THRESHOLD`` is set; decline: ``MLP_DECLINE_THRESHOLD``, default 0.9)."""
+    review = os.environ.get("MLP_REVIEW_THRESHOLD")
+    return SimpleNamespace(review_threshold=float(review) if review else None,
+                           decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")))
+
+
+def decision_thresholds(operating_threshold: float, config: Any | None = None) -> dict[str, float]:
+    """The online service's thresholds for a version (its own code, :meth:`ScoringService.thresholds`)."""
+    from mlp_platform.serving.service import ScoringService
+
+    holder = SimpleNamespace(config=config if config is not None else service_threshold_config())
+    return ScoringService.thresholds(holder, SimpleNamespace(operating_threshold=operating_threshold))
+
+
+def decide_many(scores: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
+    """Decision index per score (0 approve, 1 review, 2 decline) with the rule of
+    :meth:`ScoringService.decide` (decline at or above ``decline``, else review at or above ``review``;
+    decline >= review always holds, so the count of thresholds reached is the decision)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if thresholds["decline"] < thresholds["review"]:
+        raise ValueError(f"decline threshold {thresholds['decline']} is below review {thresholds['review']}")
+    return (scores >= thresholds["review"]).astype(np.int8) + (scores >= thresholds["decline"])
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def _duckdb(settings) -> DuckDBWarehouse:
+    warehouse = warehouse_for(settings)
+    if not isinstance(warehouse, DuckDBWarehouse):
+        raise BatchScoringError(f"batch scoring writes to the embedded DuckDB warehouse; the {settings.warehouse} "
+                                f"warehouse is not implemented for it yet")
+    return warehouse
+
+
+def read_day_features(con, day: dt.date, feature_names: list[str]):
+    """(ids: pyarrow.Table of transaction_id, customer_id, merchant_id, event_time; x: float64 matrix
+    in ``feature_names`` order, nulls as NaN) of the day's rows of features.transaction_features."""
+    import duckdb
+
+    cols = ", ".join(f'cast("{n}" as double) as "{n}"' for n in feature_names)
+    try:
+        table = con.sql(
+            f"select transaction_id, customer_id, merchant_id, event_time, feature_spec_hash, {cols} "
+            f"from {FEATURES_TABLE} where event_date = $day", params={"day": day}).to_arrow_table()
+    except duckdb.CatalogException as exc:
+        raise BatchScoringError(f"no features for {day}: {FEATURES_TABLE} does not exist (materialise the "
+                                f"feature tables first)") from exc
+    if table.num_rows == 0:
+        raise BatchScoringError(f"no features for {day}: {FEATURES_TABLE} has no rows with event_date {day} "
+                                f"(materialise that day's feature partition first)")
+    x = np.empty((table.num_rows, len(feature_names)), dtype=np.float64)
+    for j, name in enumerate(feature_names):
+        column = table.column(name)
+        x[:, j] = column.to_numpy() if column.null_count == 0 else column.to_numpy(zero_copy_only=False)
+    return table.select(["transaction_id", "customer_id", "merchant_id", "event_time", "feature_spec_hash"]), x
+
+
+def _spec_hashes(table) -> set[str]:
+    import pyarrow.compute as pc
+
+    return {v for v in pc.unique(table.column("feature_spec_hash")).to_pylist()}
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+def _load_version(settings, version: str):
+    from mlflow.exceptions import MlflowException
+
+    from mlp_platform.registry.mlflow_registry import ModelRegistry
+    from mlp_platform.serving.service import registry_loader
+
+    if not isinstance(version, str) or not version.strip() or version.strip().lower() == "latest":
+        raise BatchScoringError(f"batch scoring needs an explicit registered model version, got {version!r}")
+    registry = ModelRegistry.from_settings(settings)
+    try:
+        registry.client.get_model_version(registry.model_name, version)
+    except MlflowException as exc:
+        raise BatchScoringError(f"model version {version!r} of {registry.model_name!r} is not registered in "
+                                f"{registry.tracking_uri}") from exc
+    return registry_loader(settings)(version)
+
+
+def score_day(settings, version: str, day: dt.date, *, threads: int | None = None, push_to_store: bool = True,
+              store_url: str | None = None) -> BatchScoringResult:
+    """Score every transaction of ``day`` with model ``version``; replace the day in scoring.batch_scores;
+    push the customers' batch risk to the online store (``store_url``: default the service's,
+    ``MLP_FEATURE_STORE_URL`` or the embedded store under the data directory) unless ``push_to_store``
+    is False. Raises :class:`BatchScoringError` for an unknown version or a day without features."""
+    import pyarrow as pa
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    warehouse = _duckdb(settings)
+    model = _load_version(settings, version)
+    timings["load_model"] = time.perf_counter() - t0
+    spec = default_spec()
+    if model.feature_names != spec.feature_names:
+        raise BatchScoringError(f"version {version} expects other features than the feature spec")
+
+    t0 = time.perf_counter()
+    with warehouse.connect(read_only=True) as con:
+        ids, x = read_day_features(con, day, spec.feature_names)
+    hashes = _spec_hashes(ids)
+    if hashes != {spec.spec_hash}:
+        raise BatchScoringError(f"features of {day} were computed under feature spec {sorted(hashes)}, not the "
+                                f"current {spec.spec_hash}: rebuild the day's features")
+    timings["read_features"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    threads = threads or min(2, os.cpu_count() or 1)
+    scorer = model.scorer
+    scores = scorer.score_batch(x, threads=threads) if hasattr(scorer, "score_batch") else scorer.score_matrix(x)
+    thresholds = decision_thresholds(model.operating_threshold)
+    decision_index = decide_many(scores, thresholds)
+    timings["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scored_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    n = len(scores)
+    out = pa.table({
+        "transaction_id": ids.column("transaction_id"), "customer_id": ids.column("customer_id"),
+        "merchant_id": ids.column("merchant_id"), "event_time": ids.column("event_time"),
+        "day": pa.array(np.full(n, np.datetime64(day, "D"))),
+        "score": pa.array(scores),
+        "decision": pa.DictionaryArray.from_arrays(pa.array(decision_index), pa.array(DECISIONS)),
+        "model_version": pa.array([model.version]).take(pa.array(np.zeros(n, dtype=np.int32))),
+        "model_sha256": pa.array([model.artifact_sha256]).take(pa.array(np.zeros(n, dtype=np.int32))),
+        "scored_at": pa.array(np.full(n, np.datetime64(scored_at, "us"))),
+    })
+    with warehouse.connect() as con:
+        con.execute(f"create schema if not exists {SCORES_SCHEMA}")
+        con.execute(_SCORES_DDL)
+        con.register("batch_scores_in", out)
+        con.execute("begin transaction")
+        try:
+            con.execute(f"delete from {SCORES_TABLE} where day = ?", [day])
+            con.execute(f"insert into {SCORES_TABLE} by name select * from batch_scores_in")
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    timings["write"] = time.perf_counter() - t0
+
+    counts = np.bincount(decision_index, minlength=3)
+    quantiles = np.quantile(scores, [0.5, 0.9, 0.99])
+    result = BatchScoringResult(
+        day=day, model_version=model.version, model_sha256=model.artifact_sha256, rows=n,
+        decisions={name: int(c) for name, c in zip(DECISIONS, counts, strict=True)},
+        approval_rate=float(counts[0] / n),
+        score_quantiles={"p50": float(quantiles[0]), "p90": float(quantiles[1]), "p99": float(quantiles[2]),
+                         "max": float(scores.max()), "mean": float(scores.mean())},
+        thresholds=dict(thresholds), scorer_backend=getattr(scorer, "backend", type(scorer).__name__),
+        scored_at=scored_at, seconds=timings)
+    if push_to_store:
+        t0 = time.perf_counter()
+        push = push_customer_batch_risk(settings, day, store_url=store_url)
+        timings["push"] = time.perf_counter() - t0
+        result = dataclasses.replace(result, customers_pushed=push["rows"], push=push, seconds=timings)
+    return result
+
+
+# ------------------------------------------------------------------------------ customer batch risk
+
+
+def default_store_url(settings) -> str:
+    """The online store the service uses (``MLP_FEATURE_STORE_URL``, default the embedded store)."""
+    return os.environ.get("MLP_FEATURE_STORE_URL", f"embedded://{settings.data_dir / 'serving' / 'online_store'}")
+
+
+def customer_batch_risk(settings, day: dt.date) -> list[dict[str, Any]]:
+    """Per customer of ``day`` in scoring.batch_scores: the score of the last transaction (by event
+    time, then transaction_id), the highest score, and how many transactions were review/decline."""
+    with _duckdb(settings).connect(read_only=True) as con:
+        rows = con.execute(f"""
+            select customer_id,
+                   arg_max(score, struct_pack(t := event_time, i := transaction_id)) as batch_risk_score_last,
+                   max(score) as batch_risk_score_max,
+                   count(*) filter (where decision in ('review', 'decline')) as batch_high_risk_count
+            from {SCORES_TABLE}
+            where day = ? and customer_id is not null
+            group by customer_id
+            order by customer_id""", [day]).fetchall()
+    return [{"customer_id": r[0], "batch_risk_score_last": r[1], "batch_risk_score_max": r[2],
+             "batch_high_risk_count": r[3]} for r in rows]
+
+
+def push_customer_batch_risk(settings, day: dt.date, store_url: str | None = None) -> dict[str, Any]:
+    """Push :func:`customer_batch_risk` of ``day`` to the online store as of the end of the day."""
+    from mlp_platform.serving.batch_push import CUSTOMER_BATCH_RISK, push_entity_values
+
+    rows = customer_batch_risk(settings, day)
+    as_of = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+    return push_entity_values(store_url or default_store_url(settings), settings.batch_snapshot_dir,
+                              CUSTOMER_BATCH_RISK, rows, as_of)
