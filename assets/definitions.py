@@ -11,21 +11,25 @@ import dagster as dg
 from assets.features import build_feature_assets
 from assets.ingest import build_ingest_assets
 from assets.model import MODEL_ASSETS, MODEL_CHECKS, MODEL_JOBS
+from assets.monitoring import build_monitoring_assets
 from assets.resources import resources_for
+from assets.rollout import ROLLOUT_JOBS
+from assets.scoring import build_scoring_assets
 from assets.serving import build_serving_assets
 from mlp_platform.settings import Settings, load_settings
 from sensors.definitions import build_automation
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    monitoring_assets, monitoring_checks = build_monitoring_assets(settings)
     assets = [*build_ingest_assets(settings), *build_feature_assets(settings), *MODEL_ASSETS,
-              *build_serving_assets(settings)]
+              *build_serving_assets(settings), *build_scoring_assets(settings), *monitoring_assets]
     jobs, schedules, sensors = build_automation(settings)
-    jobs = [*jobs, *MODEL_JOBS]
+    jobs = [*jobs, *MODEL_JOBS, *ROLLOUT_JOBS]
     # Locally one process runs a whole run (fast start, one DuckDB writer); in production the run
     # launcher of the Dagster deployment (dagster-k8s) isolates runs and steps run in subprocesses.
     executor = dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor
-    return dg.Definitions(assets=assets, asset_checks=MODEL_CHECKS, jobs=jobs, schedules=schedules, sensors=sensors,
+    return dg.Definitions(assets=assets, asset_checks=[*MODEL_CHECKS, *monitoring_checks], jobs=jobs, schedules=schedules, sensors=sensors,
                           resources=resources_for(settings), executor=executor)
 
 

@@ -13,6 +13,7 @@ from assets.resources import PlatformSettingsResource
 from mlp_platform import lifecycle
 from mlp_platform.batch.decisions import load_decisions
 from mlp_platform.monitoring import daily
+from mlp_platform.rollout.observe import decision_log_root
 from mlp_platform.settings import Settings
 
 TRANSACTION_FEATURES = dg.AssetKey(["features", "transaction_features"])
@@ -31,13 +32,14 @@ def build_monitoring_assets(settings: Settings) -> tuple[list, list]:
 
     @dg.asset(
         key=SERVED, group_name="monitoring", kinds={"python", "duckdb"}, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         description="Loads the scoring service's decision log into the warehouse (monitoring.decisions, "
                     "monitoring.served_features: the exact feature vectors served, monitoring.shadow_scores), "
                     "incrementally and only after verifying its hash chain. Run nightly after the day ends.",
     )
     def served_decisions(context: AssetExecutionContext, platform: PlatformSettingsResource) -> dg.MaterializeResult:
         current = platform.get()
-        result = load_decisions(current, daily.decision_log_root(current))
+        result = load_decisions(current, decision_log_root(current))
         context.log.info(f"decision log loaded: {result}")
         first, end = partition_days(context)
         per_day = daily.served_counts(current, first, end)
@@ -45,6 +47,7 @@ def build_monitoring_assets(settings: Settings) -> tuple[list, list]:
 
     @dg.asset(
         key=DRIFT, group_name="monitoring", kinds={"python", "evidently"}, partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[SERVED, TRANSACTION_FEATURES, BATCH_SCORES, STG_LABELS],
         check_specs=[
             dg.AssetCheckSpec("feature_drift", asset=DRIFT,

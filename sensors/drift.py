@@ -41,7 +41,7 @@ def current_champion(settings: Settings) -> str | None:
     return RoutingFile(settings.routing_path).read().champion
 
 
-def build_drift_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+def build_drift_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name=DRIFT_SENSOR, job=job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED,
         description="Requests a retrain (training set + candidate + gates + promotion) when the champion's "
