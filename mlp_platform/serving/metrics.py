@@ -40,3 +40,7 @@ class ServiceMetrics:
                                             "Shadow decisions different from the served decision",
                                             ["model_version"], registry=r)
         self.routing_revision = Gauge("mlp_routing_revision", "Revision of the routing state in use", registry=r)
+        self.feature_drift = Gauge("mlp_feature_drift", "Drift statistic of a feature on the latest monitored day vs the champion's reference", ["feature", "statistic"], registry=r)
+        self.prediction_drift = Gauge("mlp_prediction_drift", "Drift statistic of the score distribution on the latest monitored day", ["statistic"], registry=r)
+        self.feature_skew = Gauge("mlp_feature_skew_mismatch_rate", "Share of served feature values that differ from the offline recomputation", ["feature"], registry=r)
+        self.drift_report_time = Gauge("mlp_drift_report_timestamp_seconds", "When the latest drift report was computed (unix time)", registry=r)
