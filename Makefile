@@ -6,8 +6,10 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup prepare demo demo-handbook test lint ui serve bench bench-training bench-scorer bench-serving clean
+.PHONY: setup prepare tools demo demo-handbook test lint ui serve bench bench-training bench-scorer bench-serving clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
@@ -25,7 +27,17 @@ demo: prepare
 demo-handbook: prepare
 	$(VENV)/bin/mlp demo --source handbook
 
-test: prepare
+# promtool (Debian package prometheus) for the alert-rule tests; the server the package ships is
+# stopped and disabled right after a fresh install (only promtool is wanted).
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  $(APT_GET) install -y --no-install-recommends prometheus \
+	    || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus; } || exit 1; \
+	  if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus; \
+	  else $(SUDO) update-rc.d prometheus disable >/dev/null 2>&1; $(SUDO) invoke-rc.d prometheus stop >/dev/null 2>&1; true; fi; \
+	}
+
+test: prepare tools
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
