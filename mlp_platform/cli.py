@@ -34,6 +34,7 @@ console = Console()
 PARTITIONED_GROUPS = "group:ingest or group:staging or group:features"
 UNPARTITIONED_GROUPS = "group:training"
 MODEL_GROUPS = "group:model"
+NIGHTLY_MONITORING = 'group:serving or group:scoring or (group:monitoring and not key:"monitoring/staging_replay")'
 
 
 def load_settings() -> Settings:
@@ -122,6 +123,8 @@ def demo(
          [*dagster, "--select", PARTITIONED_GROUPS, "--partition-range", f"{first}...{last}"]),
         ("training set (labels as of maturity)", [*dagster, "--select", UNPARTITIONED_GROUPS]),
         ("model: train, register, backtest, gates, promotion, card", [*dagster, "--select", MODEL_GROUPS]),
+        (f"nightly for {last}: batch features online, batch scoring, decision log, drift report",
+         [*dagster, "--select", NIGHTLY_MONITORING, "--partition", f"{last}"]),
     ]
     started = time.perf_counter()
     refused = False
@@ -132,6 +135,8 @@ def demo(
             progress.update(task, description=description)
             if cmd is None:
                 prepare_project(settings)
+            elif cmd is steps[-1][1] and not _has_champion(settings):
+                console.print("no champion: nothing to batch-score or monitor yet")
             else:
                 refused |= not _run(cmd, env, settings.project_root, description, allow_gate_refusal=True)
             progress.advance(task)
@@ -140,10 +145,17 @@ def demo(
     model_summary(settings, refused)
     console.print(
         f"\nWhere to look:\n"
-        f"  warehouse:  {settings.duckdb_path} (schemas raw, staging, features, training)\n"
+        f"  warehouse:  {settings.duckdb_path} (schemas raw, staging, features, training, scoring, monitoring)\n"
+        f"  monitoring: {settings.monitoring_dir / 'reports'} (Evidently drift report of the last day)\n"
         f"  models:     MLflow store {settings.mlflow_tracking_uri} (mlp model roles, mlp model card N)\n"
         f"  Dagster UI: make ui  (or: DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml)"
         f" then http://127.0.0.1:3000 -> Assets; runs of this demo are in Runs\n")
+
+
+def _has_champion(settings: Settings) -> bool:
+    from mlp_platform.lifecycle import registry_for
+
+    return registry_for(settings).alias("champion") is not None
 
 
 def warehouse_summary(settings: Settings) -> None:

@@ -167,12 +167,16 @@ def train_candidate(settings: Settings, training: pl.DataFrame, config: Training
 
 
 def reference_profile(trained: TrainedModel, training: pl.DataFrame, feature_names: list[str]):
-    """The drift reference of a model: its training window's features and its scores on them."""
+    """The drift reference of a model: the features and the model's scores on the most recent part of
+    its training data, the validation and out-of-time test windows (after the fitting window). That is
+    what the model was judged on and the closest to what it will serve; the first days of the fitting
+    window carry the warm-up of the long (30-day) windows, whose counts are still growing there."""
     from mlp_platform.monitoring.profile import build_reference_profile
 
-    window = select_days(training, trained.split.train)
+    window = pl.concat([select_days(training, trained.split.valid), select_days(training, trained.split.test)])
     x = matrix(window, feature_names)
-    return build_reference_profile(window, feature_names, trained.booster.predict(x, num_threads=1), seed=0)
+    return build_reference_profile(window, feature_names, trained.booster.predict(x, num_threads=1), seed=0,
+                                   days=window["event_time"].dt.date().to_numpy())
 
 
 def load_reference_profile(settings: Settings, version: str):

@@ -25,14 +25,14 @@ from mlp_platform.registry.audit import verify_chain
 from mlp_platform.serving.app import build_service, create_app
 from mlp_platform.serving.routing import RoutingFile
 from sensors.definitions import RETRAIN_JOB
-from sensors.drift import DRIFT_SENSOR
+from sensors.drift import DRIFT_SENSOR, drift_summaries
 from sensors.rollout import ROLLOUT_SENSOR
 
 START = dt.date(2026, 1, 1)
-TRAIN_DAYS = 21                    # days 0..20 exist before the first model
+TRAIN_DAYS = 45                    # days 0..44 exist before the first model (30-day windows mature)
 FIRST_SERVED = START + dt.timedelta(days=TRAIN_DAYS)
-DRIFT_START = dt.date(2026, 1, 26)  # the drift switch
-LAST_DAY = dt.date(2026, 2, 3)
+DRIFT_START = dt.date(2026, 2, 19)  # the drift switch: 4 ordinary days are served before it
+LAST_DAY = dt.date(2026, 3, 1)
 API_KEY = "loop-test-key-0123456789"
 FAST_TRAINING = {"n_candidates": 2, "n_folds": 2, "max_rounds": 120}
 ROLLOUT = {"shadow_soak_s": 0, "canary_soak_s": 0, "shadow_min_observations": 150, "canary_min_observations": 40,
@@ -66,11 +66,12 @@ def _materialize(defs, instance, selection: str, first: dt.date | None = None, l
     graph = defs.get_repository_def().asset_graph
     keys = dg.AssetSelection.from_string(selection).resolve(graph)
     assets = [a for a in defs.assets if any(k in keys for k in a.keys)]
+    checks = [c for c in defs.asset_checks if any(k.asset_key in keys for k in c.check_keys)]
     tags = None
     if first is not None:
         tags = {"dagster/asset_partition_range_start": first.isoformat(),
                 "dagster/asset_partition_range_end": (last or first).isoformat()}
-    result = dg.materialize(assets, instance=instance, resources=defs.resources, tags=tags, run_config=run_config,
+    result = dg.materialize([*assets, *checks], instance=instance, resources=defs.resources, tags=tags, run_config=run_config,
                             selection=dg.AssetSelection.from_string(selection))
     assert result.success, selection
     return result
@@ -118,11 +119,12 @@ def test_drifted_world_retrains_and_rolls_a_new_champion_out_without_a_manual_st
         # -- the world before: 21 days of history, the first model (champion at once: nothing to compare)
         _materialize(defs, instance, "group:ingest or group:staging or group:features",
                      START, FIRST_SERVED - dt.timedelta(days=1))
-        _materialize(defs, instance, "group:training or group:model",
-                     run_config={"ops": {"candidate_model": {"config": FAST_TRAINING}}})
+        first_model = _materialize(defs, instance, "group:training or group:model",
+                                   run_config={"ops": {"candidate_model": {"config": FAST_TRAINING}}})
         registry = lifecycle.registry_for(settings)
         v1 = registry.alias("champion")
-        assert v1 is not None and RoutingFile(settings.routing_path).read().champion == v1
+        assert v1 is not None, first_model.asset_materializations_for_node("model_promotion")[0].metadata
+        assert RoutingFile(settings.routing_path).read().champion == v1
 
         service = build_service(settings)
         with TestClient(create_app(service)) as client:
@@ -136,22 +138,23 @@ def test_drifted_world_retrains_and_rolls_a_new_champion_out_without_a_manual_st
             drift_cursor, retrain = None, None
             served_days = []
             for day in _days(FIRST_SERVED, LAST_DAY):
-                _materialize(defs, instance, "group:ingest or group:staging or group:features or online_batch_features",
-                             day)
+                _materialize(defs, instance, "group:ingest or group:staging or group:features or key:online_batch_features", day)
                 service.refresh_batch_features()
                 answers = _serve(client, _transactions(settings, day))
                 assert {a["model"]["version"] for a in answers} == {v1}
                 service.flush_shadows()
-                _materialize(defs, instance, "group:scoring or (group:monitoring - monitoring/staging_replay)", day)
+                _materialize(defs, instance, 'group:scoring or (group:monitoring and not key:"monitoring/staging_replay")', day)
                 served_days.append(day)
                 result, drift_cursor = _tick(defs, instance, DRIFT_SENSOR, drift_cursor)
+                summaries = {s["day"]: s for s in drift_summaries(instance)}
                 if result.run_requests:
                     retrain = result.run_requests[0]
                     break
-                # before the drift, no retrain: a day from the training distribution is not flagged
-                assert day >= DRIFT_START, f"retrain requested on {day}, before the drift: {result.skip_message}"
-            assert retrain is not None, "the drift sensor never requested a retrain"
-            assert DRIFT_START <= served_days[-1] <= DRIFT_START + dt.timedelta(days=3)
+            report = {d: (s["severity"], s["drifted_features"], s["features_source"]) for d, s in summaries.items()}
+            # before the drift, no retrain: days from the training distribution are not flagged
+            assert retrain is not None, f"the drift sensor never requested a retrain: {report}"
+            assert DRIFT_START <= served_days[-1] <= DRIFT_START + dt.timedelta(days=3), report
+            assert all(s["severity"] != "error" for d, s in summaries.items() if d < DRIFT_START.isoformat()), report
             assert retrain.run_key.startswith(f"retrain:{v1}:") and "sustained" in retrain.tags["mlp/reason"]
 
             # the same incident does not start a second retrain
@@ -167,6 +170,17 @@ def test_drifted_world_retrains_and_rolls_a_new_champion_out_without_a_manual_st
             assert v2 != v1 and promotion["role"].value == "shadow", promotion
             routing = RoutingFile(settings.routing_path).read()
             assert routing.champion == v1 and routing.shadows == (v2,)
+
+            # -- staging replay: the last served day through the candidate, against production
+            replay_day = served_days[-1].isoformat()
+            replayed = defs.resolve_job_def(REPLAY_JOB).execute_in_process(instance=instance, run_config={
+                "ops": {"monitoring__staging_replay": {"config": {"day": replay_day, "candidate_version": v2}}}})
+            assert replayed.success
+            meta = replayed.asset_materializations_for_node("monitoring__staging_replay")[0].metadata
+            assert meta["decisions"].value == len(_transactions(settings, served_days[-1]))
+            rates = meta["rates"].value
+            assert set(rates) == {"production", "candidate"} and 0 < rates["production"]["approval_rate"] <= 1
+            assert meta["feature_skew"].value["n_matched"] == meta["decisions"].value
 
             # -- the rollout sensor drives shadow -> 25% -> 50% -> 100% -> champion while traffic flows
             rollout_cursor, steps = None, []

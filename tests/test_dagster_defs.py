@@ -43,8 +43,19 @@ def test_definitions_load_and_match_the_graph_snapshot(platform_env):
     assert snapshot == json.loads(SNAPSHOT.read_text()), "asset graph changed: review, then UPDATE_SNAPSHOTS=1"
     repo = defs.get_repository_def()
     assert {j.name for j in repo.get_all_jobs()} >= {"daily_features_job", "training_set_job"}
-    assert [s.name for s in repo.schedule_defs] == ["nightly_features_schedule"]
-    assert {"model_lifecycle_job", "rollback_job"} <= {j.name for j in repo.get_all_jobs()}
+    assert [s.name for s in repo.schedule_defs] == ["nightly_schedule"]
+    assert {"model_lifecycle_job", "rollback_job", "nightly_job", "retrain_job", "rollout_step_job",
+            "abort_rollout_job", "staging_replay_job"} <= {j.name for j in repo.get_all_jobs()}
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert {"drift_retrain_sensor", "rollout_sensor", "run_failure_alert_sensor"} <= set(sensors)
+    assert sensors["drift_retrain_sensor"].job_name == "retrain_job"
+    assert sensors["rollout_sensor"].job_name == "rollout_step_job"
+    # the nightly job covers the whole daily chain, one partition per run
+    nightly = repo.get_job("nightly_job")
+    nightly_keys = {k.to_user_string() for k in nightly.asset_layer.selected_asset_keys}
+    assert {"raw_transactions", "features/transaction_features", "online_batch_features", "scoring/batch_scores",
+            "monitoring/served_decisions", "monitoring/drift_report"} <= nightly_keys
+    assert "monitoring/staging_replay" not in nightly_keys
     promotion = repo.asset_graph.get(dg.AssetKey("model_promotion"))
     assert "all_deps_blocking_checks_passed" in str(promotion.automation_condition)
     for key in repo.asset_graph.get_all_asset_keys():

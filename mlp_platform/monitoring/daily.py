@@ -9,7 +9,8 @@ For a day and the champion version:
    champion's batch scores -- the report says which (``features_source``);
 2. **drift** of those features and scores against the champion's reference profile (stored with the
    version at training: :func:`mlp_platform.lifecycle.reference_profile`), with the calibrated rule
-   of :mod:`mlp_platform.monitoring.drift`;
+   of :mod:`mlp_platform.monitoring.drift`; features constant within a day by construction
+   (``is_weekend``) are not judged day by day;
 3. **skew**: served vs the offline recomputation of the same transactions
    (``features.transaction_features``), per feature;
 4. **label-based performance** of the day whose labels have just matured (``label_maturity_days``
@@ -24,6 +25,7 @@ written to ``monitoring_dir/drift_latest.json`` for the scoring service's drift 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -52,6 +54,13 @@ LATEST = "drift_latest.json"
 #: Served feature values that differ from the offline recomputation on more than this share of a
 #: day's decisions fail the skew check (ERROR); any mismatch at all is a WARN.
 SKEW_ERROR_RATE = 0.01
+#: Feature kinds constant within a calendar day by construction: one day cannot be compared with a
+#: reference of many days (a Saturday is 100% weekend), so they are not judged day by day.
+DAY_CONSTANT_KINDS = frozenset({"is_weekend"})
+
+
+def day_constant_features() -> set[str]:
+    return {f.name for f in default_spec().features if f.kind in DAY_CONSTANT_KINDS}
 
 
 def _bounds(day: dt.date) -> tuple[str, str]:
@@ -204,7 +213,9 @@ def monitor_day(settings: Settings, day: dt.date, version: str) -> DayMonitoring
         joined = offline.select("transaction_id").join(scored.select("transaction_id", "score"),
                                                        on="transaction_id", how="left")
         scores = joined["score"].fill_null(np.nan).to_numpy().astype(np.float64)
-    drift = compute_drift(profile, current, scores if np.isfinite(scores).any() else None)
+    judged = [n for n in names if n in profile.features and n not in day_constant_features()]
+    profile = dataclasses.replace(profile, feature_names=judged, features={n: profile.features[n] for n in judged})
+    drift = compute_drift(profile, current.select(judged), scores if np.isfinite(scores).any() else None)
     skew = None
     if not served.is_empty():
         skew = skew_report(served.select("transaction_id", *names).unique("transaction_id", keep="first"),

@@ -29,6 +29,12 @@ drift thresholds. Per feature (and per score, as ``prediction``) it keeps
   roughly chi-square / n) between these points, and beyond the smallest grid size extrapolates
   along the same law.
 
+  With ``days`` (the day of every row), each real day of the window with at least ``min_day_rows``
+  rows is also compared with the profile, and the largest value of each statistic over those days
+  is a **day floor** under every threshold: rows of one real day are not independent (they share
+  merchants, customers and fraud episodes; label-rate features move by whole weeks), so i.i.d. row
+  draws underestimate the day-to-day variation a monitored day shows without any drift.
+
 JSON: :meth:`ReferenceProfile.to_json` / :meth:`ReferenceProfile.from_json` round-trip exactly
 (floats in shortest round-trip form, NaN as ``null``); with 32 features, the score and 5000 sampled
 rows it is about 2-3 MB.
@@ -38,7 +44,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,8 +79,19 @@ class Calibration:
     sizes: list[int]
     quantiles: dict[str, list[float]]
     at_infinity: dict[str, float]
+    #: The largest value of each statistic over the real days of the reference window (each day
+    #: against the profile): the natural day-to-day variation, which i.i.d. row draws underestimate
+    #: (a day's rows share merchants, customers and fraud episodes). Thresholds never go below it.
+    day_floor: dict[str, float] = field(default_factory=dict)
 
     def threshold(self, statistic: str, n: int) -> float:
+        floor = self.day_floor.get(statistic)
+        value = self._iid_threshold(statistic, n)
+        if floor is None or math.isnan(floor):
+            return value
+        return floor if math.isnan(value) else max(value, floor)
+
+    def _iid_threshold(self, statistic: str, n: int) -> float:
         a = _NOISE_EXPONENT[statistic]
         values = np.asarray(self.quantiles[statistic], dtype=np.float64)
         limit = self.at_infinity[statistic]
@@ -89,13 +106,15 @@ class Calibration:
         return float(np.interp(z, np.concatenate(([0.0], zs)), np.concatenate(([limit], values))))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sizes": self.sizes, "quantiles": self.quantiles, "at_infinity": self.at_infinity}
+        return {"sizes": self.sizes, "quantiles": self.quantiles, "at_infinity": self.at_infinity,
+                "day_floor": self.day_floor}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         return cls([int(s) for s in data["sizes"]],
                    {k: [_float(v) for v in vals] for k, vals in data["quantiles"].items()},
-                   {k: _float(v) for k, v in data["at_infinity"].items()})
+                   {k: _float(v) for k, v in data["at_infinity"].items()},
+                   {k: _float(v) for k, v in (data.get("day_floor") or {}).items()})
 
 
 @dataclass
@@ -282,6 +301,23 @@ def _calibrate(profiles: list[FeatureProfile], columns: list[np.ndarray], sizes:
         profile.calibration = Calibration(list(sizes), quantiles, profile.calibration.at_infinity)
 
 
+def _calibrate_days(profiles: list[FeatureProfile], columns: list[np.ndarray], days: np.ndarray,
+                    min_rows: int) -> list[str]:
+    """Each real day of the window (with at least ``min_rows`` rows) against the profile; the largest
+    value of each statistic becomes the profile's day floor. Returns the days used."""
+    labels, inverse = np.unique(days, return_inverse=True)
+    used = [i for i in range(labels.size) if np.count_nonzero(inverse == i) >= min_rows]
+    for profile, column in zip(profiles, columns, strict=True):
+        floors = {name: [] for name in _NOISE_EXPONENT}
+        for i in used:
+            stats = column_statistics(profile, SortedColumn.of(column[inverse == i]), pvalue=False)
+            for name in _NOISE_EXPONENT:
+                if not math.isnan(stats[name]):
+                    floors[name].append(stats[name])
+        profile.calibration.day_floor = {name: float(max(v)) for name, v in floors.items() if v}
+    return [str(labels[i]) for i in used]
+
+
 def build_reference_profile(
     frame: pl.DataFrame,
     feature_names: list[str],
@@ -293,6 +329,8 @@ def build_reference_profile(
     n_boot: int = 50,
     calibration_sizes: tuple[int, ...] = DEFAULT_CALIBRATION_SIZES,
     quantile: float = 0.99,
+    days: np.ndarray | None = None,
+    min_day_rows: int = 50,
 ) -> ReferenceProfile:
     """Profile of a model's training data (``frame``: the training window's rows with the
     ``feature_names`` columns) and its ``scores`` on those rows (``None``: no prediction profile).
@@ -327,6 +365,11 @@ def build_reference_profile(
     profiles = [_profile_column(name, column, sample[name], n_bins)
                 for name, column in zip(names, columns, strict=True)]
     _calibrate(profiles, columns, tuple(sorted(set(calibration_sizes))), n_boot, quantile, seed)
+    if days is not None:
+        days = np.asarray(days)
+        if days.shape != (frame.height,):
+            raise ValueError(f"days must be one day per training row ({frame.height}), got shape {days.shape}")
+        _calibrate_days(profiles, columns, days, min_day_rows)
     by_name = dict(zip(names, profiles, strict=True))
     return ReferenceProfile(
         feature_names=list(feature_names),
