@@ -1,9 +1,11 @@
 """When drift asks for a retrain: the rule the drift sensor applies, as a pure function.
 
 Input: the daily monitoring summaries of the current champion (one per day, from the drift report
-asset), and the sensor's cursor. A day *counts against* the champion when its drift severity is
-``error`` (enough features, or the score distribution, drifted beyond their calibrated thresholds) or
-when its matured labels show a performance decay against the backtest expectation. The rule:
+asset), and the sensor's cursor. A day *counts against* the champion when drift is detected for the
+day as a whole (at least 30% of the features drifted beyond their calibrated thresholds -- dataset
+drift -- or the score distribution drifted) at severity ``error`` (``MLP_RETRAIN_SEVERITY``), or when
+its matured labels show a performance decay against the backtest expectation. One drifted feature on
+its own is an asset-check warning, not a reason to retrain. The rule:
 
 * **sustained** -- at least ``min_days`` consecutive monitored days count against the champion (the
   trailing streak, ending at the latest monitored day); a single noisy day never retrains;
@@ -48,7 +50,7 @@ def day_counts_against(summary: dict[str, Any], policy: RetrainPolicy) -> tuple[
     """Whether a day's monitoring summary counts against the champion, and why."""
     why = []
     severity = summary.get("severity", "ok")
-    if _RANK.get(severity, 0) >= _RANK[policy.severity]:
+    if summary.get("drift_detected") and _RANK.get(severity, 0) >= _RANK[policy.severity]:
         drifted = summary.get("drifted_features") or []
         pred = " and the score distribution" if summary.get("prediction_drifted") else ""
         why.append(f"drift {severity}: {len(drifted)} feature(s) drifted ({', '.join(drifted[:5])}){pred}")

@@ -11,7 +11,7 @@ NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 
 def day(d: str, severity="ok", version="1", decay=False, drifted=()):
     return {"day": d, "model_version": version, "severity": severity, "drifted_features": list(drifted),
-            "prediction_drifted": False, "performance_decay": decay}
+            "drift_detected": severity != "ok", "prediction_drifted": False, "performance_decay": decay}
 
 
 def test_a_single_noisy_day_does_not_retrain():
@@ -31,6 +31,12 @@ def test_two_consecutive_bad_days_request_one_retrain_named_after_the_incident()
     again = decide_retrain(history + [day("2026-02-04", "error")], "1", decision.cursor,
                            NOW + dt.timedelta(days=2))
     assert not again.request and "already started" in again.reason
+
+
+def test_a_few_drifted_features_without_dataset_drift_do_not_count():
+    lone = {**day("2026-02-02", "error", drifted=["merchant_fraud_rate_30d"]), "drift_detected": False}
+    history = [lone, {**lone, "day": "2026-02-03"}]
+    assert not decide_retrain(history, "1", {}, NOW).request
 
 
 def test_warn_days_and_gaps_do_not_make_a_streak():

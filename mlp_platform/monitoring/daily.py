@@ -230,6 +230,9 @@ def monitor_day(settings: Settings, day: dt.date, version: str) -> DayMonitoring
     summary = {
         "day": day.isoformat(), "model_version": str(version), "features_source": source,
         "rows": current.height, "severity": severity,
+        "drift_detected": bool(report["summary"].get("drift_detected")),
+        "dataset_drift": bool(report["summary"].get("dataset_drift")),
+        "drifted_share": report["summary"].get("drifted_share"),
         "feature_severity": max((e["severity"] for e in report["features"].values()),
                                 key=("ok", "warn", "error").index, default="ok"),
         "drifted_features": drift.drifted_features,
