@@ -295,3 +295,16 @@ def test_agreement_with_evidently_wasserstein_ks_and_discrete_psi():
         assert ours[name]["psi"] == pytest.approx(ev_psi[name], rel=1e-9), name
     assert prof.features["hour"].n_distinct == 24  # > 20 values: quantile bins here, Sturges there
     assert abs(ours["amount"]["psi"] - ev_psi["amount"]) > 1e-3
+
+
+def test_monitoring_record_for_the_service(profile):
+    from mlp_platform.monitoring.drift import monitoring_record
+    from mlp_platform.monitoring.skew import skew_report
+
+    frame, scores = synthetic(3000, seed=91)
+    served = frame.with_row_index("transaction_id")
+    skew = skew_report(served, served, FEATURES)
+    record = monitoring_record("2026-11-24", 7, compute_drift(profile, frame, scores), skew)
+    assert set(record) == {"day", "computed_at", "model_version", "features", "prediction", "skew", "summary"}
+    assert record["model_version"] == "7" and record["skew"]["amount"]["mismatch_rate"] == 0.0
+    json.dumps(record, allow_nan=False)

@@ -360,3 +360,25 @@ def compute_drift(
         "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return DriftReport(features, prediction, summary)
+
+
+def monitoring_record(
+    day: Any,
+    model_version: str | int | None,
+    drift: DriftReport,
+    skew: Any | None = None,
+) -> dict[str, Any]:
+    """The day's monitoring file for the service: ``{"day", "computed_at", "model_version",
+    "features", "prediction", "skew", "summary"}`` (``skew``: a
+    :class:`~mlp_platform.monitoring.skew.SkewReport`, its ``to_dict()``, or ``None`` -> ``{}``)."""
+    data = drift.to_dict()
+    skew_dict = skew.to_dict() if hasattr(skew, "to_dict") else (skew or {})
+    return {
+        "day": str(day),
+        "computed_at": data["summary"]["computed_at"],
+        "model_version": None if model_version is None else str(model_version),
+        "features": data["features"],
+        "prediction": data["prediction"],
+        "skew": skew_dict,
+        "summary": data["summary"],
+    }
