@@ -31,14 +31,19 @@ drift thresholds. Per feature (and per score, as ``prediction``) it keeps
   (``N``: rows of the training window): the window is itself a sample of ``N`` rows of the process,
   so a day of the same process differs from it like a bootstrap day of that effective size
   (PSI's null is about ``chi2 * (1/n + 1/N)``). Without this, days much larger than the window
-  would be judged against the window's own sampling noise, and flagged (measured: 20-37% of
-  statistics above threshold on fresh no-drift days of the window's size, against 1-4% with it).
-  For days far larger than the window the significance test stays loose-ish: values unseen in the
+  would be judged against the window's own sampling noise, and flagged (measured with a 300k-row
+  window and fresh no-drift days of 300k rows: 19-37% of each statistic's values above threshold
+  without it, 4-7% with it). For days far larger than the window the significance test is less
+  reliable: values unseen in the
   window (a count's rare tail) appear in a big day and cost PSI through the empty-bin epsilon, and
   the reference sample's deviation from the process is only estimated by its deviation from the
   window (measured on fresh no-drift days of 1M rows against a 300k-row window: 15% of PSI, 4% of
   KS and 7% of Wasserstein values above threshold). There the practical floor of the drift rule
   decides (none of those days had a drifted feature).
+
+Cost: the calibration dominates (``n_boot`` x sizes x columns statistic evaluations, one sort
+each): about 10-12 s for 31 columns on the shared 2-vCPU machine whatever the window's size (see
+``docs/benchmarks.md``); pass a smaller ``n_boot`` / ``calibration_sizes`` in tests.
 
 JSON: :meth:`ReferenceProfile.to_json` / :meth:`ReferenceProfile.from_json` round-trip exactly
 (floats in shortest round-trip form, NaN as ``null``); with 30-32 features, the score and 5000 sampled
