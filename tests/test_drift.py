@@ -206,10 +206,10 @@ def test_report_shape_for_the_service_file(profile):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_profile_json_round_trip_gives_identical_drift(profile):
+def test_profile_json_round_trip_gives_identical_drift(profile, tmp_path):
     text = profile.to_json()
     assert len(text) < 3_000_000
-    loaded = ReferenceProfile.from_json(text)
+    loaded = ReferenceProfile.read(profile.write(tmp_path / "model" / "reference_profile.json"))
     assert loaded.to_json() == text
     frame, scores = synthetic(30_000, seed=51, amount_shift=0.2)
     before = compute_drift(profile, frame, scores).to_dict()
@@ -232,6 +232,8 @@ def test_bad_input_gets_a_clear_error(profile):
         compute_drift(profile, frame.head(0))
     with pytest.raises(ValueError, match="infinite"):
         compute_drift(profile, frame.with_columns(pl.lit(math.inf).alias("gap")))
+    with pytest.raises(FileNotFoundError, match="no reference profile"):
+        ReferenceProfile.read("/nonexistent/reference_profile.json")
     with pytest.raises(ValueError, match="not valid JSON"):
         ReferenceProfile.from_json("{broken")
     with pytest.raises(ValueError, match="schema_version"):

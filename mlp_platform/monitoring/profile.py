@@ -56,6 +56,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -195,6 +196,21 @@ class ReferenceProfile:
 
     def to_json(self) -> str:
         return json.dumps(_nan_to_none(self.to_dict()), separators=(",", ":"), allow_nan=False)
+
+    def write(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path`` (parents created) and return it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> ReferenceProfile:
+        """Load a profile written by :meth:`write` (or logged to MLflow as ``reference_profile.json``)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no reference profile at {path}")
+        return cls.from_json(path.read_text())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReferenceProfile:
