@@ -24,7 +24,7 @@ from mlp_platform.data.synthetic import SyntheticConfig, generate_day
 from mlp_platform.registry.audit import verify_chain
 from mlp_platform.serving.app import build_service, create_app
 from mlp_platform.serving.routing import RoutingFile
-from sensors.definitions import RETRAIN_JOB
+from sensors.definitions import REPLAY_JOB, RETRAIN_JOB
 from sensors.drift import DRIFT_SENSOR, drift_summaries
 from sensors.rollout import ROLLOUT_SENSOR
 

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from mlp_platform.evaluation.metrics import alert_budget_precision
-from mlp_platform.monitoring.performance import performance_report, sustained_drift
+from mlp_platform.monitoring.performance import day_summary, performance_report, sustained_drift
 
 
 def labelled(n: int = 20_000, seed: int = 0, signal: float = 2.0):
@@ -93,3 +93,17 @@ def test_sustained_drift_gap_and_order():
         sustained_drift([_day("2026-11-02"), _day("2026-11-01")])
     with pytest.raises(ValueError, match="not an ISO date"):
         sustained_drift([_day("yesterday")])
+
+
+def test_day_summaries_from_reports_feed_the_rule():
+    drift = {"summary": {"drifted_share": 0.5, "dataset_drift": True, "prediction_drifted": False,
+                         "severity": "warn", "drifted_features": ["a"]}}
+    calm = {"summary": {"drifted_share": 0.0, "dataset_drift": False, "prediction_drifted": False,
+                        "severity": "ok", "drifted_features": []}}
+    y, s, _, _ = labelled(signal=1.0)
+    decayed = performance_report(y, s, threshold=0.1, expected={"average_precision": 0.99})
+    history = [day_summary("2026-11-01", drift), day_summary("2026-11-02", calm, decayed)]
+    assert history[1]["performance_decay"] and history[1]["performance_reason"].startswith("performance decay")
+    decision, reason = sustained_drift(history)
+    assert decision and "performance decay" in reason and "50% of features drifted" in reason
+    assert not sustained_drift([day_summary("2026-11-01", drift), day_summary("2026-11-02", calm)])[0]

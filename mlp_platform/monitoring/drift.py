@@ -28,6 +28,16 @@ Statistics, per feature (and the same for the score, reported as ``prediction``)
 
 KS and W1 use non-missing values only; missing values are covered by PSI and the missing rate.
 
+**Against Evidently 0.7** (``evidently.legacy.calculations.stattests``, tested in
+``tests/test_drift.py``): its ``"wasserstein"`` value equals our ``wasserstein`` when it is given the
+reference sample; its ``"ks"`` value is the p-value of ``scipy.stats.ks_2samp`` with
+``method="auto"``, equal to our ``ks_pvalue`` when a side has more than 10 000 values (below that
+scipy computes the exact p-value, which we do not). Its ``"psi"`` is the same quantity only for
+columns with at most 20 distinct reference values (one bin per value on both sides, no unseen
+values); for other columns it bins **equal-width** (``numpy.histogram_bin_edges(..., "sturges")``)
+over reference and current together, so its bins move with the day, and it ignores missing values,
+where we bin on fixed reference quantiles with a missing bin.
+
 The kernels sort the day's column once (``np.sort``, SIMD) and evaluate everything else at the
 O(reference sample) breakpoints with ``searchsorted`` and a prefix sum, so the cost is one sort per
 column, not a merge of both samples; there is no Python loop over rows.
@@ -360,3 +370,25 @@ def compute_drift(
         "computed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return DriftReport(features, prediction, summary)
+
+
+def monitoring_record(
+    day: Any,
+    model_version: str | int | None,
+    drift: DriftReport,
+    skew: Any | None = None,
+) -> dict[str, Any]:
+    """The day's monitoring file for the service: ``{"day", "computed_at", "model_version",
+    "features", "prediction", "skew", "summary"}`` (``skew``: a
+    :class:`~mlp_platform.monitoring.skew.SkewReport`, its ``to_dict()``, or ``None`` -> ``{}``)."""
+    data = drift.to_dict()
+    skew_dict = skew.to_dict() if hasattr(skew, "to_dict") else (skew or {})
+    return {
+        "day": str(day),
+        "computed_at": data["summary"]["computed_at"],
+        "model_version": None if model_version is None else str(model_version),
+        "features": data["features"],
+        "prediction": data["prediction"],
+        "skew": skew_dict,
+        "summary": data["summary"],
+    }

@@ -153,6 +153,23 @@ def day_alarms(entry: dict[str, Any], *, min_share: float = 0.3) -> list[str]:
     return reasons
 
 
+def day_summary(day: Any, drift: Any | None = None, performance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One entry of the :func:`sustained_drift` history from a day's drift report (a
+    :class:`~mlp_platform.monitoring.drift.DriftReport` or its ``to_dict()``) and/or its
+    :func:`performance_report` (``None`` when labels have not matured)."""
+    entry: dict[str, Any] = {"day": str(day), "drifted_share": None, "dataset_drift": False,
+                             "prediction_drifted": False, "severity": "ok", "performance_decay": False}
+    if drift is not None:
+        summary = (drift.to_dict() if hasattr(drift, "to_dict") else drift)["summary"]
+        entry.update({key: summary[key] for key in ("drifted_share", "dataset_drift", "prediction_drifted",
+                                                    "severity")})
+        entry["drifted_features"] = summary.get("drifted_features", [])
+    if performance is not None:
+        entry["performance_decay"] = bool(performance.get("decayed"))
+        entry["performance_reason"] = performance.get("reason")
+    return entry
+
+
 def sustained_drift(
     history: list[dict[str, Any]],
     min_days: int = 2,
