@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from test_serving_api import register
 
-from mlp_platform.batch.decisions import DecisionChainBroken, load_decisions
+from mlp_platform.batch.decisions import DecisionChainBroken, default_log_root, load_decisions
 from mlp_platform.features.spec import default_spec
 from mlp_platform.serving.api_models import TransactionIn
 from mlp_platform.serving.decision_log import DecisionLog, canonical_json, segment_name
@@ -209,6 +209,9 @@ def test_a_tampered_record_stops_the_load_with_a_clear_error(settings, tmp_path)
     assert _query(settings, "select count(*) from monitoring.decisions")[0][0] == 10
 
 
-def test_a_missing_root_loads_nothing(settings, tmp_path):
+def test_a_missing_root_loads_nothing_and_the_default_root_is_the_services(settings, tmp_path, monkeypatch):
     result = load_decisions(settings, tmp_path / "not-yet")
     assert result.decisions == 0 and result.directories == {}
+    monkeypatch.delenv("MLP_DECISION_LOG_DIR", raising=False)
+    monkeypatch.delenv("MLP_SERVING_WORKERS", raising=False)
+    assert default_log_root(settings) == ServingConfig.from_env(settings).decision_log_dir

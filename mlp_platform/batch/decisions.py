@@ -102,6 +102,15 @@ def _utc_naive(value: str | None) -> dt.datetime | None:
     return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo is not None else t
 
 
+def default_log_root(settings) -> Path:
+    """Where the service writes its decision log (``MLP_DECISION_LOG_DIR``, default
+    ``<data_dir>/serving/decisions``; with several workers, one subdirectory per worker), as
+    :meth:`ServingConfig.from_env` decides it."""
+    import os
+
+    return Path(os.environ.get("MLP_DECISION_LOG_DIR", str(settings.data_dir / "serving" / "decisions")))
+
+
 def log_directories(root: Path) -> list[Path]:
     """The root (when it holds segments) and every subdirectory holding segments, sorted."""
     root = Path(root)

@@ -485,17 +485,37 @@ class _CompiledTrees:
 
 
 def _split_rows(n: int, threads: int, part) -> None:
-    """Run ``part(lo, hi)`` over [0, n) in ``threads`` contiguous parts at once (fewer for small n)."""
+    """Run ``part(lo, hi)`` over [0, n) on ``threads`` threads (fewer for small n). The rows are cut
+    into chunks that the threads take in turn, so a thread slowed down by other work on the machine
+    takes fewer chunks instead of holding the others up at the end."""
     threads = max(1, min(int(threads), n // _MIN_ROWS_PER_THREAD))
     if threads == 1:
         part(0, n)
         return
-    bounds = [n * k // threads for k in range(threads + 1)]
-    workers = [threading.Thread(target=part, args=(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    chunk = max(_MIN_ROWS_PER_THREAD, n // (threads * 16))
+    starts = iter(range(0, n, chunk))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                lo = next(starts, None)
+            if lo is None:
+                return
+            try:
+                part(lo, min(lo + chunk, n))
+            except BaseException as exc:  # re-raised in the caller
+                errors.append(exc)
+                return
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+    if errors:
+        raise errors[0]
 
 
 class FastScorer:
