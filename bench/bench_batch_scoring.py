@@ -114,6 +114,45 @@ def write_day(settings, n: int) -> None:
         con.execute("create table features.transaction_features as select * from arrow")
 
 
+def bench_decision_load(settings, n: int) -> None:
+    """Informational (no peer): load n decision records written by DecisionLog.append into the
+    warehouse (two worker directories), then an incremental load of 1 % more."""
+    from mlp_platform.batch.decisions import load_decisions
+    from mlp_platform.features.spec import default_spec
+    from mlp_platform.serving.decision_log import DecisionLog
+
+    names = default_spec().feature_names
+    root = settings.data_dir / "bench_decisions"
+
+    def record(i: int, worker: int) -> dict:
+        return {"decision_id": f"w{worker}-{i:08d}", "kind": "decision", "time": "2026-03-02T01:00:00+00:00",
+                "transaction_id": f"T{worker}{i:09d}", "event_time": f"2026-03-01T{i % 24:02d}:00:00",
+                "customer_hash": "c" * 32, "merchant_hash": "m" * 32, "device_hash": "d" * 32,
+                "request": {"amount": 10.0 + i % 100, "currency": "EUR", "channel": "ecom", "country": "DE",
+                            "merchant_category": "5411"},
+                "arm": "champion", "model_version": "1", "model_sha256": "a" * 64, "routing_revision": 1,
+                "features": {f: float((i + j) % 13) for j, f in enumerate(names)}, "fallbacks": [],
+                "defaults_applied": [], "degraded": False, "score": (i % 1000) / 1000,
+                "thresholds": {"review": 0.3, "decline": 0.9}, "policy_version": "p/r=0.3/d=0.9",
+                "decision": "approve", "reasons": []}
+
+    def write(lo: int, hi: int) -> None:
+        for worker in (1, 2):
+            with DecisionLog(root / f"worker-{worker}", fsync=False) as log:
+                log.append_many([record(i, worker) for i in range(lo, hi)], trusted=True)
+
+    write(0, n // 2)
+    t0 = time.perf_counter()
+    first = load_decisions(settings, root)
+    full = time.perf_counter() - t0
+    write(n // 2, n // 2 + n // 200)
+    t0 = time.perf_counter()
+    more = load_decisions(settings, root)
+    incremental = time.perf_counter() - t0
+    print(f"decision log load: {first.decisions:,} records in {full:.2f} s ({first.decisions / full:,.0f} records/s, "
+          f"chain verified); incremental {more.decisions:,} more in {incremental:.2f} s")
+
+
 def timed(fn, repeats: int) -> tuple[float, list[float], object]:
     times, out = [], None
     for _ in range(repeats):
@@ -127,6 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--repeats", type=int, nargs="+", default=[5, 3])
+    parser.add_argument("--decisions", type=int, default=200_000, help="decision records to load (0: skip)")
     args = parser.parse_args()
     repeats = dict(zip(args.rows, args.repeats + [args.repeats[-1]] * len(args.rows), strict=False))
 
@@ -225,6 +265,8 @@ def main() -> None:
               f"{ {k: round(v, 3) for k, v in res.seconds.items()} }")
         print(f"{'':>9} max |ours - pyfunc| = {diff:.3g}; read+score repeats ours {[round(t, 3) for t in a_times]} "
               f"peer {[round(t, 3) for t in b_times]}; load average {os.getloadavg()}")
+    if args.decisions:
+        bench_decision_load(settings, args.decisions)
     print(f"load average at end: {os.getloadavg()}")
 
 
