@@ -145,6 +145,12 @@ def test_incremental_loads_restarts_and_two_workers(settings, tmp_path):
     assert nulls == len([i for i in range(25) if i % 3 == 0]) + len([i for i in range(4) if i % 3 == 0])
     state = _query(settings, "select count(*), sum(last_seq) from monitoring.decision_log_state")[0]
     assert state == (2, 24 + 3)
+    # the same logs under another path (a moved data directory): verified again, nothing duplicated
+    root.rename(tmp_path / "moved")
+    moved = load_decisions(settings, tmp_path / "moved")
+    assert moved.decisions == 0 and sum(d["records_read"] for d in moved.directories.values()) == 29
+    assert _query(settings, "select count(*), count(distinct decision_id) from monitoring.decisions")[0] == (29, 29)
+    assert _query(settings, "select count(*) from monitoring.served_features")[0][0] == 29
 
 
 def _next_line(directory: Path, record: dict) -> bytes:
