@@ -16,8 +16,8 @@ backends, chosen at load:
   split thresholds (each threshold, its neighbours, NaN, zeros, tiny and huge values); any
   difference above ``verify_tolerance`` and the scorer falls back.
   ``score_batch`` / ``score_columns`` (nightly batch scoring) evaluate a whole matrix (or one array
-  per feature) in one C call per thread, the rows split over a few threads (``ctypes`` releases the
-  GIL during each call).
+  per feature) in C, the rows cut into chunks that a few threads take in turn (``ctypes`` releases
+  the GIL during each call).
 * ``"lightgbm"`` (fallback, and used for reason codes): LightGBM's C API single-row fast path
   (``LGBM_BoosterPredictForMatSingleRowFast``) through ``ctypes``, with one FastConfig handle and
   preallocated input/output buffers per thread. Used when there is no C compiler, when the model
@@ -685,8 +685,8 @@ class FastScorer:
         return self.booster.predict(x, num_threads=1, num_iteration=self.num_iteration)
 
     def score_batch(self, x: np.ndarray, threads: int = 1, raw_score: bool = False) -> np.ndarray:
-        """Scores of a whole day's matrix (nightly batch scoring): the compiled trees in one C call per
-        thread, the rows split over ``threads`` threads (each C call releases the GIL); equal to
+        """Scores of a whole day's matrix (nightly batch scoring): the compiled trees in C, the rows cut
+        into chunks taken in turn by ``threads`` threads (each C call releases the GIL); equal to
         ``booster.predict`` exactly like ``score``. On the ``lightgbm`` backend: ``booster.predict``
         with ``num_threads=threads``."""
         x = np.asarray(x, dtype=np.float64)
