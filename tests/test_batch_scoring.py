@@ -248,7 +248,7 @@ def test_the_service_snapshot_loader_skips_the_batch_risk_view(world, tmp_path):
 
 
 def test_batch_entry_point_is_exact_on_hard_rows(tmp_path):
-    """score_batch (blocked C, two threads) == booster.predict on thousands of rows with NaNs, zeros,
+    """score_batch / score_columns (one C call per thread) == booster.predict on thousands of rows with NaNs, zeros,
     thresholds and extremes; the rows are split unevenly across threads and blocks."""
     rng = np.random.default_rng(5)
     x = rng.normal(size=(6000, 12))
@@ -264,13 +264,17 @@ def test_batch_entry_point_is_exact_on_hard_rows(tmp_path):
     hard[rng.random(hard.shape) < 0.02] = 1e-36
     hard[rng.random(hard.shape) < 0.02] = np.inf
     expected = booster.predict(hard, num_threads=1)
+    columns = [np.ascontiguousarray(c) for c in hard.T]
     for threads in (1, 2, 3):
-        got = fast.score_batch(hard, threads=threads)
-        assert np.max(np.abs(got - expected)) <= 1e-12
+        assert np.max(np.abs(fast.score_batch(hard, threads=threads) - expected)) <= 1e-12
+        assert np.max(np.abs(fast.score_columns(columns, threads=threads) - expected)) <= 1e-12
     assert np.array_equal(fast.score_batch(hard, threads=2, raw_score=True),
                           booster.predict(hard, raw_score=True, num_threads=1))
     assert np.array_equal(fast.score_batch(hard[:5]), expected[:5])
     with pytest.raises(ValueError, match="matrix"):
         fast.score_batch(hard[:, :3])
+    with pytest.raises(ValueError, match="12 feature columns"):
+        fast.score_columns(columns[:3])
     fallback = FastScorer(booster, backend="lightgbm")
     assert np.max(np.abs(fallback.score_batch(hard, threads=2) - expected)) <= 1e-12
+    assert np.max(np.abs(fallback.score_columns(columns, threads=2) - expected)) <= 1e-12

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from test_serving_api import register
 
-from mlp_platform.batch.decisions import DecisionChainBroken, load_decisions
+from mlp_platform.batch.decisions import DecisionChainBroken, default_log_root, load_decisions
 from mlp_platform.features.spec import default_spec
 from mlp_platform.serving.api_models import TransactionIn
 from mlp_platform.serving.decision_log import DecisionLog, canonical_json, segment_name
@@ -145,6 +145,12 @@ def test_incremental_loads_restarts_and_two_workers(settings, tmp_path):
     assert nulls == len([i for i in range(25) if i % 3 == 0]) + len([i for i in range(4) if i % 3 == 0])
     state = _query(settings, "select count(*), sum(last_seq) from monitoring.decision_log_state")[0]
     assert state == (2, 24 + 3)
+    # the same logs under another path (a moved data directory): verified again, nothing duplicated
+    root.rename(tmp_path / "moved")
+    moved = load_decisions(settings, tmp_path / "moved")
+    assert moved.decisions == 0 and sum(d["records_read"] for d in moved.directories.values()) == 29
+    assert _query(settings, "select count(*), count(distinct decision_id) from monitoring.decisions")[0] == (29, 29)
+    assert _query(settings, "select count(*) from monitoring.served_features")[0][0] == 29
 
 
 def _next_line(directory: Path, record: dict) -> bytes:
@@ -209,6 +215,9 @@ def test_a_tampered_record_stops_the_load_with_a_clear_error(settings, tmp_path)
     assert _query(settings, "select count(*) from monitoring.decisions")[0][0] == 10
 
 
-def test_a_missing_root_loads_nothing(settings, tmp_path):
+def test_a_missing_root_loads_nothing_and_the_default_root_is_the_services(settings, tmp_path, monkeypatch):
     result = load_decisions(settings, tmp_path / "not-yet")
     assert result.decisions == 0 and result.directories == {}
+    monkeypatch.delenv("MLP_DECISION_LOG_DIR", raising=False)
+    monkeypatch.delenv("MLP_SERVING_WORKERS", raising=False)
+    assert default_log_root(settings) == ServingConfig.from_env(settings).decision_log_dir

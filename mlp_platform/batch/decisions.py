@@ -11,7 +11,10 @@ prev_hash = previous hash, hash = SHA-256 of the canonical body), continuing fro
 Rows go to ``monitoring.decisions`` (one per decision), ``monitoring.served_features`` (the features
 as served, one column per feature named as in the feature spec, null where the service had none) and
 ``monitoring.shadow_scores``; the rows of a directory and its new state are written in one
-transaction, so a load is all-or-nothing per directory and re-running it loads nothing twice.
+transaction, so a load is all-or-nothing per directory and re-running it loads nothing twice. The
+state is keyed by the directory's resolved path; should the same log be read under another path (a
+moved data directory), its chain is verified again from the start and rows whose ``decision_id`` is
+already loaded are skipped, so nothing is loaded twice.
 
 Torn or in-progress writes: only complete lines (ending with a newline, no NUL bytes) are read; an
 incomplete last line of the last segment is a write in progress (or a crash's torn tail that the
@@ -100,6 +103,15 @@ def _utc_naive(value: str | None) -> dt.datetime | None:
         return None
     t = dt.datetime.fromisoformat(value)
     return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo is not None else t
+
+
+def default_log_root(settings) -> Path:
+    """Where the service writes its decision log (``MLP_DECISION_LOG_DIR``, default
+    ``<data_dir>/serving/decisions``; with several workers, one subdirectory per worker), as
+    :meth:`ServingConfig.from_env` decides it."""
+    import os
+
+    return Path(os.environ.get("MLP_DECISION_LOG_DIR", str(settings.data_dir / "serving" / "decisions")))
 
 
 def log_directories(root: Path) -> list[Path]:
@@ -230,6 +242,11 @@ def _tables(read: _Read, log_dir: str, feature_names: list[str]):
     return table(dec), table(feat), table(sh), other
 
 
+def _inserted(cursor) -> int:
+    rows = cursor.fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
 def load_decisions(settings, log_root: Path) -> LoadResult:
     """Load what the service logged under ``log_root`` since the last load (see the module docstring).
     Raises :class:`DecisionChainBroken` (after loading every verified record before the break, and the
@@ -260,13 +277,17 @@ def load_decisions(settings, log_root: Path) -> LoadResult:
                 con.register("shadows_in", shadows)
                 con.execute("begin transaction")
                 try:
-                    con.execute(f"insert into {DECISIONS_TABLE} by name select * from decisions_in")
-                    con.execute(f"insert into {FEATURES_TABLE} by name select * from features_in")
-                    con.execute(f"""insert into {SHADOW_TABLE} by name
+                    # anti-joins on decision_id: a log read again under another path (a moved data
+                    # directory, a lost state row) adds no duplicate rows
+                    n_decisions = _inserted(con.execute(f"""insert into {DECISIONS_TABLE} by name
+                        select i.* from decisions_in as i anti join {DECISIONS_TABLE} as d using (decision_id)"""))
+                    con.execute(f"""insert into {FEATURES_TABLE} by name
+                        select i.* from features_in as i anti join {FEATURES_TABLE} as d using (decision_id)""")
+                    n_shadows = _inserted(con.execute(f"""insert into {SHADOW_TABLE} by name
                         select s.*, coalesce(d.day, cast(s.shadow_at as date)) as day
-                        from shadows_in as s
+                        from (select i.* from shadows_in as i anti join {SHADOW_TABLE} as o using (decision_id)) as s
                         left join (select decision_id, day from {DECISIONS_TABLE}) as d
-                               on d.decision_id = s.of_decision""")
+                               on d.decision_id = s.of_decision"""))
                     con.execute(f"delete from {STATE_TABLE} where log_dir = ?", [log_dir])
                     con.execute(f"insert into {STATE_TABLE} values (?, ?, ?, ?, ?, ?)",
                                 [log_dir, read.last_seq, read.last_hash, read.segment, read.offset,
@@ -277,11 +298,14 @@ def load_decisions(settings, log_root: Path) -> LoadResult:
                     raise
                 for name in ("decisions_in", "features_in", "shadows_in"):
                     con.unregister(name)
+            else:
+                n_decisions = n_shadows = 0
             days.update(d for d in decisions.column("day").to_pylist() if d is not None)
-            result.decisions += decisions.num_rows
-            result.shadow_scores += shadows.num_rows
+            result.decisions += n_decisions
+            result.shadow_scores += n_shadows
             result.other_records += other
-            result.directories[log_dir] = {"decisions": decisions.num_rows, "shadow_scores": shadows.num_rows,
+            result.directories[log_dir] = {"decisions": n_decisions, "shadow_scores": n_shadows,
+                                           "records_read": len(read.records),
                                            "last_seq": read.last_seq, "pending_bytes": read.pending}
             if read.broken is not None:
                 breaks.append({"log_dir": log_dir, **read.broken})

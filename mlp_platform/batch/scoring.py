@@ -131,33 +131,32 @@ def _duckdb(settings) -> DuckDBWarehouse:
     return warehouse
 
 
-def read_day_features(con, day: dt.date, feature_names: list[str]):
-    """(ids: pyarrow.Table of transaction_id, customer_id, merchant_id, event_time; x: float64 matrix
-    in ``feature_names`` order, nulls as NaN) of the day's rows of features.transaction_features."""
+def read_day_features(con, day: dt.date, feature_names: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(row ids, one float64 array per feature in ``feature_names`` order, null as NaN) of the day's
+    rows of features.transaction_features: DuckDB to Arrow, and zero-copy to numpy (the nulls are
+    replaced by NaN in SQL, so no matrix is built). The row ids (DuckDB ``rowid``) identify the rows
+    within the same transaction only."""
     import duckdb
 
-    cols = ", ".join(f'cast("{n}" as double) as "{n}"' for n in feature_names)
+    cols = ", ".join(f"coalesce(cast(\"{n}\" as double), cast('nan' as double)) as \"{n}\"" for n in feature_names)
     try:
-        table = con.sql(
-            f"select transaction_id, customer_id, merchant_id, event_time, feature_spec_hash, {cols} "
-            f"from {FEATURES_TABLE} where event_date = $day", params={"day": day}).to_arrow_table()
+        table = con.sql(f"select rowid as row_id, {cols} from {FEATURES_TABLE} where event_date = $day",
+                        params={"day": day}).to_arrow_table()
     except duckdb.CatalogException as exc:
         raise BatchScoringError(f"no features for {day}: {FEATURES_TABLE} does not exist (materialise the "
                                 f"feature tables first)") from exc
     if table.num_rows == 0:
         raise BatchScoringError(f"no features for {day}: {FEATURES_TABLE} has no rows with event_date {day} "
                                 f"(materialise that day's feature partition first)")
-    x = np.empty((table.num_rows, len(feature_names)), dtype=np.float64)
-    for j, name in enumerate(feature_names):
-        column = table.column(name)
-        x[:, j] = column.to_numpy() if column.null_count == 0 else column.to_numpy(zero_copy_only=False)
-    return table.select(["transaction_id", "customer_id", "merchant_id", "event_time", "feature_spec_hash"]), x
+    table = table.combine_chunks()
+    columns = [table.column(n).chunk(0).to_numpy(zero_copy_only=True) for n in feature_names]
+    return table.column("row_id").chunk(0).to_numpy(), columns
 
 
-def _spec_hashes(table) -> set[str]:
-    import pyarrow.compute as pc
-
-    return {v for v in pc.unique(table.column("feature_spec_hash")).to_pylist()}
+def _spec_hashes(con, day: dt.date) -> set[str]:
+    rows = con.execute(f"select distinct feature_spec_hash from {FEATURES_TABLE} where event_date = ?",
+                       [day]).fetchall()
+    return {r[0] for r in rows}
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -197,44 +196,52 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
     if model.feature_names != spec.feature_names:
         raise BatchScoringError(f"version {version} expects other features than the feature spec")
 
-    t0 = time.perf_counter()
-    with warehouse.connect(read_only=True) as con:
-        ids, x = read_day_features(con, day, spec.feature_names)
-    hashes = _spec_hashes(ids)
-    if hashes != {spec.spec_hash}:
-        raise BatchScoringError(f"features of {day} were computed under feature spec {sorted(hashes)}, not the "
-                                f"current {spec.spec_hash}: rebuild the day's features")
-    timings["read_features"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    threads = threads or min(2, os.cpu_count() or 1)
-    scorer = model.scorer
-    scores = scorer.score_batch(x, threads=threads) if hasattr(scorer, "score_batch") else scorer.score_matrix(x)
-    thresholds = decision_thresholds(model.operating_threshold)
-    decision_index = decide_many(scores, thresholds)
-    timings["score"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    scored_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    n = len(scores)
-    out = pa.table({
-        "transaction_id": ids.column("transaction_id"), "customer_id": ids.column("customer_id"),
-        "merchant_id": ids.column("merchant_id"), "event_time": ids.column("event_time"),
-        "day": pa.array(np.full(n, np.datetime64(day, "D"))),
-        "score": pa.array(scores),
-        "decision": pa.DictionaryArray.from_arrays(pa.array(decision_index), pa.array(DECISIONS)),
-        "model_version": pa.array([model.version]).take(pa.array(np.zeros(n, dtype=np.int32))),
-        "model_sha256": pa.array([model.artifact_sha256]).take(pa.array(np.zeros(n, dtype=np.int32))),
-        "scored_at": pa.array(np.full(n, np.datetime64(scored_at, "us"))),
-    })
+    # One connection and one transaction from the read to the write: the row ids read are the rows
+    # joined back for the insert, and a concurrent rebuild of the day cannot slip in between.
     with warehouse.connect() as con:
         con.execute(f"create schema if not exists {SCORES_SCHEMA}")
         con.execute(_SCORES_DDL)
-        con.register("batch_scores_in", out)
         con.execute("begin transaction")
         try:
+            t0 = time.perf_counter()
+            row_ids, columns = read_day_features(con, day, spec.feature_names)
+            hashes = _spec_hashes(con, day)
+            if hashes != {spec.spec_hash}:
+                raise BatchScoringError(f"features of {day} were computed under feature spec {sorted(hashes)}, "
+                                        f"not the current {spec.spec_hash}: rebuild the day's features")
+            timings["read_features"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            threads = threads or min(2, os.cpu_count() or 1)
+            scorer = model.scorer
+            if hasattr(scorer, "score_columns"):
+                scores = scorer.score_columns(columns, threads=threads)
+            else:
+                scores = scorer.score_matrix(np.column_stack(columns))
+            thresholds = decision_thresholds(model.operating_threshold)
+            decision_index = decide_many(scores, thresholds)
+            timings["score"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            scored_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            n = len(scores)
+            con.register("batch_scores_in", pa.table({
+                "row_id": row_ids, "score": scores,
+                "decision": pa.DictionaryArray.from_arrays(pa.array(decision_index), pa.array(DECISIONS)),
+            }))
             con.execute(f"delete from {SCORES_TABLE} where day = ?", [day])
-            con.execute(f"insert into {SCORES_TABLE} by name select * from batch_scores_in")
+            con.execute(f"""
+                insert into {SCORES_TABLE} by name
+                select f.transaction_id, f.customer_id, f.merchant_id, f.event_time, $day as day, s.score,
+                       cast(s.decision as varchar) as decision, $version as model_version,
+                       $sha as model_sha256, $scored_at as scored_at
+                from {FEATURES_TABLE} as f join batch_scores_in as s on f.rowid = s.row_id
+                where f.event_date = $day""",
+                        {"day": day, "version": model.version, "sha": model.artifact_sha256,
+                         "scored_at": scored_at})
+            written = con.execute(f"select count(*) from {SCORES_TABLE} where day = ?", [day]).fetchall()[0][0]
+            if written != n:
+                raise BatchScoringError(f"{day}: wrote {written} scores for {n} rows read (rolled back)")
             con.execute("commit")
         except BaseException:
             con.execute("rollback")

@@ -15,8 +15,9 @@ backends, chosen at load:
   the library is checked against ``booster.predict`` on probe rows built from the model's own
   split thresholds (each threshold, its neighbours, NaN, zeros, tiny and huge values); any
   difference above ``verify_tolerance`` and the scorer falls back.
-  ``score_batch`` (nightly batch scoring) evaluates a whole matrix in C: blocks of 64 rows, each block
-  tree by tree, the rows split over a few threads (``ctypes`` releases the GIL during each call).
+  ``score_batch`` / ``score_columns`` (nightly batch scoring) evaluate a whole matrix (or one array
+  per feature) in C, the rows cut into chunks that a few threads take in turn (``ctypes`` releases
+  the GIL during each call).
 * ``"lightgbm"`` (fallback, and used for reason codes): LightGBM's C API single-row fast path
   (``LGBM_BoosterPredictForMatSingleRowFast``) through ``ctypes``, with one FastConfig handle and
   preallocated input/output buffers per thread. Used when there is no C compiler, when the model
@@ -69,9 +70,8 @@ _C_API_PREDICT_RAW_SCORE = 1
 _C_API_PREDICT_CONTRIB = 3
 _C_API_DTYPE_FLOAT64 = 1
 
-_CODEGEN_VERSION = "3"  # bump when the generated code changes (part of the cache key)
+_CODEGEN_VERSION = "4"  # bump when the generated code changes (part of the cache key)
 _CFLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
-_BATCH_BLOCK = 64  # rows per block of the batch entry point
 _MIN_ROWS_PER_THREAD = 4096  # below this a second thread costs more than it saves
 _IDENTITY_OBJECTIVES = frozenset({"regression", "regression_l2", "regression_l1", "huber", "fair",
                                   "quantile", "mape"})
@@ -336,27 +336,16 @@ def generate_c_source(model_str: str) -> tuple[str, _Model]:
     out.append("    out[i] = raw_score ? fs_raw(X + i * NF) : fs_predict(X + i * NF);")
     out.append("  }")
     out.append("}")
-    # Batch entry point: blocks of BLK rows, tree-major inside a block (one tree's code stays hot in
-    # the instruction cache while it sees BLK rows). Each row still sums its trees from 0.0 in tree
-    # order, so the result is bit-identical to raw() / fs_predict().
+    # Batch entry point over columns (one contiguous array per feature, e.g. straight from Arrow):
+    # each row is gathered into a local buffer and goes through raw(), so it is bit-identical to
+    # fs_predict().
     out.append(f"static double out_transform(double r) {{ return {transform}; }}")
-    out.append(f"#define BLK {_BATCH_BLOCK}")
-    out.append("void fs_predict_block(const double* X, long n, int raw_score, double* out) {")
-    out.append("  double xb[BLK * NF];")
-    out.append("  double s[BLK];")
-    out.append("  for (long b = 0; b < n; b += BLK) {")
-    out.append("    int m = (n - b < BLK) ? (int)(n - b) : BLK;")
-    out.append("    for (int r = 0; r < m; ++r) {")
-    out.append("      const double* in = X + (b + r) * NF;")
-    out.append("      double* x = xb + r * NF;")
-    out.append("      for (int i = 0; i < NF; ++i) {")
-    out.append("        double v = in[i];")
-    out.append("        x[i] = (fabs(v) > KZ || isnan(v)) ? v : 0.0;")
-    out.append("      }")
-    out.append("      s[r] = 0.0;")
-    out.append("    }")
-    out.extend(f"    for (int r = 0; r < m; ++r) s[r] += t{i}(xb + r * NF);" for i in range(len(model.trees)))
-    out.append("    for (int r = 0; r < m; ++r) out[b + r] = raw_score ? s[r] : out_transform(s[r]);")
+    out.append("void fs_predict_columns(const double* const* cols, long n, int raw_score, double* out) {")
+    out.append("  double row[NF];")
+    out.append("  for (long r = 0; r < n; ++r) {")
+    out.append("    for (int i = 0; i < NF; ++i) row[i] = cols[i][r];")
+    out.append("    double s = raw(row);")
+    out.append("    out[r] = raw_score ? s : out_transform(s);")
     out.append("  }")
     out.append("}")
     return "\n".join(out) + "\n", model
@@ -450,9 +439,10 @@ class _CompiledTrees:
         self.many.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
         self.many.restype = None
 
-        self.block = self.lib.fs_predict_block
-        self.block.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
-        self.block.restype = None
+        self.columns = self.lib.fs_predict_columns
+        self.columns.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
+        self.columns.restype = None
+        self.n_features = n_features
 
     def predict_matrix(self, x: np.ndarray, raw_score: bool = False) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float64)
@@ -461,26 +451,71 @@ class _CompiledTrees:
         return out
 
     def predict_batch(self, x: np.ndarray, raw_score: bool = False, threads: int = 1) -> np.ndarray:
-        """Many rows through the blocked, tree-major entry point; ``threads`` > 1 splits the rows into
-        that many contiguous parts scored concurrently (ctypes releases the GIL during each call)."""
+        """Many rows of a matrix; ``threads`` > 1 splits the rows into that many contiguous parts
+        scored concurrently (ctypes releases the GIL during each call)."""
         x = np.ascontiguousarray(x, dtype=np.float64)
-        n = x.shape[0]
-        out = np.empty(n, dtype=np.float64)
-        threads = max(1, min(int(threads), n // _MIN_ROWS_PER_THREAD))
-        if threads == 1:
-            self.block(x.ctypes.data, n, int(raw_score), out.ctypes.data)
-            return out
-        bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+        out = np.empty(x.shape[0], dtype=np.float64)
         row_bytes = x.strides[0]
-        base_x, base_out = x.ctypes.data, out.ctypes.data
-        workers = [threading.Thread(target=self.block, args=(
-            base_x + int(lo) * row_bytes, int(hi - lo), int(raw_score), base_out + int(lo) * 8))
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+
+        def part(lo: int, hi: int) -> None:
+            self.many(x.ctypes.data + lo * row_bytes, hi - lo, int(raw_score), out.ctypes.data + lo * 8)
+
+        _split_rows(x.shape[0], threads, part)
         return out
+
+    def predict_columns(self, columns: Sequence[np.ndarray], raw_score: bool = False,
+                        threads: int = 1) -> np.ndarray:
+        """Many rows given as one contiguous float64 array per feature (no row-major copy)."""
+        if len(columns) != self.n_features:
+            raise ValueError(f"expected {self.n_features} feature columns, got {len(columns)}")
+        cols = [np.ascontiguousarray(c, dtype=np.float64) for c in columns]
+        n = len(cols[0])
+        if any(c.ndim != 1 or len(c) != n for c in cols):
+            raise ValueError("feature columns must be one-dimensional and of equal length")
+        out = np.empty(n, dtype=np.float64)
+        keep = []
+
+        def part(lo: int, hi: int) -> None:
+            pointers = (ctypes.c_void_p * self.n_features)(*[c.ctypes.data + lo * 8 for c in cols])
+            keep.append(pointers)
+            self.columns(ctypes.addressof(pointers), hi - lo, int(raw_score), out.ctypes.data + lo * 8)
+
+        _split_rows(n, threads, part)
+        return out
+
+
+def _split_rows(n: int, threads: int, part) -> None:
+    """Run ``part(lo, hi)`` over [0, n) on ``threads`` threads (fewer for small n). The rows are cut
+    into chunks that the threads take in turn, so a thread slowed down by other work on the machine
+    takes fewer chunks instead of holding the others up at the end."""
+    threads = max(1, min(int(threads), n // _MIN_ROWS_PER_THREAD))
+    if threads == 1:
+        part(0, n)
+        return
+    chunk = max(_MIN_ROWS_PER_THREAD, n // (threads * 16))
+    starts = iter(range(0, n, chunk))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                lo = next(starts, None)
+            if lo is None:
+                return
+            try:
+                part(lo, min(lo + chunk, n))
+            except BaseException as exc:  # re-raised in the caller
+                errors.append(exc)
+                return
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
 
 
 class FastScorer:
@@ -565,7 +600,7 @@ class FastScorer:
             if verify_rows is not None:
                 x = np.vstack([x, np.asarray(verify_rows, dtype=np.float64).reshape(-1, self.n_features)])
             expected = self.booster.predict(x, num_threads=1)
-            got = np.concatenate([compiled.predict_matrix(x), compiled.predict_batch(x)])
+            got = np.concatenate([compiled.predict_matrix(x), compiled.predict_columns(list(x.T))])
             diff = float(np.max(np.abs(got - np.concatenate([expected, expected]))))  # NaN stays NaN
             raw_diff = float(np.max(np.abs(compiled.predict_matrix(x, raw_score=True)
                                            - self.booster.predict(x, raw_score=True, num_threads=1))))
@@ -650,8 +685,8 @@ class FastScorer:
         return self.booster.predict(x, num_threads=1, num_iteration=self.num_iteration)
 
     def score_batch(self, x: np.ndarray, threads: int = 1, raw_score: bool = False) -> np.ndarray:
-        """Scores of a whole day's matrix (nightly batch scoring): the compiled trees' blocked entry
-        point, the rows split over ``threads`` threads (each C call releases the GIL); equal to
+        """Scores of a whole day's matrix (nightly batch scoring): the compiled trees in C, the rows cut
+        into chunks taken in turn by ``threads`` threads (each C call releases the GIL); equal to
         ``booster.predict`` exactly like ``score``. On the ``lightgbm`` backend: ``booster.predict``
         with ``num_threads=threads``."""
         x = np.asarray(x, dtype=np.float64)
@@ -662,6 +697,15 @@ class FastScorer:
         if self._compiled is not None:
             return self._compiled.predict_batch(x, raw_score=raw_score, threads=threads)
         return self.booster.predict(x, num_threads=threads, num_iteration=self.num_iteration, raw_score=raw_score)
+
+    def score_columns(self, columns: Sequence[np.ndarray], threads: int = 1) -> np.ndarray:
+        """``score_batch`` for rows given column by column (one float64 array per feature, in feature
+        order, NaN for missing), e.g. straight from an Arrow table: no row-major matrix is built."""
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if self._compiled is not None:
+            return self._compiled.predict_columns(columns, threads=threads)
+        return self.score_batch(np.column_stack([np.asarray(c, dtype=np.float64) for c in columns]), threads)
 
     def contributions(self, row: np.ndarray) -> np.ndarray:
         """TreeSHAP feature contributions in log-odds: n_features values then the bias (expected value).
