@@ -118,6 +118,9 @@ class Settings:
     retrain_min_days: int = 2
     retrain_cooldown_hours: float = 24.0
     retrain_severity: str = "error"
+    #: Dagster run config of the retrain runs the drift sensor requests (search budget, gate
+    #: tolerances), e.g. {"ops": {"candidate_model": {"config": {"n_candidates": 4}}}}.
+    retrain_run_config: dict = field(default_factory=dict)
     #: Staged rollout overrides (JSON object of mlp_platform.rollout RolloutConfig fields).
     rollout_config: dict = field(default_factory=dict)
     #: The scoring service's /metrics URL for the rollout guardrails (error rate, latency); empty: not read.
@@ -212,6 +215,7 @@ def load_settings() -> Settings:
         retrain_min_days=_env_int("MLP_RETRAIN_MIN_DAYS", 2),
         retrain_cooldown_hours=_env_float("MLP_RETRAIN_COOLDOWN_HOURS", 24.0),
         retrain_severity=_choice("MLP_RETRAIN_SEVERITY", "error", ("warn", "error")),
+        retrain_run_config=_env_json_object("MLP_RETRAIN_RUN_CONFIG"),
         rollout_config=_env_json_object("MLP_ROLLOUT_CONFIG"),
         service_metrics_url=_env("MLP_SERVICE_METRICS_URL", ""),
     )

@@ -58,7 +58,7 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
         if not decision.request:
             return dg.SkipReason(decision.reason)
         context.log.info(f"requesting a retrain: {decision.reason}")
-        return dg.RunRequest(run_key=decision.run_key, tags={
+        return dg.RunRequest(run_key=decision.run_key, run_config=settings.retrain_run_config or None, tags={
             "mlp/trigger": "drift_sensor", "mlp/incident": decision.run_key,
             "mlp/drift_days": ",".join(decision.days), "mlp/reason": decision.reason[:1000]})
 

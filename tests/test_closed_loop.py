@@ -35,6 +35,12 @@ DRIFT_START = dt.date(2026, 2, 19)  # the drift switch: 4 ordinary days are serv
 LAST_DAY = dt.date(2026, 3, 1)
 API_KEY = "loop-test-key-0123456789"
 FAST_TRAINING = {"n_candidates": 2, "n_folds": 2, "max_rounds": 120}
+#: The retrain runs the drift sensor requests: a small search, and gate tolerances for a world of 250 cards
+#: whose out-of-time window holds a few dozen frauds (the gates themselves are the real ones).
+RETRAIN_RUN_CONFIG = {"ops": {
+    "candidate_model": {"config": FAST_TRAINING},
+    "candidate_evaluation": {"config": {"ap_tolerance": 0.1, "alert_budget_tolerance": 0.1, "recall_tolerance": 0.2}},
+}}
 ROLLOUT = {"shadow_soak_s": 0, "canary_soak_s": 0, "shadow_min_observations": 150, "canary_min_observations": 40,
            "canary_stages": [0.25, 0.5, 1.0], "max_score_psi": 1.0, "max_shadow_disagreement": 0.25,
            "max_decline_rate_increase": 0.05}
@@ -45,7 +51,8 @@ def loop_env(tmp_path, monkeypatch):
     env = {"MLP_DATA_DIR": str(tmp_path / "data"), "MLP_SYNTH_CUSTOMERS": "250", "MLP_SYNTH_MERCHANTS": "80",
            "MLP_SYNTH_DAYS": str((LAST_DAY - START).days + 1), "MLP_SYNTH_DRIFT_START": DRIFT_START.isoformat(),
            "MLP_LABEL_DELAY_DAYS": "2", "MLP_LABEL_MATURITY_DAYS": "3", "MLP_RETRAIN_MIN_DAYS": "2",
-           "MLP_RETRAIN_COOLDOWN_HOURS": "24", "MLP_ROLLOUT_CONFIG": json.dumps(ROLLOUT), "MLP_API_KEYS": API_KEY,
+           "MLP_RETRAIN_COOLDOWN_HOURS": "24", "MLP_ROLLOUT_CONFIG": json.dumps(ROLLOUT),
+           "MLP_RETRAIN_RUN_CONFIG": json.dumps(RETRAIN_RUN_CONFIG), "MLP_API_KEYS": API_KEY,
            "MLP_ADMIN_KEYS": "loop-admin-key-0123456789", "MLP_RELOAD_INTERVAL_S": "3600"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -165,9 +172,7 @@ def test_drifted_world_retrains_and_rolls_a_new_champion_out_without_a_manual_st
             assert not again.run_requests
 
             # -- the retrain: training set, candidate, backtest, blocking gates, promotion -> staged rollout
-            retrain_run = _run_requested(defs, instance, dg.RunRequest(
-                run_key=retrain.run_key, tags=retrain.tags,
-                run_config={"ops": {"candidate_model": {"config": FAST_TRAINING}}}), RETRAIN_JOB)
+            retrain_run = _run_requested(defs, instance, retrain, RETRAIN_JOB)
             promotion = retrain_run.asset_materializations_for_node("model_promotion")[0].metadata
             v2 = str(promotion["version"].value)
             assert v2 != v1 and promotion["role"].value == "shadow", promotion

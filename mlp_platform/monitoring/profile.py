@@ -46,8 +46,8 @@ each): about 10-12 s for 31 columns on the shared 2-vCPU machine whatever the wi
 ``docs/benchmarks.md``); pass a smaller ``n_boot`` / ``calibration_sizes`` in tests.
 
   With ``days`` (the day of every row), each real day of the window with at least ``min_day_rows``
-  rows is also compared with the profile, and the largest value of each statistic over those days
-  is a **day floor** under every threshold: rows of one real day are not independent (they share
+  rows is also compared with the profile, and the upper 3-sigma control limit of each statistic over
+  those days (never below their largest value) is a **day floor** under every threshold: rows of one real day are not independent (they share
   merchants, customers and fraud episodes; label-rate features move by whole weeks), so i.i.d. row
   draws underestimate the day-to-day variation a monitored day shows without any drift.
 
@@ -96,8 +96,8 @@ class Calibration:
     sizes: list[int]
     quantiles: dict[str, list[float]]
     at_infinity: dict[str, float]
-    #: The largest value of each statistic over the real days of the reference window (each day
-    #: against the profile): the natural day-to-day variation, which i.i.d. row draws underestimate
+    #: The 3-sigma control limit of each statistic over the real days of the reference window (each
+    #: day against the profile): the natural day-to-day variation, which i.i.d. row draws underestimate
     #: (a day's rows share merchants, customers and fraud episodes). Thresholds never go below it.
     day_floor: dict[str, float] = field(default_factory=dict)
 
@@ -335,6 +335,14 @@ def _calibrate(profiles: list[FeatureProfile], columns: list[np.ndarray], sizes:
         profile.calibration = Calibration(list(sizes), quantiles, profile.calibration.at_infinity)
 
 
+def _control_limit(values: list[float]) -> float:
+    """The upper 3-sigma control limit of a statistic over the reference days, and never below the
+    largest reference day (a handful of days underestimates the tail: their maximum alone is too tight)."""
+    arr = np.asarray(values, dtype=np.float64)
+    limit = float(arr.mean() + 3.0 * arr.std(ddof=1)) if arr.size > 1 else float(arr[0])
+    return max(limit, float(arr.max()))
+
+
 def _calibrate_days(profiles: list[FeatureProfile], columns: list[np.ndarray], days: np.ndarray,
                     min_rows: int) -> list[str]:
     """Each real day of the window (with at least ``min_rows`` rows) against the profile; the largest
@@ -348,7 +356,7 @@ def _calibrate_days(profiles: list[FeatureProfile], columns: list[np.ndarray], d
             for name in _NOISE_EXPONENT:
                 if not math.isnan(stats[name]):
                     floors[name].append(stats[name])
-        profile.calibration.day_floor = {name: float(max(v)) for name, v in floors.items() if v}
+        profile.calibration.day_floor = {name: _control_limit(v) for name, v in floors.items() if v}
     return [str(labels[i]) for i in used]
 
 
