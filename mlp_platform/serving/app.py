@@ -15,6 +15,7 @@ and metrics). FastAPI keeps every other route and the OpenAPI schema.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -296,4 +297,5 @@ def build_service(settings=None) -> ScoringService:
 def app_from_env():
     """uvicorn factory: `uvicorn --factory mlp_platform.serving.app:app_from_env`."""
     logging.basicConfig(level=logging.INFO)
-    return create_app(build_service())
+    fast_path = os.environ.get("MLP_SERVING_FAST_PATH", "1").strip().lower() not in ("0", "false", "off", "no")
+    return create_app(build_service(), fast_path=fast_path)
