@@ -667,3 +667,68 @@ def test_redis_history_keys_expire_and_are_namespaced(redis_port) -> None:
         ttl = backend.client.pttl(k)
         assert 0 < ttl <= (31 * day_ms + 3_600_000 if ":h:" in k else 8 * day_ms)
     store.close()
+
+
+# --- the event-loop path (score_features_async) ----------------------------------------------------------
+
+
+def test_async_scoring_equals_sync_scoring(make_store) -> None:
+    """The same transactions through score_features (one store) and score_features_async (another):
+    identical features, including concurrent same-customer transactions on one event loop."""
+    import asyncio
+
+    sync_store, async_store = make_store(), make_store()
+    rows = [tx(f"a{i:03d}", f"2024-03-10 10:{i // 2:02d}:{(i % 2) * 30:02d}", f"C{i % 4}", f"M{i % 3}", 5 + i,
+               f"D{i % 5}") for i in range(80)]
+    rows.append(tx("nocust", "2024-03-10 11:00:00", None, "M1", 3))
+    expected = [sync_store.score_features(r).to_dict() for r in rows]
+
+    async def run() -> list[dict]:
+        return [(await async_store.score_features_async(r)).to_dict() for r in rows]
+
+    assert asyncio.run(run()) == expected
+
+    async def concurrent() -> list:
+        base = dt.datetime(2024, 3, 11, 12)
+        batch = []
+        for i in range(60):
+            t = tx(f"c{i:03d}", "2024-03-11 12:00:00", "C_SHARED", f"M{i % 2}", 1)
+            t["event_time"] = base + dt.timedelta(milliseconds=100 * i)
+            batch.append(async_store.score_features_async(t))
+        return await asyncio.gather(*batch)
+
+    asyncio.run(concurrent())  # a second event loop: the backend opens a client for it
+    assert len(async_store.backend.history("customer_velocity", "C_SHARED")) == 60
+    final = async_store.score_features(tx("final", "2024-03-11 13:00:00", "C_SHARED", "M0", 1)).to_dict()
+    assert final["customer_txn_count_1d"] == 61
+
+
+def test_async_redis_down_raises_unavailable(tmp_path) -> None:
+    import asyncio
+
+    with redis_server_process(tmp_path / "redis") as (proc, port):
+        store = OnlineFeatureStore(RedisBackend(f"redis://127.0.0.1:{port}/0", timeout=0.2))
+
+        async def score(tid: str, when: str) -> dict:
+            return (await store.score_features_async(tx(tid, when, "C", "M", 1))).to_dict()
+
+        async def scenario() -> None:
+            assert (await score("a", "2024-03-10 10:00:00"))["amount"] == 1.0
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(FeatureStoreUnavailable, match="Timeout"):
+                    await score("b", "2024-03-10 10:01:00")
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            assert (await score("c", "2024-03-10 10:02:00"))["customer_txn_count_1h"] >= 2
+
+        asyncio.run(scenario())
+        proc.terminate()
+        proc.wait(10)
+
+        async def refused() -> None:
+            with pytest.raises(FeatureStoreUnavailable, match="redis at redis://127.0.0.1"):
+                await score("d", "2024-03-10 10:03:00")
+
+        asyncio.run(refused())
+        store.close()

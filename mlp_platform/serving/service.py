@@ -350,7 +350,7 @@ class ScoringService:
         child = tracer.child(span, "feature_fetch") if tracer else None
         degraded = False
         try:
-            features = self.store.score_features(txn)
+            features = await self.store.score_features_async(txn)
         except FeatureStoreUnavailable as err:
             degraded = True
             m.error("feature_store_unavailable").inc()
