@@ -7,8 +7,10 @@ One ``score`` span per scoring request (kind SERVER) with child spans ``validati
 Switched on by the environment (:func:`tracer_from_env`):
 
 * ``MLP_TRACING`` unset, empty, ``off`` or ``none``: tracing is off. The service then holds no tracer,
-  every span site is a ``None`` check, and OpenTelemetry is never imported (this module imports it
-  only inside the functions that build a tracer).
+  every span site is a ``None`` check, and neither the OpenTelemetry SDK nor an exporter is imported
+  (this module imports them only inside the functions that build a tracer). FastAPI itself imports
+  the OpenTelemetry *API* for its own native telemetry, which stays disabled unless a global
+  provider is configured; the scoring fast path does not go through FastAPI.
 * ``MLP_TRACING=otlp``: OTLP over HTTP/protobuf, batched, to the endpoint of the standard variables
   (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``,
   default ``http://localhost:4318/v1/traces``; headers, timeout, compression likewise).
