@@ -25,9 +25,11 @@ Durability guarantee (group commit)
 One writer thread owns the files. ``append`` / ``append_async`` queue the record and wait; the writer
 takes every record queued so far, assigns seq/prev_hash/hash, writes them with one ``write`` per segment
 and calls ``fdatasync`` (``fsync`` where that does not exist) once, then wakes all their waiters together.
-When a batch closes: if the previous commit carried a single record (one appender at a time) or started
-more than ``group_commit_ms`` ago (idle writer), at once -- a lone append pays one fsync and no delay;
-otherwise (concurrent appenders) ``group_commit_ms`` after the previous commit started, so under load
+When a batch closes: if the previous commit carried at most one foreground record (one appender at a
+time; *background* records -- ``append_many(..., background=True)``, e.g. shadow scores nobody is
+waiting to acknowledge -- do not count) or started more than ``group_commit_ms`` ago (idle writer), at
+once -- a lone append pays one fsync and no delay; otherwise (concurrent appenders)
+``group_commit_ms`` after the previous commit started, so under load
 commits happen at most once per window (or per fsync, if slower) and concurrent appends share each fsync.
 
 * **When append returns** (or the awaitable resolves) the record and every record with a lower seq
@@ -339,9 +341,10 @@ def verify_log(directory: Path) -> ChainReport:
 class _Batch:
     """Records queued for the same commit; its waiters are woken together."""
 
-    __slots__ = ("records", "waiters", "results", "done")
+    __slots__ = ("records", "waiters", "results", "done", "foreground")
 
     def __init__(self) -> None:
+        self.foreground = 0  # records whose appender is not background work (see the group commit rule)
         self.records: list[dict[str, Any]] = []
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future] | None] = []
         self.results: list[LoggedDecision | BaseException | None] = []
@@ -477,14 +480,16 @@ class DecisionLog:
         assert result is not None
         return result
 
-    def append_many(self, records: list[Mapping[str, Any]], *,
-                    trusted: bool = False) -> list[LoggedDecision | BaseException]:
+    def append_many(self, records: list[Mapping[str, Any]], *, trusted: bool = False,
+                    background: bool = False) -> list[LoggedDecision | BaseException]:
         """Log several records with as few commits as possible; returns when all are durable. A record
-        that fails validation yields its exception in place of a result (the others are logged)."""
+        that fails validation yields its exception in place of a result (the others are logged).
+        ``background``: work nobody is waiting on (shadow scores): it does not make the writer treat
+        the next commit as contended (no group-commit wait for a lone foreground appender)."""
         slots: list[tuple[Any, int] | BaseException] = []
         for record in records:
             try:
-                slots.append(self._enqueue(record, None, trusted))
+                slots.append(self._enqueue(record, None, trusted, background))
             except (ValueError, TypeError) as err:  # refused before it took a seq
                 slots.append(err)
         results: list[LoggedDecision | BaseException] = []
@@ -588,7 +593,8 @@ class DecisionLog:
 
     # ---- writer
 
-    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False) -> tuple[_Batch, int]:
+    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False,
+                 background: bool = False) -> tuple[_Batch, int]:
         if not isinstance(record, Mapping):
             raise TypeError(f"a decision record must be a dict, got {type(record).__name__}")
         record = dict(record)  # shallow copy: the caller may reuse its dict
@@ -611,6 +617,8 @@ class DecisionLog:
                 self._cond.notify()
             batch.records.append(record)
             batch.waiters.append(waiter)
+            if not background:
+                batch.foreground += 1
             return batch, len(batch.records) - 1
 
     def _run(self) -> None:
@@ -620,7 +628,7 @@ class DecisionLog:
                     self._cond.wait()
                 if not self._pending.records:
                     return  # closing, nothing left
-                # A lone appender (previous batch of one) or an idle writer: commit at once. Concurrent
+                # A lone appender (previous batch of one foreground record) or an idle writer: commit at once. Concurrent
                 # appenders: close the batch one window after the previous commit started, to share it.
                 not_before = self._last_commit_start + self.group_commit_s
                 while self._last_batch_size > 1 and not self._closing:
@@ -630,7 +638,7 @@ class DecisionLog:
                     self._cond.wait(wait)
                 batch, self._pending = self._pending, _Batch()
             self._last_commit_start = time.monotonic()
-            self._last_batch_size = len(batch.records)
+            self._last_batch_size = batch.foreground
             try:
                 self._commit(batch)
             except BaseException as exc:  # I/O failure: outcome unknown, stop taking appends

@@ -49,8 +49,9 @@ class ServingConfig:
     max_body_bytes: int = 64 * 1024
     reload_interval_s: float = 5.0
     shadow_queue_max: int = 10_000
-    #: Group-commit window of the decision log (0: commit as soon as the writer is free).
-    log_group_commit_ms: float = 0.0
+    #: Group-commit window of the decision log under concurrent appenders (0: commit as soon as the
+    #: writer is free; a lone appender never waits, shadow records do not count as appenders).
+    log_group_commit_ms: float = 2.0
     batch_snapshot_dir: Path | None = None
     #: Set when several workers each write their own log directory under this root.
     decision_log_root: Path | None = None
@@ -86,7 +87,7 @@ class ServingConfig:
             decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")),
             degraded_decision=os.environ.get("MLP_DEGRADED_DECISION", "review"),
             reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
-            log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "0")),
+            log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "2")),
             batch_snapshot_dir=settings.batch_snapshot_dir,
             drift_report_path=Path(os.environ.get("MLP_DRIFT_REPORT_PATH",
                                                   str(settings.monitoring_dir / "drift_latest.json"))),
@@ -471,7 +472,7 @@ class ScoringService:
                 if decision != served:
                     self.metrics.shadow_disagreements.labels(model.version).inc()
             try:
-                self.decisions.append_many(records, trusted=True)
+                self.decisions.append_many(records, trusted=True, background=True)
             except Exception:
                 self.metrics.errors.labels("shadow").inc()
                 log.exception("logging shadow scores failed")
