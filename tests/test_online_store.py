@@ -732,3 +732,17 @@ def test_async_redis_down_raises_unavailable(tmp_path) -> None:
 
         asyncio.run(refused())
         store.close()
+
+
+def test_async_store_closes_its_event_loop_connections(redis_port) -> None:
+    import asyncio
+
+    store = OnlineFeatureStore(RedisBackend(f"redis://127.0.0.1:{redis_port}/0", prefix=f"test:{uuid.uuid4().hex[:10]}"))
+
+    async def scenario() -> None:
+        await store.score_features_async(tx("a", "2024-03-10 10:00:00", "C", "M", 1))
+        assert len(store.backend._async) == 1
+        await store.aclose()
+        assert store.backend._async == {}
+
+    asyncio.run(scenario())

@@ -557,6 +557,14 @@ class OnlineFeatureStore:
     def close(self) -> None:
         self.backend.close()
 
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop (closes the backend's connections of that loop cleanly)."""
+        closer = getattr(self.backend, "aclose", None)
+        if closer is not None:
+            await closer()
+        else:
+            self.backend.close()
+
     def __enter__(self) -> OnlineFeatureStore:
         return self
 

@@ -364,6 +364,15 @@ class RedisBackend:
         except redis.exceptions.RedisError:
             return False
 
+    async def aclose(self) -> None:
+        """Close the asyncio client of the running event loop (awaited), then everything else."""
+        import asyncio
+
+        found = self._async.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].aclose()
+        self.close()
+
     def close(self) -> None:
         self.client.close()
         self.client.connection_pool.disconnect()

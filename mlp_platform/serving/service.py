@@ -508,7 +508,7 @@ class ScoringService:
         self._shadow_queue.put(None)
         self._shadow_thread.join(timeout=30)
         await asyncio.to_thread(self.decisions.close)
-        self.store.close()
+        await self.store.aclose()
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # flush the spans still queued
 
