@@ -126,6 +126,9 @@ class BoundMetrics:
         self.decision = _cached_children(m.decisions)
         self.score = _cached_children(m.scores)
         self.latency = _cached_children(m.latency)
+        self.shadow_score = _cached_children(m.shadow_scores)
+        self.shadow_disagreement = _cached_children(m.shadow_disagreements)
+        self.shadow_dropped = _cached_children(m.shadow_dropped)
 
 
 def _number(value) -> float | None:

@@ -435,7 +435,7 @@ class ScoringService:
         try:
             self._shadow_queue.put_nowait((model, row, decision_id, served))
         except queue.Full:
-            self.metrics.shadow_dropped.labels(model.version).inc()
+            self._bound_metrics.shadow_dropped(model.version).inc()
 
     def _shadow_worker(self) -> None:
         """Off the critical path: drains queued shadow scorings in batches (one log commit per batch);
@@ -455,6 +455,7 @@ class ScoringService:
                     break
                 jobs.append(nxt)
             records = []
+            m = self._bound_metrics
             for model, row, decision_id, served in jobs:
                 try:
                     score = float(model.scorer.score(row))
@@ -468,9 +469,9 @@ class ScoringService:
                     "of_decision": decision_id, "time": dt.datetime.now(dt.UTC).isoformat(),
                     "model_version": model.version, "model_sha256": model.artifact_sha256, "score": score,
                     "decision": decision, "served_decision": served})
-                self.metrics.shadow_scores.labels(model.version).inc()
+                m.shadow_score(model.version).inc()
                 if decision != served:
-                    self.metrics.shadow_disagreements.labels(model.version).inc()
+                    m.shadow_disagreement(model.version).inc()
             try:
                 self.decisions.append_many(records, trusted=True, background=True)
             except Exception:
