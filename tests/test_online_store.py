@@ -746,3 +746,28 @@ def test_async_store_closes_its_event_loop_connections(redis_port) -> None:
         assert store.backend._async == {}
 
     asyncio.run(scenario())
+
+
+def test_async_client_packs_commands_in_c_with_the_same_bytes(redis_port) -> None:
+    import asyncio
+
+    from redis import asyncio as aioredis
+
+    from mlp_platform.serving.online_store_redis import _hiredis_packing
+
+    args = ("EVALSHA", "a" * 40, 2, "mlp:fs:h:v:1:C\u00e9", "mlp:fs:b:m:2:M1", 0, "T-1", "1700000000000000",
+            "T-1\x1f1700000000000000\x1f12.5\x00", 3, "(1699999996400000")
+    python_packed = b"".join(aioredis.Connection().pack_command(*args))
+    fast = _hiredis_packing(aioredis.Connection)
+    assert fast is not aioredis.Connection and issubclass(fast, aioredis.Connection)
+    assert b"".join(fast().pack_command(*args)) == python_packed
+    store = OnlineFeatureStore(RedisBackend(f"redis://127.0.0.1:{redis_port}/0", prefix=f"test:{uuid.uuid4().hex[:10]}"))
+
+    async def scenario() -> type:
+        await store.score_features_async(tx("a", "2024-03-10 10:00:00", "C", "M", 1))
+        (client, _), = store.backend._async.values()
+        used = client.connection_pool.connection_class
+        await store.aclose()
+        return used
+
+    assert asyncio.run(scenario()).__name__ == "HiredisConnection"
