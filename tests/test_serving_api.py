@@ -131,6 +131,7 @@ def test_score_and_explain_a_decision(client, platform):
 @pytest.mark.parametrize(("change", "field"), [
     ({"amount": None}, "amount"), ({"amount": -3}, "amount"), ({"event_time": "yesterday"}, "event_time"),
     ({"transaction_id": ""}, "transaction_id"), ({"customer_id": None}, "customer_id"),
+    ({"transaction_id": "T\x1f1"}, "transaction_id"), ({"device_id": "D\x1f1"}, "device_id"),  # store separator
 ])
 def test_critical_field_errors_are_422_naming_the_field(client, change, field):
     body = {k: v for k, v in {**txn(5), **change}.items() if v is not None}
