@@ -454,9 +454,11 @@ def test_drift_report_is_exported_as_gauges_and_a_bad_file_keeps_the_last_values
         assert 'mlp_prediction_drift{statistic="psi"} 0.4' in metrics
 
 
-def test_drift_report_path_defaults_to_the_monitoring_dir(platform):
+def test_drift_report_path_defaults_to_the_monitoring_dir(platform, monkeypatch):
     config = ServingConfig.from_env(platform["settings"])
     assert config.drift_report_path == platform["settings"].monitoring_dir / "drift_latest.json"
+    monkeypatch.setenv("MLP_DRIFT_REPORT_PATH", "none")
+    assert ServingConfig.from_env(platform["settings"]).drift_report_path is None
 
 
 def _without_volatile(body: dict) -> dict:

@@ -89,9 +89,14 @@ class ServingConfig:
             reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
             log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "2")),
             batch_snapshot_dir=settings.batch_snapshot_dir,
-            drift_report_path=Path(os.environ.get("MLP_DRIFT_REPORT_PATH",
-                                                  str(settings.monitoring_dir / "drift_latest.json"))),
+            drift_report_path=_optional_path(os.environ.get("MLP_DRIFT_REPORT_PATH",
+                                                            str(settings.monitoring_dir / "drift_latest.json"))),
         )
+
+
+def _optional_path(value: str) -> Path | None:
+    """A path from the environment; empty or "none" switches the feature off."""
+    return None if value.strip().lower() in ("", "none", "off") else Path(value)
 
 
 def key_matches(presented: str | None, keys: tuple[str, ...]) -> bool:
