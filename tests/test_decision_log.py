@@ -481,3 +481,31 @@ def test_background_records_do_not_hold_a_lone_appender_in_the_group_commit_wind
     assert pending.join(5) is None and not pending.is_alive()
     with DecisionLog(tmp_path / "log") as reopened:
         assert reopened.get("d4") is not None and len(reopened) == 7
+
+
+def test_background_records_ride_along_with_the_next_decision(tmp_path):
+    """Shadow records wait (up to background_delay_ms) for a decision to share its fsync: one commit
+    for both; without a decision they are committed at the latest on close."""
+    from mlp_platform.serving.decision_log import DecisionLog
+
+    with DecisionLog(tmp_path / "log", background_delay_ms=60_000) as log:
+        log.append({"decision_id": "d0"})
+        commits = log.commit_count
+        shadow = threading.Thread(target=log.append_many, args=([{"decision_id": "s0", "kind": "shadow"}],),
+                                  kwargs={"background": True})
+        shadow.start()
+        shadow.join(0.3)
+        assert shadow.is_alive() and "s0" not in log  # waiting for a decision to share the commit
+        result = log.append({"decision_id": "d1"})
+        shadow.join(30)
+        assert not shadow.is_alive() and log.commit_count == commits + 1
+        assert log.get("s0")["seq"] == result.seq - 1  # queued first, committed together
+        late = threading.Thread(target=log.append_many, args=([{"decision_id": "s1", "kind": "shadow"}],),
+                                kwargs={"background": True})
+        late.start()
+        late.join(0.3)
+        assert late.is_alive()  # queued, waiting: close() commits it
+    late.join(30)
+    assert not late.is_alive()
+    with DecisionLog(tmp_path / "log") as reopened:
+        assert reopened.get("s1") is not None and len(reopened) == 4

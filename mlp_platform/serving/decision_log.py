@@ -31,6 +31,9 @@ waiting to acknowledge -- do not count) or started more than ``group_commit_ms``
 once -- a lone append pays one fsync and no delay; otherwise (concurrent appenders)
 ``group_commit_ms`` after the previous commit started, so under load
 commits happen at most once per window (or per fsync, if slower) and concurrent appends share each fsync.
+A batch of background records only waits up to ``background_delay_ms`` (default 20) for a foreground
+record to join it, so background work rides along with the next decision's fsync instead of taking
+one of its own that a decision would then queue behind.
 
 * **When append returns** (or the awaitable resolves) the record and every record with a lower seq
   are written and fdatasync'ed, and the directory entry of their segment has been fsync'ed when the segment
@@ -373,7 +376,7 @@ class DecisionLog:
     """Append-only, hash-chained, group-committed decision log (see the module docstring)."""
 
     def __init__(self, directory: Path, *, segment_max_bytes: int = 64 * 1024 * 1024,  # 64 MiB
-                 group_commit_ms: float = 2.0, fsync: bool = True):
+                 group_commit_ms: float = 2.0, fsync: bool = True, background_delay_ms: float = 20.0):
         if segment_max_bytes <= 0:
             raise ValueError("segment_max_bytes must be positive")
         if group_commit_ms < 0:
@@ -381,6 +384,9 @@ class DecisionLog:
         self.directory = Path(directory)
         self.segment_max_bytes = int(segment_max_bytes)
         self.group_commit_s = group_commit_ms / 1000.0
+        if background_delay_ms < 0:
+            raise ValueError("background_delay_ms must be >= 0")
+        self.background_delay_s = background_delay_ms / 1000.0
         self.fsync = fsync
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -613,8 +619,8 @@ class DecisionLog:
             if self._closing:
                 raise DecisionLogError(f"decision log {self.directory} is closed")
             batch = self._pending
-            if not batch.records:
-                self._cond.notify()
+            if not batch.records or (not background and not batch.foreground):
+                self._cond.notify()  # a new batch, or the first foreground record of a background batch
             batch.records.append(record)
             batch.waiters.append(waiter)
             if not background:
@@ -628,11 +634,20 @@ class DecisionLog:
                     self._cond.wait()
                 if not self._pending.records:
                     return  # closing, nothing left
-                # A lone appender (previous batch of one foreground record) or an idle writer: commit at once. Concurrent
-                # appenders: close the batch one window after the previous commit started, to share it.
+                # A lone appender (previous batch of one foreground record) or an idle writer: commit at
+                # once. Concurrent appenders: close the batch one window after the previous commit
+                # started, to share it.
                 not_before = self._last_commit_start + self.group_commit_s
                 while self._last_batch_size > 1 and not self._closing:
                     wait = not_before - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                # Background records only (shadow scores): wait a little for a foreground record to
+                # share their fsync, so a decision never queues behind a shadow-only commit.
+                deadline = time.monotonic() + self.background_delay_s
+                while not self._pending.foreground and not self._closing:
+                    wait = deadline - time.monotonic()
                     if wait <= 0:
                         break
                     self._cond.wait(wait)
