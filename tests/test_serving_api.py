@@ -131,6 +131,7 @@ def test_score_and_explain_a_decision(client, platform):
 @pytest.mark.parametrize(("change", "field"), [
     ({"amount": None}, "amount"), ({"amount": -3}, "amount"), ({"event_time": "yesterday"}, "event_time"),
     ({"transaction_id": ""}, "transaction_id"), ({"customer_id": None}, "customer_id"),
+    ({"transaction_id": "T\x1f1"}, "transaction_id"), ({"device_id": "D\x1f1"}, "device_id"),  # store separator
 ])
 def test_critical_field_errors_are_422_naming_the_field(client, change, field):
     body = {k: v for k, v in {**txn(5), **change}.items() if v is not None}
@@ -453,6 +454,80 @@ def test_drift_report_is_exported_as_gauges_and_a_bad_file_keeps_the_last_values
         assert 'mlp_prediction_drift{statistic="psi"} 0.4' in metrics
 
 
-def test_drift_report_path_defaults_to_the_monitoring_dir(platform):
+def test_drift_report_path_defaults_to_the_monitoring_dir(platform, monkeypatch):
     config = ServingConfig.from_env(platform["settings"])
     assert config.drift_report_path == platform["settings"].monitoring_dir / "drift_latest.json"
+    monkeypatch.setenv("MLP_DRIFT_REPORT_PATH", "none")
+    assert ServingConfig.from_env(platform["settings"]).drift_report_path is None
+
+
+def _without_volatile(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k not in ("decision_id", "latency_ms")}
+
+
+def test_fast_path_answers_exactly_as_the_fastapi_route(platform, tmp_path):
+    """POST /v1/score through the raw-ASGI fast path and through the FastAPI route alone: the same
+    bodies for decisions (approve and with reasons, defaults applied) and the same refusals."""
+    bodies = {}
+    for fast in (True, False):
+        service = make_service(platform, tmp_path / ("fast" if fast else "route"))
+        with TestClient(create_app(service, fast_path=fast)) as c:
+            out = bodies[fast] = []
+            out.append(c.post("/v1/score", json=txn(1), headers=AUTH))
+            out.append(c.post("/v1/score", json=txn(2, channel="carrier-pigeon", currency=None), headers=AUTH))
+            service.config = dataclasses.replace(service.config, review_threshold=0.0)
+            out.append(c.post("/v1/score", json=txn(3, amount=900.0), headers=AUTH))  # review/decline + reasons
+            out.append(c.post("/v1/score", json={**txn(4), "amount": "lots"}, headers=AUTH))
+            out.append(c.post("/v1/score", json={k: v for k, v in txn(5).items() if k != "merchant_id"},
+                              headers=AUTH))
+            out.append(c.post("/v1/score", content=b"{not json", headers={**AUTH, "content-type": "application/json"}))
+            out.append(c.post("/v1/score", content=json.dumps(txn(6)).encode(),
+                              headers={**AUTH, "content-type": "text/plain"}))
+            out.append(c.post("/v1/score", content=b"", headers={**AUTH, "content-type": "application/json"}))
+            out.append(c.post("/v1/score", json=txn(7), headers={"X-API-Key": "wrong"}))
+            out.append(c.post("/v1/score", content=b"[" + b"1," * 40_000 + b"1]", headers=AUTH))
+            out.append(c.post("/v1/score", json=txn(8), headers={"X-API-Key": ADMIN}))  # admin keys may score
+            out.append(c.get("/metrics"))
+    for fast_r, route_r in zip(bodies[True][:-1], bodies[False][:-1], strict=True):
+        assert fast_r.status_code == route_r.status_code, (fast_r.text, route_r.text)
+        assert fast_r.headers["content-type"] == route_r.headers["content-type"]
+        if fast_r.status_code == 200:
+            assert _without_volatile(fast_r.json()) == _without_volatile(route_r.json())
+            assert len(fast_r.json()["decision_id"]) == 32 and fast_r.json()["latency_ms"] > 0
+        else:
+            assert fast_r.json() == route_r.json()
+    statuses = [r.status_code for r in bodies[True][:-1]]
+    assert statuses == [200, 200, 200, 422, 422, 422, 422, 422, 401, 413, 200]
+    assert bodies[True][1].json()["defaults_applied"] == ["channel", "currency"]
+    assert bodies[True][2].json()["reasons"] and bodies[True][2].json()["decision"] != "approve"
+    assert bodies[True][3].json()["fields"] == ["amount"] and bodies[True][4].json()["fields"] == ["merchant_id"]
+    assert "amount" in bodies[True][3].json()["message"]
+    # the same counters on both paths
+    for line in ('mlp_requests_total{endpoint="/v1/score",status="200"} 4.0',
+                 'mlp_requests_total{endpoint="/v1/score",status="422"} 5.0',
+                 'mlp_errors_total{type="validation"} 5.0', 'mlp_errors_total{type="unauthorized"} 1.0',
+                 'mlp_request_defaults_total{field="channel"} 1.0'):
+        assert line in bodies[True][-1].text and line in bodies[False][-1].text, line
+
+
+def test_fast_path_reads_a_body_sent_in_chunks_and_refuses_a_streamed_oversize_one(client):
+    payload = json.dumps(txn(11)).encode()
+
+    def chunks(data: bytes, size: int):
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+
+    r = client.post("/v1/score", content=chunks(payload, 7), headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["model"]["arm"] == "champion"
+    big = client.post("/v1/score", content=chunks(b"{" + b" " * 70_000 + b"}", 4096),
+                      headers={**AUTH, "content-type": "application/json"})
+    assert big.status_code == 413 and "larger than" in big.json()["detail"]
+
+
+def test_fast_path_answers_503_when_no_model_is_loaded(platform, tmp_path):
+    service = make_service(platform, tmp_path)
+    service.pool._snapshot = (RoutingState(), {})
+    with TestClient(create_app(service)) as c:
+        r = c.post("/v1/score", json=txn(1), headers=AUTH)
+        assert r.status_code == 503 and r.json()["detail"].startswith("not ready")
+        assert 'mlp_requests_total{endpoint="/v1/score",status="503"} 1.0' in c.get("/metrics").text

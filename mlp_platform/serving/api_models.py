@@ -21,6 +21,9 @@ from mlp_platform.data.schema import (
 )
 
 Decision = Literal["approve", "review", "decline"]
+#: Identifiers are printable: control characters (the online store's field separator among them)
+#: are refused with a 422 naming the field rather than failing later in the store.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 EXAMPLE_TRANSACTION = {
     "transaction_id": "T20260301-0000042", "event_time": "2026-03-01T14:03:27", "customer_id": "C000123",
@@ -32,16 +35,16 @@ EXAMPLE_TRANSACTION = {
 class TransactionIn(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [EXAMPLE_TRANSACTION]})
 
-    transaction_id: str = Field(min_length=1, max_length=128)
+    transaction_id: str = Field(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS)
     event_time: dt.datetime
-    customer_id: str = Field(min_length=1, max_length=128)
-    merchant_id: str = Field(min_length=1, max_length=128)
+    customer_id: str = Field(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS)
+    merchant_id: str = Field(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS)
     amount: float = Field(ge=0, le=1e9, allow_inf_nan=False)
     currency: str | None = Field(default=None, max_length=8)
     channel: str | None = Field(default=None, max_length=32)
     country: str | None = Field(default=None, max_length=8)
     merchant_category: str | None = Field(default=None, max_length=8)
-    device_id: str | None = Field(default=None, max_length=128)
+    device_id: str | None = Field(default=None, max_length=128, pattern=NO_CONTROL_CHARACTERS)
 
     @field_validator("event_time")
     @classmethod

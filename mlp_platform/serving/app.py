@@ -2,17 +2,28 @@
 
 Bad input never produces a 500: a critical field missing or invalid is a 422 naming the field,
 an oversized body a 413, a missing or wrong key a 401.
+
+``POST /v1/score`` is served by :class:`ScoringFastPath`, a raw ASGI layer in front of FastAPI:
+authenticated, well-formed requests are read, validated in one pass from the JSON bytes
+(``TransactionIn.model_validate_json``), scored and answered with orjson-encoded bytes, without
+FastAPI's routing, dependency solving and double response validation. Anything else on that route
+(a missing/wrong key, a body that does not validate, a non-JSON content type) is handed, body
+replayed, to the FastAPI route, which answers exactly as before (same status codes, error bodies
+and metrics). FastAPI keeps every other route and the OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from orjson import dumps as orjson_dumps
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from mlp_platform.serving.api_models import DecisionTrace, ScoreOut, TransactionIn
 from mlp_platform.serving.service import ScoringService, key_matches
@@ -61,12 +72,115 @@ class _TooLarge(Exception):
 
 async def _send_413(send, limit: int) -> None:
     body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
-    await send({"type": "http.response.start", "status": 413,
+    await _send_json_bytes(send, 413, body)
+
+
+async def _send_json_bytes(send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(service: ScoringService) -> FastAPI:
+def _is_json_content_type(value: bytes | None) -> bool:
+    """As FastAPI decides whether to parse a body as JSON: no content type, or application/json or
+    application/*+json."""
+    if value is None:
+        return True
+    mime = value.split(b";", 1)[0].strip().lower()
+    return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
+
+
+class ScoringFastPath:
+    """Raw ASGI in front of the FastAPI app for ``POST /v1/score`` (see the module docstring).
+
+    Same duties as the FastAPI route: body limit (413), API key (401), validation (422 naming the
+    field), 503 when no model is loaded, request metrics. The happy path is handled here; every
+    refusal except 413 is delegated to the FastAPI route with the body replayed, so error bodies,
+    their order of checks and metrics are the route's own.
+    """
+
+    def __init__(self, app, service: ScoringService, max_bytes: int):
+        self.app, self.service, self.max_bytes = app, service, max_bytes
+        self._metrics = service._bound_metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        authorization = api_key = content_type = declared = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value if authorization is None else authorization
+            elif name == b"x-api-key":
+                api_key = value if api_key is None else api_key
+            elif name == b"content-type":
+                content_type = value if content_type is None else content_type
+            elif name == b"content-length":
+                declared = value
+        limit = self.max_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_413(send, limit)
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away before sending its body
+                return None
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return await _send_413(send, limit)
+            if not message.get("more_body", False):
+                break
+        service = self.service
+        config = service.config
+        presented = _presented_key(authorization.decode("latin-1") if authorization is not None else None,
+                                   api_key.decode("latin-1") if api_key is not None else None)
+        if not key_matches(presented, config.api_keys + config.admin_keys) or not _is_json_content_type(content_type):
+            return await self._delegate(scope, receive, send, body)
+        tracer = service.tracer
+        span = tracer.root("score") if tracer is not None else None
+        try:
+            child = tracer.child(span, "validation") if span is not None else None
+            try:
+                request = TransactionIn.model_validate_json(body)
+            except ValidationError as err:
+                if child is not None:  # field names only, never values
+                    tracer.failed(child, "invalid or missing: " + ", ".join(sorted(
+                        {".".join(str(p) for p in e["loc"]) or "body" for e in err.errors()})))
+                    child.end()
+                    tracer.failed(span, "invalid request")
+                return await self._delegate(scope, receive, send, body)  # the route's 422 naming the field
+            txn, defaults = request.canonical()
+            if child is not None:
+                child.set_attribute("mlp.defaults_applied", len(defaults))
+                child.end()
+            try:
+                result = await service.score_canonical(txn, defaults, span)
+            except LookupError as err:
+                self._metrics.request("/v1/score", "503").inc()
+                if span is not None:
+                    tracer.failed(span, "not ready")
+                return await _send_json_bytes(send, 503, orjson_dumps({"detail": f"not ready: {err}"}))
+            self._metrics.request("/v1/score", "200").inc()
+            return await _send_json_bytes(send, 200, orjson_dumps(result))
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _delegate(self, scope, receive, send, body: bytes):
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(service: ScoringService, fast_path: bool = True):
+    """The ASGI app: FastAPI behind the body limit, with :class:`ScoringFastPath` in front of it for
+    ``POST /v1/score`` (``fast_path=False``: FastAPI serves that route too; same contract)."""
     config, metrics = service.config, service.metrics
 
     @asynccontextmanager
@@ -103,11 +217,16 @@ def create_app(service: ScoringService) -> FastAPI:
     @app.post("/v1/score", response_model=ScoreOut, dependencies=[Depends(require_scoring_key)],
               summary="Score one transaction and decide")
     async def score(transaction: TransactionIn) -> ScoreOut:
+        tracer = service.tracer
+        span = tracer.root("score") if tracer is not None else None
         try:
-            out = await service.score(transaction)
+            out = await service.score(transaction, span)
         except LookupError as err:
             metrics.requests.labels("/v1/score", "503").inc()
             raise HTTPException(503, f"not ready: {err}") from err
+        finally:
+            if span is not None:
+                span.end()
         metrics.requests.labels("/v1/score", "200").inc()
         return out
 
@@ -145,7 +264,10 @@ def create_app(service: ScoringService) -> FastAPI:
         return {"changed": changed, "champion": state.champion, "loaded": sorted(models),
                 "error": service.pool.last_error}
 
-    return BodyLimit(app, config.max_body_bytes)
+    limited = BodyLimit(app, config.max_body_bytes)
+    if not fast_path:
+        return limited
+    return ScoringFastPath(limited, service, config.max_body_bytes)
 
 
 def build_service(settings=None) -> ScoringService:
@@ -164,7 +286,9 @@ def build_service(settings=None) -> ScoringService:
     pool.refresh()
     store = store_from_url(config.feature_store_url)
     decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms)
-    service = ScoringService(config, store, decisions, pool, metrics)
+    from mlp_platform.serving.tracing import tracer_from_env
+
+    service = ScoringService(config, store, decisions, pool, metrics, tracer=tracer_from_env())
     pool.on_tick = service.refresh_periodic
     pool.start(config.reload_interval_s)
     return service
@@ -173,4 +297,5 @@ def build_service(settings=None) -> ScoringService:
 def app_from_env():
     """uvicorn factory: `uvicorn --factory mlp_platform.serving.app:app_from_env`."""
     logging.basicConfig(level=logging.INFO)
-    return create_app(build_service())
+    fast_path = os.environ.get("MLP_SERVING_FAST_PATH", "1").strip().lower() not in ("0", "false", "off", "no")
+    return create_app(build_service(), fast_path=fast_path)

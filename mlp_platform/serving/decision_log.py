@@ -25,10 +25,15 @@ Durability guarantee (group commit)
 One writer thread owns the files. ``append`` / ``append_async`` queue the record and wait; the writer
 takes every record queued so far, assigns seq/prev_hash/hash, writes them with one ``write`` per segment
 and calls ``fdatasync`` (``fsync`` where that does not exist) once, then wakes all their waiters together.
-When a batch closes: if the previous commit carried a single record (one appender at a time) or started
-more than ``group_commit_ms`` ago (idle writer), at once -- a lone append pays one fsync and no delay;
-otherwise (concurrent appenders) ``group_commit_ms`` after the previous commit started, so under load
+When a batch closes: if the previous commit carried at most one foreground record (one appender at a
+time; *background* records -- ``append_many(..., background=True)``, e.g. shadow scores nobody is
+waiting to acknowledge -- do not count) or started more than ``group_commit_ms`` ago (idle writer), at
+once -- a lone append pays one fsync and no delay; otherwise (concurrent appenders)
+``group_commit_ms`` after the previous commit started, so under load
 commits happen at most once per window (or per fsync, if slower) and concurrent appends share each fsync.
+A batch of background records only waits up to ``background_delay_ms`` (default 20) for a foreground
+record to join it, so background work rides along with the next decision's fsync instead of taking
+one of its own that a decision would then queue behind.
 
 * **When append returns** (or the awaitable resolves) the record and every record with a lower seq
   are written and fdatasync'ed, and the directory entry of their segment has been fsync'ed when the segment
@@ -339,9 +344,10 @@ def verify_log(directory: Path) -> ChainReport:
 class _Batch:
     """Records queued for the same commit; its waiters are woken together."""
 
-    __slots__ = ("records", "waiters", "results", "done")
+    __slots__ = ("records", "waiters", "results", "done", "foreground")
 
     def __init__(self) -> None:
+        self.foreground = 0  # records whose appender is not background work (see the group commit rule)
         self.records: list[dict[str, Any]] = []
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future] | None] = []
         self.results: list[LoggedDecision | BaseException | None] = []
@@ -370,7 +376,7 @@ class DecisionLog:
     """Append-only, hash-chained, group-committed decision log (see the module docstring)."""
 
     def __init__(self, directory: Path, *, segment_max_bytes: int = 64 * 1024 * 1024,  # 64 MiB
-                 group_commit_ms: float = 2.0, fsync: bool = True):
+                 group_commit_ms: float = 2.0, fsync: bool = True, background_delay_ms: float = 20.0):
         if segment_max_bytes <= 0:
             raise ValueError("segment_max_bytes must be positive")
         if group_commit_ms < 0:
@@ -378,6 +384,9 @@ class DecisionLog:
         self.directory = Path(directory)
         self.segment_max_bytes = int(segment_max_bytes)
         self.group_commit_s = group_commit_ms / 1000.0
+        if background_delay_ms < 0:
+            raise ValueError("background_delay_ms must be >= 0")
+        self.background_delay_s = background_delay_ms / 1000.0
         self.fsync = fsync
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -477,14 +486,16 @@ class DecisionLog:
         assert result is not None
         return result
 
-    def append_many(self, records: list[Mapping[str, Any]], *,
-                    trusted: bool = False) -> list[LoggedDecision | BaseException]:
+    def append_many(self, records: list[Mapping[str, Any]], *, trusted: bool = False,
+                    background: bool = False) -> list[LoggedDecision | BaseException]:
         """Log several records with as few commits as possible; returns when all are durable. A record
-        that fails validation yields its exception in place of a result (the others are logged)."""
+        that fails validation yields its exception in place of a result (the others are logged).
+        ``background``: work nobody is waiting on (shadow scores): it does not make the writer treat
+        the next commit as contended (no group-commit wait for a lone foreground appender)."""
         slots: list[tuple[Any, int] | BaseException] = []
         for record in records:
             try:
-                slots.append(self._enqueue(record, None, trusted))
+                slots.append(self._enqueue(record, None, trusted, background))
             except (ValueError, TypeError) as err:  # refused before it took a seq
                 slots.append(err)
         results: list[LoggedDecision | BaseException] = []
@@ -588,7 +599,8 @@ class DecisionLog:
 
     # ---- writer
 
-    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False) -> tuple[_Batch, int]:
+    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False,
+                 background: bool = False) -> tuple[_Batch, int]:
         if not isinstance(record, Mapping):
             raise TypeError(f"a decision record must be a dict, got {type(record).__name__}")
         record = dict(record)  # shallow copy: the caller may reuse its dict
@@ -607,10 +619,12 @@ class DecisionLog:
             if self._closing:
                 raise DecisionLogError(f"decision log {self.directory} is closed")
             batch = self._pending
-            if not batch.records:
-                self._cond.notify()
+            if not batch.records or (not background and not batch.foreground):
+                self._cond.notify()  # a new batch, or the first foreground record of a background batch
             batch.records.append(record)
             batch.waiters.append(waiter)
+            if not background:
+                batch.foreground += 1
             return batch, len(batch.records) - 1
 
     def _run(self) -> None:
@@ -620,17 +634,26 @@ class DecisionLog:
                     self._cond.wait()
                 if not self._pending.records:
                     return  # closing, nothing left
-                # A lone appender (previous batch of one) or an idle writer: commit at once. Concurrent
-                # appenders: close the batch one window after the previous commit started, to share it.
+                # A lone appender (previous batch of one foreground record) or an idle writer: commit at
+                # once. Concurrent appenders: close the batch one window after the previous commit
+                # started, to share it.
                 not_before = self._last_commit_start + self.group_commit_s
                 while self._last_batch_size > 1 and not self._closing:
                     wait = not_before - time.monotonic()
                     if wait <= 0:
                         break
                     self._cond.wait(wait)
+                # Background records only (shadow scores): wait a little for a foreground record to
+                # share their fsync, so a decision never queues behind a shadow-only commit.
+                deadline = time.monotonic() + self.background_delay_s
+                while not self._pending.foreground and not self._closing:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
                 batch, self._pending = self._pending, _Batch()
             self._last_commit_start = time.monotonic()
-            self._last_batch_size = len(batch.records)
+            self._last_batch_size = batch.foreground
             try:
                 self._commit(batch)
             except BaseException as exc:  # I/O failure: outcome unknown, stop taking appends

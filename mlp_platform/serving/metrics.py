@@ -50,6 +50,10 @@ class ServiceMetrics:
         self.feature_skew = Gauge("mlp_feature_skew_mismatch_rate", "Share of served feature values that differ from the offline recomputation", ["feature"], registry=r)  # noqa: E501
         self.drift_report_time = Gauge("mlp_drift_report_timestamp_seconds", "When the latest drift report was computed (unix time)", registry=r)  # noqa: E501
 
+    def bound(self) -> BoundMetrics:
+        """The hot path's view: label children looked up once and cached."""
+        return BoundMetrics(self)
+
     def export_drift_report(self, report: dict, feature_names: list[str] | tuple[str, ...]) -> int:
         """Set the drift/skew gauges from a drift summary (the drift asset's ``drift_latest.json``).
 
@@ -93,6 +97,38 @@ class ServiceMetrics:
             self.drift_report_time.set(stamp.timestamp())
             set_count += 1
         return set_count
+
+
+def _cached_children(metric):
+    """``labels(*values)`` memoised: prometheus_client takes a lock and builds a key on every call.
+    Label values are bounded (see the module docstring), so the cache is too."""
+    cache: dict = {}
+
+    def child(*values: str):
+        try:
+            return cache[values]
+        except KeyError:
+            found = cache[values] = metric.labels(*values)  # idempotent: a race returns the same child
+            return found
+
+    return child
+
+
+class BoundMetrics:
+    """What one scoring request updates, with label children cached."""
+
+    def __init__(self, m: ServiceMetrics):
+        self.store_latency, self.degraded = m.store_latency, m.degraded
+        self.error = _cached_children(m.errors)
+        self.request = _cached_children(m.requests)
+        self.fallback = _cached_children(m.fallbacks)
+        self.default = _cached_children(m.defaults)
+        self.decision = _cached_children(m.decisions)
+        self.score = _cached_children(m.scores)
+        self.latency = _cached_children(m.latency)
+        self.shadow_score = _cached_children(m.shadow_scores)
+        self.shadow_disagreement = _cached_children(m.shadow_disagreements)
+        self.shadow_dropped = _cached_children(m.shadow_dropped)
 
 
 def _number(value) -> float | None:

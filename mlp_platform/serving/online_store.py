@@ -417,6 +417,21 @@ class OnlineFeatureStore:
     def score_features(self, txn: dict) -> OnlineFeatures:
         """Features of this transaction; records it in its entities' histories atomically with the
         read (see the module docstring for the exact semantics)."""
+        t, tid, requests, batch_keys = self._requests(txn)
+        return self._features(txn, t, *self.backend.record_and_read(t, tid, requests, batch_keys))
+
+    async def score_features_async(self, txn: dict) -> OnlineFeatures:
+        """:meth:`score_features` for an event loop: a backend with a network round trip (Redis)
+        awaits it, so the loop serves other requests meanwhile; the embedded backend (no I/O wait)
+        answers inline. Same values, same recording, same errors."""
+        t, tid, requests, batch_keys = self._requests(txn)
+        record_and_read = getattr(self.backend, "record_and_read_async", None)
+        if record_and_read is None:
+            return self._features(txn, t, *self.backend.record_and_read(t, tid, requests, batch_keys))
+        return self._features(txn, t, *await record_and_read(t, tid, requests, batch_keys))
+
+    def _requests(self, txn: dict) -> tuple[int, str, list, list]:
+        """What the backend records and reads for this transaction (validated)."""
         tid = txn["transaction_id"]
         if not isinstance(tid, str) or not tid or SEP in tid:
             raise ValueError(f"transaction_id must be a non-empty string without \\x1f, got {tid!r}")
@@ -434,8 +449,10 @@ class OnlineFeatureStore:
             requests.append((str(entity), tuple(payload)))
         batch_keys = [txn.get(plan.key) for plan in self._batches]
         batch_keys = [None if k is None else str(k) for k in batch_keys]
-        snaps, versions, duplicate = self.backend.record_and_read(t, tid, requests, batch_keys)
+        return t, tid, requests, batch_keys
 
+    def _features(self, txn: dict, t: int, snaps: list, versions: list, duplicate: bool) -> OnlineFeatures:
+        """The feature values from what the backend read."""
         out: list = [None] * self._n
         missing: set[str] = set()
         for plan, snap in zip(self._streams, snaps, strict=True):
@@ -539,6 +556,14 @@ class OnlineFeatureStore:
 
     def close(self) -> None:
         self.backend.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop (closes the backend's connections of that loop cleanly)."""
+        closer = getattr(self.backend, "aclose", None)
+        if closer is not None:
+            await closer()
+        else:
+            self.backend.close()
 
     def __enter__(self) -> OnlineFeatureStore:
         return self

@@ -35,6 +35,7 @@ loading, read-only or busy raises :class:`FeatureStoreUnavailable` (the service 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -173,14 +174,11 @@ class RedisBackend:
         self.timeout = timeout
         port = f":{parts.port}" if parts.port else ""
         self._where = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"  # no credentials
-        self.client = redis.Redis.from_url(
-            self.url,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), retries),
-            decode_responses=True,
-            max_connections=max_connections,
-        )
+        self._client_options = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout,
+                                "decode_responses": True, "max_connections": max_connections}
+        self.client = redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), retries), **self._client_options)
+        self._retries = retries
+        self._async: dict = {}  # event loop -> (redis.asyncio client, its script)
         self.ttl_margin_seconds = ttl_margin_seconds
         self.batch_ttl_seconds = batch_ttl_seconds
         self.batch_chunk = batch_chunk
@@ -210,16 +208,61 @@ class RedisBackend:
     def _call(self, script, keys: list[str], args: list):
         try:
             return script(keys=keys, args=args)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise FeatureStoreUnavailable(f"redis at {self._where}: {type(exc).__name__}: {exc}") from exc
-        except redis.exceptions.RedisError as exc:
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        """The store's error for a redis-py error (FeatureStoreUnavailable: the caller falls back)."""
+        if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | TimeoutError):
+            return FeatureStoreUnavailable(f"redis at {self._where}: {type(exc).__name__}: {exc}")
+        if isinstance(exc, redis.exceptions.RedisError):
             if str(exc).startswith(_UNAVAILABLE_PREFIXES):
-                raise FeatureStoreUnavailable(f"redis at {self._where}: {exc}") from exc
-            raise FeatureStoreError(f"redis at {self._where}: {type(exc).__name__}: {exc}") from exc
+                return FeatureStoreUnavailable(f"redis at {self._where}: {exc}")
+            return FeatureStoreError(f"redis at {self._where}: {type(exc).__name__}: {exc}")
+        return exc
 
     # -- the backend interface --
 
     def record_and_read(self, t: int, tid: str, requests: list, batch_keys: list):
+        call = self._script_call(t, tid, requests, batch_keys)
+        if call is None:
+            return [None] * len(self._streams), [None] * len(self._batches), False
+        keys, args, active, batch_active = call
+        return self._reply(self._call(self._record, keys, args), t, tid, active, batch_active)
+
+    async def record_and_read_async(self, t: int, tid: str, requests: list, batch_keys: list):
+        """:meth:`record_and_read` over redis.asyncio: the event loop is free during the round trip.
+        One asyncio client per event loop (its connections belong to that loop)."""
+        call = self._script_call(t, tid, requests, batch_keys)
+        if call is None:
+            return [None] * len(self._streams), [None] * len(self._batches), False
+        keys, args, active, batch_active = call
+        script = self._async_script()
+        try:
+            res = await script(keys=keys, args=args)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        return self._reply(res, t, tid, active, batch_active)
+
+    def _async_script(self):
+        import asyncio
+
+        from redis import asyncio as aioredis
+
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is None:
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            client = aioredis.Redis.from_url(self.url, retry=AsyncRetry(NoBackoff(), self._retries),
+                                             **self._client_options)
+            pool = client.connection_pool  # no connection made yet: give them the C packer
+            pool.connection_class = _hiredis_packing(pool.connection_class)
+            found = self._async[loop] = (client, client.register_script(_RECORD_AND_READ))
+        return found[1]
+
+    def _script_call(self, t: int, tid: str, requests: list, batch_keys: list):
+        """(keys, args, active stream indexes, batch presence) of the script call, None without keys."""
         ts = str(t)
         keys: list[str] = []
         args: list = [0, tid, ts]
@@ -254,8 +297,12 @@ class RedisBackend:
                 keys.append(self._batch_prefix[plan.name] + key)
             batch_active.append(key is not None)
         if not keys:
-            return [None] * len(self._streams), [None] * len(self._batches), False
-        res = self._call(self._record, keys, args)
+            return None
+        return keys, args, active, batch_active
+
+    def _reply(self, res: list, t: int, tid: str, active: list, batch_active: list):
+        """(snapshots, batch versions, duplicate) from the script's reply."""
+        n_hist = len(active)
 
         snaps: list = [None] * len(self._streams)
         n_dup = 0
@@ -319,9 +366,43 @@ class RedisBackend:
         except redis.exceptions.RedisError:
             return False
 
+    async def aclose(self) -> None:
+        """Close the asyncio client of the running event loop (awaited), then everything else."""
+        import asyncio
+
+        found = self._async.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].aclose()
+        self.close()
+
     def close(self) -> None:
         self.client.close()
         self.client.connection_pool.disconnect()
+        for loop, (client, _) in list(self._async.items()):  # each asyncio client closes on its own loop
+            self._async.pop(loop, None)
+            if loop.is_running():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to close
+                    loop.call_soon_threadsafe(_close_soon, loop, client)
+
+
+def _hiredis_packing(connection_class):
+    """redis.asyncio's connection class with the command packer of redis-py's sync client
+    (hiredis, in C) instead of its pure-Python one; unchanged without hiredis. Same wire bytes."""
+    from redis.connection import HiredisRespSerializer
+    from redis.utils import HIREDIS_AVAILABLE
+
+    if not HIREDIS_AVAILABLE:
+        return connection_class
+    packer = HiredisRespSerializer()
+
+    def pack_command(self, *args):
+        return packer.pack(*args)
+
+    return type(f"Hiredis{connection_class.__name__}", (connection_class,), {"pack_command": pack_command})
+
+
+def _close_soon(loop, client) -> None:
+    loop.create_task(client.aclose())
 
 
 def _parse_full(packed: str, t: int, tid: str, plan: StreamPlan) -> tuple:

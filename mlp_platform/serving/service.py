@@ -17,7 +17,6 @@ import queue
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mlp_platform.features.spec import FeatureSpec, default_spec
-from mlp_platform.serving.api_models import ModelUsed, ReasonOut, ScoreOut, TransactionIn
+from mlp_platform.serving.api_models import ScoreOut, TransactionIn
 from mlp_platform.serving.decision_log import DecisionLog
 from mlp_platform.serving.metrics import ServiceMetrics
 from mlp_platform.serving.online_store import FeatureStoreUnavailable, OnlineFeatureStore
@@ -50,8 +49,9 @@ class ServingConfig:
     max_body_bytes: int = 64 * 1024
     reload_interval_s: float = 5.0
     shadow_queue_max: int = 10_000
-    #: Group-commit window of the decision log (0: commit as soon as the writer is free).
-    log_group_commit_ms: float = 0.0
+    #: Group-commit window of the decision log under concurrent appenders (0: commit as soon as the
+    #: writer is free; a lone appender never waits, shadow records do not count as appenders).
+    log_group_commit_ms: float = 2.0
     batch_snapshot_dir: Path | None = None
     #: Set when several workers each write their own log directory under this root.
     decision_log_root: Path | None = None
@@ -87,11 +87,16 @@ class ServingConfig:
             decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")),
             degraded_decision=os.environ.get("MLP_DEGRADED_DECISION", "review"),
             reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
-            log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "0")),
+            log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "2")),
             batch_snapshot_dir=settings.batch_snapshot_dir,
-            drift_report_path=Path(os.environ.get("MLP_DRIFT_REPORT_PATH",
-                                                  str(settings.monitoring_dir / "drift_latest.json"))),
+            drift_report_path=_optional_path(os.environ.get("MLP_DRIFT_REPORT_PATH",
+                                                            str(settings.monitoring_dir / "drift_latest.json"))),
         )
+
+
+def _optional_path(value: str) -> Path | None:
+    """A path from the environment; empty or "none" switches the feature off."""
+    return None if value.strip().lower() in ("", "none", "off") else Path(value)
 
 
 def key_matches(presented: str | None, keys: tuple[str, ...]) -> bool:
@@ -218,8 +223,13 @@ class ScoringService:
     pool: ModelPool
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     spec: FeatureSpec = field(default_factory=default_spec)
+    #: A :class:`mlp_platform.serving.tracing.RequestTracer` when tracing is on; None (default) = off.
+    tracer: object | None = None
 
     def __post_init__(self) -> None:
+        self._hmac = hmac.new(self.config.id_hash_key, digestmod=hashlib.sha256)
+        self._ids: list[str] = []
+        self._bound_metrics = self.metrics.bound()
         from mlp_platform.serving.batch_push import SnapshotLoader
 
         self._snapshots = SnapshotLoader(self.config.batch_snapshot_dir) if self.config.batch_snapshot_dir else None
@@ -280,9 +290,12 @@ class ScoringService:
         log.warning("%s; keeping the last exported drift values", message)
 
     def hash_id(self, value: str | None) -> str | None:
+        """Keyed pseudonym of an identifier (HMAC-SHA256, 128 bits in hex): never the raw id."""
         if value is None:
             return None
-        return hmac.new(self.config.id_hash_key, value.encode(), hashlib.sha256).hexdigest()[:32]
+        mac = self._hmac.copy()  # the key schedule is computed once, not per call
+        mac.update(value.encode())
+        return mac.hexdigest()[:32]
 
     def ready(self) -> tuple[bool, str]:
         state, models = self.pool.snapshot
@@ -305,9 +318,32 @@ class ScoringService:
             return "decline"
         return "review" if score >= thresholds["review"] else "approve"
 
-    async def score(self, request: TransactionIn) -> ScoreOut:
-        started = time.perf_counter()
+    async def score(self, request: TransactionIn, span=None) -> ScoreOut:
+        """Score a validated request (the FastAPI route and in-process callers)."""
         txn, defaults = request.canonical()
+        return ScoreOut(**await self.score_canonical(txn, defaults, span))
+
+    def _decision_id(self) -> str:
+        """A fresh random 128-bit id (hex). Drawn from a pool filled 512 at a time from os.urandom:
+        the same randomness as uuid4 without a syscall (and a GIL release) per request. list.pop is
+        atomic, so concurrent callers never get the same id."""
+        try:
+            return self._ids.pop()
+        except IndexError:
+            raw = os.urandom(16 * 512).hex()
+            ids = [raw[i:i + 32] for i in range(0, len(raw), 32)]
+            self._ids = ids
+            return ids.pop()
+
+    async def score_canonical(self, txn: dict, defaults: list[str], span=None) -> dict:
+        """Score a canonical transaction: routing, online features (fallbacks when the store is down),
+        champion score, policy, reason codes for review/decline, durable decision record, shadow work
+        queued, metrics. Returns the response body (the fields of :class:`ScoreOut`, in its order).
+
+        ``span``: the request's trace span when tracing is on (children per stage); None costs nothing.
+        """
+        started = time.perf_counter()
+        tracer = self.tracer if span is not None else None
         state, models = self.pool.snapshot
         arm, version = choose_arm(state, txn["customer_id"])
         model = models.get(version)
@@ -316,31 +352,45 @@ class ScoringService:
             model = models.get(version)
         if model is None:
             raise LookupError("no model loaded")
-        t0 = time.perf_counter()
+        m = self._bound_metrics
+        child = tracer.child(span, "feature_fetch") if tracer else None
         degraded = False
         try:
-            features = self.store.score_features(txn)
+            features = await self.store.score_features_async(txn)
         except FeatureStoreUnavailable as err:
             degraded = True
-            self.metrics.errors.labels("feature_store_unavailable").inc()
+            m.error("feature_store_unavailable").inc()
             log.warning("feature store unavailable, serving fallbacks: %s", err)
             features = self.store.fallback_features(txn)
-        self.metrics.store_latency.observe(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        m.store_latency.observe(t1 - started)
+        if child is not None:
+            child.set_attribute("mlp.degraded", degraded)
+            child.set_attribute("mlp.fallbacks", len(features.missing))
+            child.end()
+            child = tracer.child(span, "model_score")
         row = np.asarray(features.values, dtype=np.float64)
         score = float(model.scorer.score(row))
         thresholds = self.thresholds(model)
         decision = self.decide(score, thresholds)
-        fallbacks = sorted(features.missing)
+        fallbacks = sorted(features.missing) if features.missing else []
         if degraded:
-            self.metrics.degraded.inc()
+            m.degraded.inc()
             if DECISION_ORDER[decision] < DECISION_ORDER[self.config.degraded_decision]:
                 decision = self.config.degraded_decision
         reasons = []
         if decision != "approve":  # TreeSHAP (~1 ms) runs off the event loop (the C call releases the GIL)
             contributions = list(await asyncio.to_thread(model.scorer.contributions, row))
-            reasons = top_reasons(self._catalogue, self._names, features.values, contributions,
-                                  self.config.reasons)
-        decision_id = uuid.uuid4().hex
+            reasons = [r.__dict__ for r in top_reasons(self._catalogue, self._names, features.values,
+                                                       contributions, self.config.reasons)]
+        if child is not None:
+            child.set_attribute("mlp.model_version", version)
+            child.set_attribute("mlp.arm", arm)
+            child.set_attribute("mlp.decision", decision)
+            child.set_attribute("mlp.reasons", len(reasons))
+            child.end()
+            child = tracer.child(span, "decision_log_append")
+        decision_id = self._decision_id()
         policy_version = f"{state.policy_version}/r={thresholds['review']:.6g}/d={thresholds['decline']:.6g}"
         record = {
             "decision_id": decision_id, "kind": "decision",
@@ -348,32 +398,41 @@ class ScoringService:
             "event_time": txn["event_time"].isoformat(),
             "customer_hash": self.hash_id(txn["customer_id"]), "merchant_hash": self.hash_id(txn["merchant_id"]),
             "device_hash": self.hash_id(txn["device_id"]),
-            "request": {k: txn[k] for k in ("amount", "currency", "channel", "country", "merchant_category")},
+            "request": {"amount": txn["amount"], "currency": txn["currency"], "channel": txn["channel"],
+                        "country": txn["country"], "merchant_category": txn["merchant_category"]},
             "arm": arm, "model_version": version, "model_sha256": model.artifact_sha256,
             "routing_revision": state.revision,
             "features": dict(zip(self._names, [None if v != v else v for v in features.values], strict=True)),
             "fallbacks": fallbacks, "defaults_applied": defaults, "degraded": degraded,
             "score": score, "thresholds": thresholds, "policy_version": policy_version, "decision": decision,
-            "reasons": [r.__dict__ for r in reasons],
+            "reasons": reasons,
         }
         await self.decisions.append_async(record, trusted=True)  # built here with str keys only
+        if child is not None:
+            child.end()
         for shadow in state.shadows:
             if shadow in models and shadow != version:
                 self._submit_shadow(models[shadow], row, decision_id, decision)
         for name in fallbacks:
-            self.metrics.fallbacks.labels(name).inc()
+            m.fallback(name).inc()
         for name in defaults:
-            self.metrics.defaults.labels(name).inc()
-        self.metrics.decisions.labels(decision, arm).inc()
-        self.metrics.scores.labels(version).observe(score)
+            m.default(name).inc()
+        m.decision(decision, arm).inc()
+        m.score(version).observe(score)
         latency = time.perf_counter() - started
-        self.metrics.latency.labels("score", arm).observe(latency)
-        return ScoreOut(
-            decision_id=decision_id, decision=decision, score=score, policy_version=policy_version,
-            thresholds=thresholds, model=ModelUsed(arm=arm, version=version, score=score),
-            reasons=[ReasonOut(**r.__dict__) for r in reasons], fallbacks=fallbacks, defaults_applied=defaults,
-            degraded=degraded, latency_ms=latency * 1000.0,
-        )
+        m.latency("score", arm).observe(latency)
+        if span is not None:
+            span.set_attribute("mlp.model_version", version)
+            span.set_attribute("mlp.arm", arm)
+            span.set_attribute("mlp.decision", decision)
+            span.set_attribute("mlp.degraded", degraded)
+        return {
+            "api_version": "v1", "decision_id": decision_id, "decision": decision, "score": score,
+            "policy_version": policy_version, "thresholds": thresholds,
+            "model": {"arm": arm, "version": version, "score": score}, "reasons": reasons,
+            "fallbacks": fallbacks, "defaults_applied": defaults, "degraded": degraded,
+            "latency_ms": latency * 1000.0,
+        }
 
     def _submit_shadow(self, model: LoadedModel, row: np.ndarray, decision_id: str, served: str) -> None:
         """Queue a shadow scoring for the shadow worker; when the queue is full (overload) the shadow
@@ -381,7 +440,7 @@ class ScoringService:
         try:
             self._shadow_queue.put_nowait((model, row, decision_id, served))
         except queue.Full:
-            self.metrics.shadow_dropped.labels(model.version).inc()
+            self._bound_metrics.shadow_dropped(model.version).inc()
 
     def _shadow_worker(self) -> None:
         """Off the critical path: drains queued shadow scorings in batches (one log commit per batch);
@@ -401,6 +460,7 @@ class ScoringService:
                     break
                 jobs.append(nxt)
             records = []
+            m = self._bound_metrics
             for model, row, decision_id, served in jobs:
                 try:
                     score = float(model.scorer.score(row))
@@ -414,11 +474,11 @@ class ScoringService:
                     "of_decision": decision_id, "time": dt.datetime.now(dt.UTC).isoformat(),
                     "model_version": model.version, "model_sha256": model.artifact_sha256, "score": score,
                     "decision": decision, "served_decision": served})
-                self.metrics.shadow_scores.labels(model.version).inc()
+                m.shadow_score(model.version).inc()
                 if decision != served:
-                    self.metrics.shadow_disagreements.labels(model.version).inc()
+                    m.shadow_disagreement(model.version).inc()
             try:
-                self.decisions.append_many(records, trusted=True)
+                self.decisions.append_many(records, trusted=True, background=True)
             except Exception:
                 self.metrics.errors.labels("shadow").inc()
                 log.exception("logging shadow scores failed")
@@ -454,7 +514,9 @@ class ScoringService:
         self._shadow_queue.put(None)
         self._shadow_thread.join(timeout=30)
         await asyncio.to_thread(self.decisions.close)
-        self.store.close()
+        await self.store.aclose()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # flush the spans still queued
 
 
 def explanation_text(record: dict, reasons: list[dict]) -> str:
