@@ -17,7 +17,13 @@ backends, chosen at load:
   difference above ``verify_tolerance`` and the scorer falls back.
   ``score_batch`` / ``score_columns`` (nightly batch scoring) evaluate a whole matrix (or one array
   per feature) in C, the rows cut into chunks that a few threads take in turn (``ctypes`` releases
-  the GIL during each call).
+  the GIL during each call), with a separate batch kernel (``_QS_SOURCE``, QuickScorer style: rows
+  64 at a time, feature values replaced by their rank among the feature's thresholds, one leaf
+  bitvector per tree and row, no data-dependent branches per node; model independent, compiled once
+  with ``-O3 -march=native`` and cached, the model passed as tables). It is checked against
+  ``booster.predict`` at load like the per-row code; trees of more than 32 leaves, a feature whose
+  splits disagree on the missing-value type, or a difference and batches use the per-row code
+  (``batch_kernel="rows"`` asks for that, ``"quickscorer"`` raises instead of falling back).
 * ``"lightgbm"`` (fallback, and used for reason codes): LightGBM's C API single-row fast path
   (``LGBM_BoosterPredictForMatSingleRowFast``) through ``ctypes``, with one FastConfig handle and
   preallocated input/output buffers per thread. Used when there is no C compiler, when the model
@@ -816,7 +822,7 @@ class FastScorer:
             try:
                 self._compiled = self._build_compiled(cache_dir, verify, verify_rows, verify_tolerance)
             except FastScorerError as exc:  # UnsupportedModel included
-                if backend == "compiled":
+                if backend == "compiled" or batch_kernel == "quickscorer":  # asked for explicitly
                     raise
                 self.info["fallback_reason"] = str(exc)
                 log.warning("fast scorer: compiled trees unavailable (%s); using LightGBM's single-row "
