@@ -365,7 +365,7 @@ def test_batch_kernel_is_bit_identical_on_hard_rows(compiled, booster, rows):
     _batch_exact(compiled, booster, x)
     for n in (1, 63, 64, 65):  # partial and whole blocks
         assert np.array_equal(compiled.score_batch(x[:n]), booster.predict(x[:n], num_threads=1))
-    # a row-major matrix with a stride (a column slice of a wider frame) is read correctly too
+    # a non-contiguous matrix (a column slice of a wider frame) is scored correctly too
     wide = np.hstack([x, np.ones((len(x), 3))])
     assert np.array_equal(compiled.score_batch(wide[:, :N_FEATURES], threads=2),
                           booster.predict(x, num_threads=1))
