@@ -4,9 +4,9 @@ Not a test: it measures, on this machine, in one run, on the same registered mod
 leaves, the spec's 32 features) and the same rows (one day of ``features.transaction_features`` in a
 temporary DuckDB warehouse, 100k and 1M rows, nullable features ~10% null):
 
-* **ours, read + score**: ``read_day_features`` (DuckDB -> Arrow -> one float64 matrix, nulls as NaN)
-  + ``FastScorer.score_batch`` (compiled trees, blocked C loop, rows over 2 threads), the scorer from
-  the serving loader (``registry_loader``) built before the clock starts.
+* **ours, read + score**: ``read_day_features`` (DuckDB -> Arrow -> one float64 array per feature,
+  nulls as NaN) + ``FastScorer.score_columns`` (the batch kernel in C, chunks of rows over 2
+  threads), the scorer from the serving loader (``registry_loader``) built before the clock starts.
 * **peer, read + score**: ``con.sql("select * ... where event_date = D").df()`` (the day into pandas)
   + ``mlflow.pyfunc.load_model("models:/<name>/<version>").predict(frame[features].astype("float64"))``
   (the int columns must be cast: the signature says double and pyfunc refuses int64) (schema
