@@ -4,13 +4,16 @@ Not a test: it measures, on this machine, in one run, on the same registered mod
 leaves, the spec's 32 features) and the same rows (one day of ``features.transaction_features`` in a
 temporary DuckDB warehouse, 100k and 1M rows, nullable features ~10% null):
 
-* **ours, read + score**: ``read_day_features`` (DuckDB -> Arrow -> one float64 matrix, nulls as NaN)
-  + ``FastScorer.score_batch`` (compiled trees, blocked C loop, rows over 2 threads), the scorer from
-  the serving loader (``registry_loader``) built before the clock starts.
+* **ours, read + score**: ``read_day_features`` (DuckDB -> Arrow -> one float64 array per feature,
+  nulls as NaN) + ``FastScorer.score_columns`` (the batch kernel in C, chunks of rows over 2
+  threads), the scorer from the serving loader (``registry_loader``) built before the clock starts.
 * **peer, read + score**: ``con.sql("select * ... where event_date = D").df()`` (the day into pandas)
   + ``mlflow.pyfunc.load_model("models:/<name>/<version>").predict(frame[features].astype("float64"))``
   (the int columns must be cast: the signature says double and pyfunc refuses int64) (schema
   enforcement, then LightGBM's own predict with its default threads), loaded before the clock starts.
+* **before / after in the same run**: the same read + score and evaluation with the scorer's
+  previous batch path (``batch_kernel="rows"``: the per-row compiled code over the rows) next to the
+  default (``batch_kernel="auto"``: the QuickScorer-style batch kernel).
 * **model evaluation only**: ``score_batch(matrix)`` against ``pyfunc.predict(frame)`` on rows already
   in memory (and, for reference, ``booster.predict(matrix)`` with 2 threads and with 1).
 * **score_day end to end** (ours only): model load from the registry + read + score + decisions +
@@ -206,6 +209,11 @@ def main() -> None:
     pyfunc = mlflow.pyfunc.load_model(uri)
     load_peer = time.perf_counter() - t0
     booster = lgb.Booster(model_file=str(registry.model_dir(version) / "model.lgb"))
+    from mlp_platform.serving.fast_scorer import FastScorer
+
+    rows_scorer = FastScorer(ours.scorer.booster, ours.scorer.feature_names, batch_kernel="rows")
+    print(f"batch kernel: {ours.scorer.info.get('batch_kernel')} (simd {ours.scorer.info.get('batch_simd')}, "
+          f"block {ours.scorer.info.get('batch_block_rows')} rows); before: {rows_scorer.info['batch_kernel']}")
     print(f"model version {version}: {booster.num_trees()} trees; scorer backend {ours.scorer.backend}; load: ours "
           f"{load_ours:.2f} s (serving loader, incl. compile/verify), pyfunc {load_peer:.2f} s")
     print()
@@ -224,6 +232,9 @@ def main() -> None:
         def ours_read_score():
             return ours.scorer.score_columns(ours_read(), threads=2)
 
+        def rows_read_score():
+            return rows_scorer.score_columns(ours_read(), threads=2)
+
         def peer_read(sql=f"select * {where}"):
             with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
                 return con.sql(sql).df()
@@ -232,18 +243,22 @@ def main() -> None:
             return pyfunc.predict(peer_read(sql)[names].astype("float64"))
 
         # each side twice, alternating, so a drift of the machine's load hits both; medians of all repeats
-        a_times, b_times, c_times = [], [], []
+        a_times, b_times, c_times, d_times = [], [], [], []
         for _ in range(2):
             _, t, a_scores = timed(ours_read_score, reps)
             a_times += t
+            _, t, d_scores = timed(rows_read_score, reps)
+            d_times += t
             _, t, b_scores = timed(peer_read_score, reps)
             b_times += t
             _, t, _ = timed(lambda needed=needed: peer_read_score(needed), reps)
             c_times += t
-        a, b, c = (statistics.median(v) for v in (a_times, b_times, c_times))
+        a, b, c, d = (statistics.median(v) for v in (a_times, b_times, c_times, d_times))
         diff = float(np.max(np.abs(np.asarray(a_scores) - np.asarray(b_scores))))
+        diff_rows = float(np.max(np.abs(np.asarray(d_scores) - np.asarray(b_scores))))
         print(f"{n:>9} {'read + score (peer: select * to pandas)':<44} {a:8.3f} {b:8.3f} {b / a:6.1f}x {n / a:12,.0f}")
         print(f"{n:>9} {'read + score (peer: needed columns only)':<44} {a:8.3f} {c:8.3f} {c / a:6.1f}x")
+        print(f"{n:>9} {'before: read + score, per-row code (vs *)':<44} {d:8.3f} {b:8.3f} {b / d:6.1f}x {n / d:12,.0f}")
         ra, _, cols = timed(ours_read, reps)
         rb, _, frame = timed(peer_read, reps)
         rc, _, _ = timed(lambda needed=needed: peer_read(needed), reps)
@@ -255,15 +270,20 @@ def main() -> None:
         eb, _, _ = timed(lambda frame=frame: pyfunc.predict(frame), reps)
         print(f"{n:>9} {'model evaluation only (vs pyfunc.predict)':<44} {ea:8.3f} {eb:8.3f} {eb / ea:6.1f}x "
               f"{n / ea:12,.0f}")
+        er, _, _ = timed(lambda cols=cols: rows_scorer.score_columns(cols, threads=2), reps)
+        print(f"{n:>9} {'before: evaluation, per-row code (vs pyfunc)':<44} {er:8.3f} {eb:8.3f} {eb / er:6.1f}x "
+              f"{n / er:12,.0f}")
         l2, _, _ = timed(lambda x=x: booster.predict(x, num_threads=2), reps)
         print(f"{n:>9} {'evaluation, 2 threads: vs booster.predict':<44} {ea:8.3f} {l2:8.3f} {l2 / ea:6.1f}x")
         e1, _, _ = timed(lambda cols=cols: ours.scorer.score_columns(cols, threads=1), reps)
+        e1r, _, _ = timed(lambda cols=cols: rows_scorer.score_columns(cols, threads=1), reps)
         l1, _, _ = timed(lambda x=x: booster.predict(x, num_threads=1), max(1, reps // 2))
         print(f"{n:>9} {'evaluation, 1 thread: vs booster.predict':<44} {e1:8.3f} {l1:8.3f} {l1 / e1:6.1f}x")
+        print(f"{n:>9} {'before: 1 thread, per-row code vs booster':<44} {e1r:8.3f} {l1:8.3f} {l1 / e1r:6.1f}x")
         sd, _, res = timed(lambda: score_day(settings, version, DAY, push_to_store=False), max(1, reps // 2))
         print(f"{n:>9} {'score_day end to end (ours, no push)':<44} {sd:8.3f} {'':>8} {'':>7} {n / sd:12,.0f}   "
               f"{ {k: round(v, 3) for k, v in res.seconds.items()} }")
-        print(f"{'':>9} max |ours - pyfunc| = {diff:.3g}; read+score repeats ours {[round(t, 3) for t in a_times]} "
+        print(f"{'':>9} max |ours - pyfunc| = {diff:.3g} (per-row code: {diff_rows:.3g}); read+score repeats ours {[round(t, 3) for t in a_times]} "
               f"peer {[round(t, 3) for t in b_times]}; load average {os.getloadavg()}")
     if args.decisions:
         bench_decision_load(settings, args.decisions)

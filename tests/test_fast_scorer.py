@@ -341,3 +341,80 @@ def test_serving_import_adds_no_heavy_modules():
             "assert not bad, bad; "
             "assert not {'dagster', 'dbt', 'polars'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the batch kernel (score_batch / score_columns) ---------------------------------------------------
+
+def _batch_exact(scorer: FastScorer, b: lgb.Booster, x: np.ndarray) -> None:
+    """score_batch / score_columns with 1-3 threads, probabilities and raw scores, == booster.predict."""
+    expected = b.predict(x, num_threads=1)
+    columns = [np.ascontiguousarray(c) for c in x.T]
+    for threads in (1, 2, 3):
+        assert np.array_equal(scorer.score_batch(x, threads=threads), expected)
+        assert np.array_equal(scorer.score_columns(columns, threads=threads), expected)
+    assert np.array_equal(scorer.score_batch(x, threads=2, raw_score=True),
+                          b.predict(x, raw_score=True, num_threads=1))
+
+
+def test_batch_kernel_is_bit_identical_on_hard_rows(compiled, booster, rows):
+    assert compiled.info["batch_kernel"] == "quickscorer", compiled.info
+    assert compiled.info["batch_verify_max_abs_diff"] == 0.0
+    # 3 x 5,003 rows: not a multiple of the kernel's block, cut unevenly over the threads
+    x = np.vstack([rows, rows[::-1], rows[:1003]])
+    x = np.vstack([x, x[:, ::-1][:, np.r_[N_FEATURES - 1, 0:N_FEATURES - 1]]])[:15_009]
+    _batch_exact(compiled, booster, x)
+    for n in (1, 63, 64, 65):  # partial and whole blocks
+        assert np.array_equal(compiled.score_batch(x[:n]), booster.predict(x[:n], num_threads=1))
+    # a non-contiguous matrix (a column slice of a wider frame) is scored correctly too
+    wide = np.hstack([x, np.ones((len(x), 3))])
+    assert np.array_equal(compiled.score_batch(wide[:, :N_FEATURES], threads=2),
+                          booster.predict(x, num_threads=1))
+
+
+def test_batch_kernel_equals_the_per_row_code(booster, rows, cache_dir):
+    rows_scorer = FastScorer.from_booster(booster, cache_dir=cache_dir, batch_kernel="rows")
+    assert rows_scorer.info["batch_kernel"] == "rows"
+    kernel_scorer = FastScorer.from_booster(booster, cache_dir=cache_dir, batch_kernel="quickscorer")
+    assert kernel_scorer.info["batch_kernel"] == "quickscorer"
+    assert np.array_equal(rows_scorer.score_batch(rows, threads=2), kernel_scorer.score_batch(rows, threads=2))
+    with pytest.raises(ValueError, match="batch_kernel"):
+        FastScorer.from_booster(booster, cache_dir=cache_dir, batch_kernel="fast")
+
+
+@pytest.mark.parametrize("extra", [{"zero_as_missing": True}, {"use_missing": False}],
+                         ids=["missing-type-zero", "missing-type-none"])
+def test_batch_kernel_missing_value_types(extra, cache_dir):
+    x, y = _make_data(3000, seed=5)
+    b = lgb.train(_params(**extra), lgb.Dataset(x, y), num_boost_round=60)
+    assert _missing_types(b) == ({1} if extra.get("zero_as_missing") else {0})
+    scorer = FastScorer.from_booster(b, cache_dir=cache_dir)
+    assert scorer.info["batch_kernel"] == "quickscorer", scorer.info
+    _batch_exact(scorer, b, _hard_rows(b, n=3000, seed=4))
+
+
+def test_trees_of_more_than_32_leaves_keep_the_per_row_batch_code(cache_dir):
+    x, y = _make_data(4000, seed=8)
+    b = lgb.train(_params(num_leaves=48, min_data_in_leaf=5), lgb.Dataset(x, y), num_boost_round=20)
+    assert max(t["num_leaves"] for t in b.dump_model()["tree_info"]) > 32
+    scorer = FastScorer.from_booster(b, cache_dir=cache_dir)
+    assert scorer.backend == "compiled"
+    assert scorer.info["batch_kernel"] == "rows"
+    assert "32 leaves" in scorer.info["batch_kernel_fallback_reason"]
+    _batch_exact(scorer, b, _hard_rows(b, n=1000, seed=9))
+    with pytest.raises(fs_mod.UnsupportedModel, match="32 leaves"):
+        FastScorer.from_booster(b, cache_dir=cache_dir, batch_kernel="quickscorer")
+
+
+def test_batch_kernel_verification_failure_keeps_the_per_row_code(booster, rows, cache_dir, monkeypatch):
+    real = fs_mod.qs_tables
+
+    def off_by_one_leaf(model):
+        tables = real(model)
+        tables["leaf"] = tables["leaf"] + 1e-9  # a kernel that is slightly wrong
+        return tables
+
+    monkeypatch.setattr(fs_mod, "qs_tables", off_by_one_leaf)
+    scorer = FastScorer.from_booster(booster, cache_dir=cache_dir)
+    assert scorer.info["batch_kernel"] == "rows"
+    assert "differs" in scorer.info["batch_kernel_fallback_reason"]
+    assert np.array_equal(scorer.score_batch(rows, threads=2), booster.predict(rows, num_threads=1))

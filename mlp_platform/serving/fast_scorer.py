@@ -17,7 +17,13 @@ backends, chosen at load:
   difference above ``verify_tolerance`` and the scorer falls back.
   ``score_batch`` / ``score_columns`` (nightly batch scoring) evaluate a whole matrix (or one array
   per feature) in C, the rows cut into chunks that a few threads take in turn (``ctypes`` releases
-  the GIL during each call).
+  the GIL during each call), with a separate batch kernel (``_QS_SOURCE``, QuickScorer style: rows
+  64 at a time, feature values replaced by their rank among the feature's thresholds, one leaf
+  bitvector per tree and row, no data-dependent branches per node; model independent, compiled once
+  with ``-O3 -march=native`` and cached, the model passed as tables). It is checked against
+  ``booster.predict`` at load like the per-row code; trees of more than 32 leaves, a feature whose
+  splits disagree on the missing-value type, or a difference and batches use the per-row code
+  (``batch_kernel="rows"`` asks for that, ``"quickscorer"`` raises instead of falling back).
 * ``"lightgbm"`` (fallback, and used for reason codes): LightGBM's C API single-row fast path
   (``LGBM_BoosterPredictForMatSingleRowFast``) through ``ctypes``, with one FastConfig handle and
   preallocated input/output buffers per thread. Used when there is no C compiler, when the model
@@ -72,6 +78,10 @@ _C_API_DTYPE_FLOAT64 = 1
 
 _CODEGEN_VERSION = "4"  # bump when the generated code changes (part of the cache key)
 _CFLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
+# The batch kernel (model independent, see _QS_SOURCE) may use the machine's vector instructions; if
+# the compiler refuses -march=native it is built with the portable flags.
+_QS_CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
+_QS_MISSING_BIN = 16777214  # QS_M in the kernel: a missing value's bin (exact in float32)
 _MIN_ROWS_PER_THREAD = 4096  # below this a second thread costs more than it saves
 _IDENTITY_OBJECTIVES = frozenset({"regression", "regression_l2", "regression_l1", "huber", "fair",
                                   "quantile", "mape"})
@@ -376,14 +386,28 @@ def _compiler_identity(cc: str) -> str:
         return cc
 
 
-def compile_library(source: str, cache_dir: Path | None = None, cc: str | None = None) -> tuple[Path, bool, float]:
+def _cpu_identity() -> str:
+    """What -march=native depends on (part of the cache key of libraries built with it)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "|".join(sorted({ln.split(":", 1)[1].strip() for ln in lines
+                                if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def compile_library(source: str, cache_dir: Path | None = None, cc: str | None = None,
+                    cflags: Sequence[str] = _CFLAGS) -> tuple[Path, bool, float]:
     """Compile ``source`` into a shared library (cached by hash). Returns (path, cache hit, seconds)."""
     cc = cc or find_c_compiler()
     if cc is None:
         raise FastScorerError("no C compiler found ($CC, cc, gcc, clang)")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = hashlib.sha256("\0".join([_CODEGEN_VERSION, _compiler_identity(cc), " ".join(_CFLAGS),
-                                    platform.machine(), sys.platform, source]).encode()).hexdigest()
+    cflags = tuple(cflags)
+    parts = [_CODEGEN_VERSION, _compiler_identity(cc), " ".join(cflags), platform.machine(), sys.platform]
+    if cflags != _CFLAGS:  # keep the key of the per-model libraries as it was
+        parts.append(_cpu_identity() if any(f.startswith("-march=native") for f in cflags) else "")
+    key = hashlib.sha256("\0".join([*parts, source]).encode()).hexdigest()
     lib_path = cache_dir / f"lgbm_trees_{key[:32]}.so"
     if lib_path.exists():
         return lib_path, True, 0.0
@@ -393,7 +417,7 @@ def compile_library(source: str, cache_dir: Path | None = None, cc: str | None =
         src = Path(tmp) / "trees.c"
         src.write_text(source)
         tmp_lib = Path(tmp) / "trees.so"
-        res = subprocess.run([cc, *_CFLAGS, "-o", str(tmp_lib), str(src), "-lm"], capture_output=True,
+        res = subprocess.run([cc, *cflags, "-o", str(tmp_lib), str(src), "-lm"], capture_output=True,
                              text=True, timeout=600)
         if res.returncode != 0:
             raise FastScorerError(f"C compiler failed ({res.returncode}): {res.stderr[-2000:]}")
@@ -416,6 +440,240 @@ def probe_rows(model: _Model, n_rows: int = 1024, seed: int = 0) -> np.ndarray:
         pool = np.array(per_feature[f] + special) if per_feature[f] else np.array(special)
         x[:, f] = rng.choice(pool, size=n_rows)
     return x
+
+
+# --------------------------------------------------------------------------------------------------
+# The batch kernel: QuickScorer-style evaluation of many rows (model as tables, no per-model code)
+# --------------------------------------------------------------------------------------------------
+
+_QS_SOURCE = """/* Batch evaluation of LightGBM trees, QuickScorer style (mlp_platform.serving.fast_scorer).
+ *
+ * Model independent: the model comes as tables (qs_model). Rows are scored QS_B at a time:
+ * 1. each feature value is filtered like the C API (|v| <= kZeroThreshold -> 0) and replaced by
+ *    its bin, the number of the feature's split thresholds strictly below it (branch-free binary
+ *    search), or QS_M when it is "missing" for that feature's splits (NaN; NaN or 0 for zero-as-
+ *    missing); for missing type None, NaN is 0.0. A row goes right at a node iff bin > k (the rank
+ *    of the node's threshold) and lim > bin (lim sends QS_M to the default side).
+ * 2. one 32-bit leaf bitvector per tree and row, all ones; for each feature, the nodes sorted by
+ *    threshold rank: a row going right clears the node's left-subtree leaves (in-order bits). Nodes
+ *    whose rank is >= the block's largest bin cannot send any row right and are skipped.
+ * 3. the exit leaf of each tree is the lowest set bit; the leaf values are added in tree order in
+ *    double, then 1 / (1 + exp(-sigmoid * s)): the same operations as LightGBM, so bit-identical.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
+#ifndef QS_B
+#define QS_B 64
+#endif
+#define QS_M 16777214.0f  /* the bin of a missing value (2^24 - 2: exact in float) */
+
+typedef struct {
+  int32_t n_features, n_trees, transform;
+  double sigmoid, kz;
+  const double* thr; const int32_t* thr_off; const int32_t* thr_step; const int32_t* mode;
+  const int32_t* node_off; const float* node_k; const float* node_lim; const int32_t* node_tree;
+  const uint32_t* node_nmask; const double* leaf; const int32_t* leaf_off;
+} qs_model;
+
+int qs_block(void) { return QS_B; }
+#ifdef __AVX__
+int qs_simd(void) { return 1; }
+#else
+int qs_simd(void) { return 0; }
+#endif
+
+void qs_predict(const qs_model* m, const double* const* cols, long stride, long n, int raw_score,
+                double* out) {
+  const int nf = m->n_features, nt = m->n_trees;
+  float* bins = (float*)aligned_alloc(64, sizeof(float) * QS_B * (size_t)(nf > 0 ? nf : 1));
+  uint32_t* V = (uint32_t*)aligned_alloc(64, sizeof(uint32_t) * QS_B * (size_t)(nt > 0 ? nt : 1));
+  if (!bins || !V) { free(bins); free(V); for (long r = 0; r < n; ++r) out[r] = NAN; return; }
+  for (long r0 = 0; r0 < n; r0 += QS_B) {
+    int nb = (n - r0 < QS_B) ? (int)(n - r0) : QS_B;
+    for (int f = 0; f < nf; ++f) {
+      const int32_t step0 = m->thr_step[f];
+      if (!step0) continue;
+      const double* c = cols[f] + r0 * stride;
+      const double* a = m->thr + m->thr_off[f];
+      const int32_t mode = m->mode[f];
+      double v[QS_B];
+      int32_t pos[QS_B], miss[QS_B];
+      for (int l = 0; l < QS_B; ++l) {
+        double x = (l < nb) ? c[l * stride] : 0.0;
+        if (!(fabs(x) > m->kz || isnan(x))) x = 0.0;         /* the C API's dense-row filter */
+        int32_t ms = mode != 0 && (isnan(x) || (mode == 2 && x == 0.0));
+        if (isnan(x)) x = 0.0;                              /* mode 0: NaN is 0.0; else missing */
+        v[l] = x; miss[l] = ms; pos[l] = 0;
+      }
+      for (int32_t step = step0; step > 0; step >>= 1)
+        for (int l = 0; l < QS_B; ++l) pos[l] += (a[pos[l] + step - 1] < v[l]) ? step : 0;
+      float* b = bins + f * QS_B;
+      for (int l = 0; l < QS_B; ++l) b[l] = miss[l] ? QS_M : (float)pos[l];
+    }
+    memset(V, 0xff, sizeof(uint32_t) * QS_B * (size_t)nt);
+    for (int f = 0; f < nf; ++f) {
+      int j = m->node_off[f];
+      const int je = m->node_off[f + 1];
+      if (j == je) continue;
+      const float* b = bins + f * QS_B;
+      float bmax = b[0];
+      for (int l = 1; l < QS_B; ++l) bmax = b[l] > bmax ? b[l] : bmax;
+#ifdef __AVX__
+      __m256 bv[QS_B / 8];
+      for (int i = 0; i < QS_B / 8; ++i) bv[i] = _mm256_load_ps(b + 8 * i);
+      if (bmax >= QS_M) {
+        for (; j < je; ++j) {
+          const __m256 k = _mm256_broadcast_ss(m->node_k + j), lim = _mm256_broadcast_ss(m->node_lim + j);
+          const __m256 nm = _mm256_broadcast_ss((const float*)(m->node_nmask + j));
+          float* v = (float*)(V + (size_t)m->node_tree[j] * QS_B);
+          for (int i = 0; i < QS_B / 8; ++i) {
+            __m256 go = _mm256_and_ps(_mm256_cmp_ps(bv[i], k, _CMP_GT_OQ), _mm256_cmp_ps(lim, bv[i], _CMP_GT_OQ));
+            _mm256_store_ps(v + 8 * i, _mm256_andnot_ps(_mm256_and_ps(go, nm), _mm256_load_ps(v + 8 * i)));
+          }
+        }
+      } else {
+        for (; j < je && m->node_k[j] < bmax; ++j) {
+          const __m256 k = _mm256_broadcast_ss(m->node_k + j);
+          const __m256 nm = _mm256_broadcast_ss((const float*)(m->node_nmask + j));
+          float* v = (float*)(V + (size_t)m->node_tree[j] * QS_B);
+          for (int i = 0; i < QS_B / 8; ++i) {
+            __m256 go = _mm256_cmp_ps(bv[i], k, _CMP_GT_OQ);
+            _mm256_store_ps(v + 8 * i, _mm256_andnot_ps(_mm256_and_ps(go, nm), _mm256_load_ps(v + 8 * i)));
+          }
+        }
+      }
+#else
+      for (; j < je && (bmax >= QS_M || m->node_k[j] < bmax); ++j) {
+        uint32_t* v = V + (size_t)m->node_tree[j] * QS_B;
+        const float k = m->node_k[j], lim = m->node_lim[j];
+        const uint32_t nm = m->node_nmask[j];
+        for (int l = 0; l < QS_B; ++l) v[l] &= ~((b[l] > k && lim > b[l]) ? nm : 0u);
+      }
+#endif
+    }
+    double s[QS_B];
+    for (int l = 0; l < QS_B; ++l) s[l] = 0.0;
+    for (int t = 0; t < nt; ++t) {                         /* tree order, as LightGBM sums */
+      const double* lv = m->leaf + m->leaf_off[t];
+      const uint32_t* vt = V + (size_t)t * QS_B;
+      for (int l = 0; l < QS_B; ++l) s[l] += lv[__builtin_ctz(vt[l])];
+    }
+    for (int l = 0; l < nb; ++l)
+      out[r0 + l] = raw_score ? s[l] : (m->transform ? 1.0 / (1.0 + exp(-m->sigmoid * s[l])) : s[l]);
+  }
+  free(bins);
+  free(V);
+}
+"""
+
+
+class _QSModelStruct(ctypes.Structure):
+    _fields_ = [("n_features", ctypes.c_int32), ("n_trees", ctypes.c_int32), ("transform", ctypes.c_int32),
+                ("sigmoid", ctypes.c_double), ("kz", ctypes.c_double)] + [
+        (name, ctypes.c_void_p) for name in ("thr", "thr_off", "thr_step", "mode", "node_off", "node_k",
+                                             "node_lim", "node_tree", "node_nmask", "leaf", "leaf_off")]
+
+
+def qs_tables(model: _Model) -> dict[str, np.ndarray]:
+    """The kernel's tables for a parsed model (see _QS_SOURCE). Raises UnsupportedModel for trees of
+    more than 32 leaves or a feature whose splits disagree on the missing-value type."""
+    nf = model.n_features
+    thresholds: list[set[float]] = [set() for _ in range(nf)]
+    missing: list[set[int]] = [set() for _ in range(nf)]
+    for tree in model.trees:
+        for f, t, dt in zip(tree.split_feature, tree.threshold, tree.decision_type, strict=True):
+            if math.isnan(t):
+                raise UnsupportedModel("NaN threshold")
+            thresholds[f].add(t)
+            missing[f].add((dt >> 2) & 3)
+    thr: list[float] = []
+    thr_off, thr_step, mode, rank = [0], [], [], []
+    for f in range(nf):
+        if len(missing[f]) > 1:
+            raise UnsupportedModel(f"feature {f}: splits with different missing-value types")
+        mode.append({0: 0, 2: 1, 1: 2}[next(iter(missing[f]), 0)])  # None / NaN / Zero
+        ts = sorted(thresholds[f])
+        if len(ts) >= _QS_MISSING_BIN - 1:
+            raise UnsupportedModel(f"feature {f}: too many thresholds")
+        padded = 1
+        while padded - 1 < len(ts):
+            padded *= 2
+        thr += ts + [math.inf] * (padded - 1 - len(ts)) if ts else []  # +inf is never < a value
+        thr_step.append(padded // 2 if ts else 0)
+        thr_off.append(len(thr))
+        rank.append({t: i for i, t in enumerate(ts)})
+    nodes: list[list[tuple[int, int, int, int]]] = [[] for _ in range(nf)]
+    leaves: list[float] = []
+    leaf_off = []
+    for ti, tree in enumerate(model.trees):
+        leaf_off.append(len(leaves))
+        if not tree.split_feature:
+            leaves.append(tree.leaf_value[0])
+            continue
+        order: list[int] = []  # leaves in in-order (left to right)
+        left_range: dict[int, tuple[int, int]] = {}
+        stack: list[tuple[int, bool]] = [(0, False)]
+        while stack:  # iterative in-order walk: (node, left subtree done)
+            node, done = stack.pop()
+            if node < 0:
+                order.append(~node)
+            elif not done:
+                left_range[node] = (len(order), -1)
+                stack.append((node, True))
+                stack.append((tree.left_child[node], False))
+            else:
+                left_range[node] = (left_range[node][0], len(order))
+                stack.append((tree.right_child[node], False))
+        if len(order) > 32:
+            raise UnsupportedModel("trees of more than 32 leaves")
+        leaves += [tree.leaf_value[i] for i in order]
+        for node, (lo, hi) in left_range.items():
+            f = tree.split_feature[node]
+            lim = _QS_MISSING_BIN if tree.decision_type[node] & 2 else _QS_MISSING_BIN + 1  # default left?
+            nodes[f].append((rank[f][tree.threshold[node]], lim, ti, ((1 << hi) - 1) ^ ((1 << lo) - 1)))
+    flat = [n for f in range(nf) for n in sorted(nodes[f])]
+    node_off = np.cumsum([0] + [len(nodes[f]) for f in range(nf)])
+    arr = np.array(flat, dtype=np.int64).reshape(-1, 4)
+    i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
+    return {"thr": np.array(thr, dtype=np.float64), "thr_off": i32(thr_off), "thr_step": i32(thr_step),
+            "mode": i32(mode), "node_off": i32(node_off), "node_k": arr[:, 0].astype(np.float32),
+            "node_lim": arr[:, 1].astype(np.float32), "node_tree": i32(arr[:, 2]),
+            "node_nmask": arr[:, 3].astype(np.uint32), "leaf": np.array(leaves, dtype=np.float64),
+            "leaf_off": i32(leaf_off)}
+
+
+class _BatchKernel:
+    """The compiled batch kernel bound to one model's tables (reentrant: state is per call)."""
+
+    def __init__(self, model: _Model, cache_dir: Path | None):
+        self.tables = qs_tables(model)  # kept alive: the struct points into these arrays
+        try:
+            lib_path, cached, seconds = compile_library(_QS_SOURCE, cache_dir, cflags=_QS_CFLAGS)
+        except FastScorerError:  # e.g. a compiler without -march=native
+            lib_path, cached, seconds = compile_library(_QS_SOURCE, cache_dir)
+        self.lib = ctypes.CDLL(str(lib_path))
+        self.fn = self.lib.qs_predict
+        self.fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int,
+                            ctypes.c_void_p]
+        self.fn.restype = None
+        self.info = {"batch_library": str(lib_path), "batch_cache_hit": cached,
+                     "batch_compile_seconds": round(seconds, 3), "batch_simd": bool(self.lib.qs_simd()),
+                     "batch_block_rows": int(self.lib.qs_block())}
+        self.struct = _QSModelStruct(model.n_features, len(model.trees), int(model.transform == "sigmoid"),
+                                     model.sigmoid, K_ZERO_THRESHOLD)
+        for name in ("thr", "thr_off", "thr_step", "mode", "node_off", "node_k", "node_lim", "node_tree",
+                     "node_nmask", "leaf", "leaf_off"):
+            setattr(self.struct, name, self.tables[name].ctypes.data)
+        self.struct_ptr = ctypes.addressof(self.struct)
+
+    def run(self, pointers, stride: int, n: int, raw_score: bool, out_ptr: int) -> None:
+        """Score n rows; element (r, f) at ``pointers[f] + r * stride`` doubles."""
+        self.fn(self.struct_ptr, pointers, stride, n, int(raw_score), out_ptr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,6 +701,7 @@ class _CompiledTrees:
         self.columns.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
         self.columns.restype = None
         self.n_features = n_features
+        self.kernel: _BatchKernel | None = None  # set once verified; else the per-row code serves batches
 
     def predict_matrix(self, x: np.ndarray, raw_score: bool = False) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float64)
@@ -451,14 +710,22 @@ class _CompiledTrees:
         return out
 
     def predict_batch(self, x: np.ndarray, raw_score: bool = False, threads: int = 1) -> np.ndarray:
-        """Many rows of a matrix; ``threads`` > 1 splits the rows into that many contiguous parts
-        scored concurrently (ctypes releases the GIL during each call)."""
+        """Many rows of a matrix, in chunks taken in turn by ``threads`` threads (ctypes releases the
+        GIL during each call): the batch kernel if there is one, else the per-row compiled code."""
         x = np.ascontiguousarray(x, dtype=np.float64)
         out = np.empty(x.shape[0], dtype=np.float64)
         row_bytes = x.strides[0]
+        kernel = self.kernel
+        if kernel is not None:
+            base = x.ctypes.data
 
-        def part(lo: int, hi: int) -> None:
-            self.many(x.ctypes.data + lo * row_bytes, hi - lo, int(raw_score), out.ctypes.data + lo * 8)
+            def part(lo: int, hi: int) -> None:
+                pointers = (ctypes.c_void_p * self.n_features)(
+                    *[base + lo * row_bytes + f * 8 for f in range(self.n_features)])
+                kernel.run(pointers, self.n_features, hi - lo, raw_score, out.ctypes.data + lo * 8)
+        else:
+            def part(lo: int, hi: int) -> None:
+                self.many(x.ctypes.data + lo * row_bytes, hi - lo, int(raw_score), out.ctypes.data + lo * 8)
 
         _split_rows(x.shape[0], threads, part)
         return out
@@ -473,12 +740,14 @@ class _CompiledTrees:
         if any(c.ndim != 1 or len(c) != n for c in cols):
             raise ValueError("feature columns must be one-dimensional and of equal length")
         out = np.empty(n, dtype=np.float64)
-        keep = []
+        kernel = self.kernel
 
         def part(lo: int, hi: int) -> None:
             pointers = (ctypes.c_void_p * self.n_features)(*[c.ctypes.data + lo * 8 for c in cols])
-            keep.append(pointers)
-            self.columns(ctypes.addressof(pointers), hi - lo, int(raw_score), out.ctypes.data + lo * 8)
+            if kernel is not None:
+                kernel.run(pointers, 1, hi - lo, raw_score, out.ctypes.data + lo * 8)
+            else:
+                self.columns(ctypes.addressof(pointers), hi - lo, int(raw_score), out.ctypes.data + lo * 8)
 
         _split_rows(n, threads, part)
         return out
@@ -528,9 +797,13 @@ class FastScorer:
 
     def __init__(self, booster: lgb.Booster, feature_names: Sequence[str] | None = None, *,
                  backend: str = "auto", cache_dir: Path | str | None = None, verify: bool = True,
-                 verify_rows: np.ndarray | None = None, verify_tolerance: float = 1e-12):
+                 verify_rows: np.ndarray | None = None, verify_tolerance: float = 1e-12,
+                 batch_kernel: str = "auto"):
         if backend not in ("auto", "compiled", "lightgbm"):
             raise ValueError(f"backend must be auto, compiled or lightgbm, not {backend!r}")
+        if batch_kernel not in ("auto", "quickscorer", "rows"):
+            raise ValueError(f"batch_kernel must be auto, quickscorer or rows, not {batch_kernel!r}")
+        self._batch_kernel = batch_kernel
         self.booster = booster
         self.n_features = booster.num_feature()
         self.feature_names = list(feature_names) if feature_names is not None else booster.feature_name()
@@ -549,7 +822,7 @@ class FastScorer:
             try:
                 self._compiled = self._build_compiled(cache_dir, verify, verify_rows, verify_tolerance)
             except FastScorerError as exc:  # UnsupportedModel included
-                if backend == "compiled":
+                if backend == "compiled" or batch_kernel == "quickscorer":  # asked for explicitly
                     raise
                 self.info["fallback_reason"] = str(exc)
                 log.warning("fast scorer: compiled trees unavailable (%s); using LightGBM's single-row "
@@ -608,7 +881,41 @@ class FastScorer:
             if not (diff <= tolerance and raw_diff <= tolerance):  # NaN-safe
                 raise FastScorerError(f"compiled trees differ from booster.predict by {max(diff, raw_diff):.3g} "
                                       f"on {len(x)} probe rows")
+        self._attach_batch_kernel(compiled, model, cache_dir, verify, verify_rows, tolerance)
         return compiled
+
+    def _attach_batch_kernel(self, compiled: _CompiledTrees, model: _Model, cache_dir, verify, verify_rows,
+                             tolerance) -> None:
+        """Give the compiled trees the batch kernel (``score_batch`` / ``score_columns``), checked like
+        the per-row code; if it is unavailable or differs, batches keep using the per-row code."""
+        self.info["batch_kernel"] = "rows"
+        if self._batch_kernel == "rows":
+            return
+        try:
+            kernel = _BatchKernel(model, Path(cache_dir) if cache_dir else None)
+            self.info.update(kernel.info)
+            compiled.kernel = kernel
+            if verify:
+                x = probe_rows(model, seed=1)
+                if verify_rows is not None:
+                    x = np.vstack([x, np.asarray(verify_rows, dtype=np.float64).reshape(-1, self.n_features)])
+                expected = self.booster.predict(x, num_threads=1)
+                raw_expected = self.booster.predict(x, raw_score=True, num_threads=1)
+                diff = max(float(np.max(np.abs(compiled.predict_batch(x) - expected))),
+                           float(np.max(np.abs(compiled.predict_columns(list(x.T)) - expected))),
+                           float(np.max(np.abs(compiled.predict_batch(x, raw_score=True) - raw_expected))))
+                self.info.update(batch_verified_rows=len(x), batch_verify_max_abs_diff=diff)
+                if not diff <= tolerance:  # NaN-safe
+                    raise FastScorerError(f"batch kernel differs from booster.predict by {diff:.3g} on {len(x)} "
+                                          f"probe rows")
+        except FastScorerError as exc:  # UnsupportedModel included
+            compiled.kernel = None
+            if self._batch_kernel == "quickscorer":
+                raise
+            self.info["batch_kernel_fallback_reason"] = str(exc)
+            log.warning("fast scorer: batch kernel unavailable (%s); batches use the per-row compiled code", exc)
+            return
+        self.info["batch_kernel"] = "quickscorer"
 
     def _verify_lightgbm(self, verify_rows, tolerance) -> None:
         x = probe_rows(_Model(self.n_features, "identity", 1.0, []), n_rows=64)
