@@ -1,5 +1,7 @@
 """The `mlp` command line, run for real (the demo goes through Dagster into a temporary data dir)."""
 
+import datetime as dt
+
 import duckdb
 from typer.testing import CliRunner
 
@@ -40,6 +42,18 @@ def test_demo_materialises_through_dagster(platform_env, monkeypatch):
     assert "last model decision:" in result.output
     roles = runner.invoke(app, ["model", "roles"])
     assert roles.exit_code == 0 and "champion" in roles.output
+    from mlp_platform.lifecycle import registry_for
+
+    assert registry_for(settings).alias("champion")  # (seeded world: the first model passes its gates)
+    # the nightly step of the demo ran for the last day: batch scores, drift report, Evidently HTML
+    last = settings.source_days()[1] - dt.timedelta(days=1)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        scored = con.execute("select count(*) from scoring.batch_scores where day = ?", [last]).fetchone()[0]
+        day_raw = con.execute("select count(*) from raw.transactions where event_date = ?", [last]).fetchone()[0]
+        drift = con.execute("select count(*) from monitoring.drift_daily where day = ?", [last]).fetchone()[0]
+    assert scored == day_raw > 0 and drift == 1
+    assert (settings.monitoring_dir / "reports" / f"drift-{last}.html").exists()
+    assert (settings.monitoring_dir / "drift_latest.json").exists()
     audit = runner.invoke(app, ["model", "audit"])
     assert audit.exit_code == 0 and "chain intact" in audit.output
     assert ("promotion " in audit.output) or ("promotion_refused" in audit.output)
