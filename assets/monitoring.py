@@ -13,7 +13,6 @@ from assets.resources import PlatformSettingsResource
 from mlp_platform import lifecycle
 from mlp_platform.batch.decisions import load_decisions
 from mlp_platform.monitoring import daily
-from mlp_platform.rollout.observe import decision_log_root
 from mlp_platform.settings import Settings
 
 TRANSACTION_FEATURES = dg.AssetKey(["features", "transaction_features"])
@@ -39,7 +38,7 @@ def build_monitoring_assets(settings: Settings) -> tuple[list, list]:
     )
     def served_decisions(context: AssetExecutionContext, platform: PlatformSettingsResource) -> dg.MaterializeResult:
         current = platform.get()
-        result = load_decisions(current, decision_log_root(current))
+        result = load_decisions(current, current.decision_log_root)
         context.log.info(f"decision log loaded: {result}")
         first, end = partition_days(context)
         per_day = daily.served_counts(current, first, end)

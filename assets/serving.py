@@ -13,12 +13,6 @@ from mlp_platform.serving.batch_push import batch_views, push_batch
 from mlp_platform.settings import Settings
 
 
-def feature_store_url(settings: Settings) -> str:
-    import os
-
-    return os.environ.get("MLP_FEATURE_STORE_URL", f"embedded://{settings.data_dir / 'serving' / 'online_store'}")
-
-
 def build_serving_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     views = batch_views(default_spec())
 
@@ -42,7 +36,7 @@ def build_serving_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             day = first
             while day < end:
                 rows = frame.filter(frame["as_of_date"] == day).to_dicts()
-                result = push_batch(feature_store_url(current), current.batch_snapshot_dir, view.name, day, rows)
+                result = push_batch(current.feature_store_url, current.batch_snapshot_dir, view.name, day, rows)
                 summary[f"{view.name}/{day}"] = result["rows"]
                 day += dt.timedelta(days=1)
         return dg.MaterializeResult(metadata={"values_by_day": dg.MetadataValue.json(summary),

@@ -256,7 +256,7 @@ def audit_verify(directory: Path = typer.Option(None, help="Decision log directo
     from mlp_platform.serving.decision_log import verify_log
 
     settings = load_settings()
-    directory = directory or Path(os.environ.get("MLP_DECISION_LOG_DIR", str(settings.data_dir / "serving" / "decisions")))
+    directory = directory or settings.decision_log_root
     chains = [directory, *sorted(p for p in directory.glob("worker-*") if p.is_dir())]
     broken = False
     for chain in chains:

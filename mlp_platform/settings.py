@@ -125,6 +125,10 @@ class Settings:
     rollout_config: dict = field(default_factory=dict)
     #: The scoring service's /metrics URL for the rollout guardrails (error rate, latency); empty: not read.
     service_metrics_url: str = ""
+    #: MLP_DECISION_LOG_DIR; None: <data_dir>/serving/decisions (see decision_log_root).
+    decision_log_dir: Path | None = None
+    #: MLP_FEATURE_STORE_URL; empty: the embedded store under <data_dir>/serving (see feature_store_url).
+    online_store_url: str = ""
 
     @property
     def duckdb_path(self) -> Path:
@@ -145,6 +149,16 @@ class Settings:
     @property
     def batch_snapshot_dir(self) -> Path:
         return self.data_dir / "serving" / "batch"
+
+    @property
+    def decision_log_root(self) -> Path:
+        """Where the service writes its decision log (one subdirectory per worker with several)."""
+        return self.decision_log_dir or self.data_dir / "serving" / "decisions"
+
+    @property
+    def feature_store_url(self) -> str:
+        """The online feature store: embedded by default, redis://... in production."""
+        return self.online_store_url or f"embedded://{self.data_dir / 'serving' / 'online_store'}"
 
     @property
     def routing_path(self) -> Path:
@@ -218,6 +232,8 @@ def load_settings() -> Settings:
         retrain_run_config=_env_json_object("MLP_RETRAIN_RUN_CONFIG"),
         rollout_config=_env_json_object("MLP_ROLLOUT_CONFIG"),
         service_metrics_url=_env("MLP_SERVICE_METRICS_URL", ""),
+        decision_log_dir=Path(_env("MLP_DECISION_LOG_DIR", "")) if _env("MLP_DECISION_LOG_DIR", "") else None,
+        online_store_url=_env("MLP_FEATURE_STORE_URL", ""),
     )
     if settings.retrain_min_days < 1 or settings.retrain_cooldown_hours < 0:
         raise SettingsError("MLP_RETRAIN_MIN_DAYS must be >= 1 and MLP_RETRAIN_COOLDOWN_HOURS >= 0")

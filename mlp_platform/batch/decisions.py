@@ -109,9 +109,7 @@ def default_log_root(settings) -> Path:
     """Where the service writes its decision log (``MLP_DECISION_LOG_DIR``, default
     ``<data_dir>/serving/decisions``; with several workers, one subdirectory per worker), as
     :meth:`ServingConfig.from_env` decides it."""
-    import os
-
-    return Path(os.environ.get("MLP_DECISION_LOG_DIR", str(settings.data_dir / "serving" / "decisions")))
+    return settings.decision_log_root
 
 
 def log_directories(root: Path) -> list[Path]:

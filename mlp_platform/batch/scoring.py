@@ -271,7 +271,7 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
 
 def default_store_url(settings) -> str:
     """The online store the service uses (``MLP_FEATURE_STORE_URL``, default the embedded store)."""
-    return os.environ.get("MLP_FEATURE_STORE_URL", f"embedded://{settings.data_dir / 'serving' / 'online_store'}")
+    return settings.feature_store_url
 
 
 def customer_batch_risk(settings, day: dt.date) -> list[dict[str, Any]]:

@@ -27,16 +27,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-DECISIONS = ("approve", "review", "decline")
+from mlp_platform.batch.scoring import DECISIONS, decide_many
+
 _DECLINE = re.compile(r"/d=([0-9.eE+-]+)")
 
 
 def decide(scores: np.ndarray, review: float, decline: float) -> np.ndarray:
-    """The service's decision rule, vectorised."""
-    out = np.full(scores.shape, "approve", dtype=object)
-    out[scores >= review] = "review"
-    out[scores >= decline] = "decline"
-    return out
+    """The service's decision rule, vectorised (the batch scorer's), as decision names."""
+    index = decide_many(scores, {"review": review, "decline": decline})
+    return np.asarray(DECISIONS, dtype=object)[index]
 
 
 def decline_threshold_of(policy_versions: list[str], default: float = 0.9) -> float:

@@ -74,12 +74,12 @@ class ServingConfig:
             return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
 
         review = os.environ.get("MLP_REVIEW_THRESHOLD")
-        log_root = Path(os.environ.get("MLP_DECISION_LOG_DIR", str(serving / "decisions")))
+        log_root = settings.decision_log_root
         workers = int(os.environ.get("MLP_SERVING_WORKERS", "1"))
         # one writer per log: with several workers each gets its own chain under the root
         log_dir = log_root / f"worker-{os.getpid()}" if workers > 1 else log_root
         return cls(
-            feature_store_url=os.environ.get("MLP_FEATURE_STORE_URL", f"embedded://{serving / 'online_store'}"),
+            feature_store_url=settings.feature_store_url,
             decision_log_dir=log_dir, decision_log_root=log_root if workers > 1 else None,
             routing_path=serving / "routing.json",
             api_keys=keys("MLP_API_KEYS"), admin_keys=keys("MLP_ADMIN_KEYS"), id_hash_key=key,
