@@ -147,5 +147,3 @@ def replay(decisions: pl.DataFrame, served: pl.DataFrame, offline: pl.DataFrame,
         flips_by_segment=by_segment, feature_skew=skew or {}, skew_sensitive_decisions=skew_sensitive, rows=rows)
 
 
-def day_bounds(day: dt.date) -> tuple[str, str]:
-    return day.isoformat(), (day + dt.timedelta(days=1)).isoformat()

@@ -41,7 +41,7 @@ from mlp_platform import lifecycle
 from mlp_platform.data.warehouse import warehouse_for
 from mlp_platform.evaluation.replay import ReplayReport, replay
 from mlp_platform.features.spec import default_spec
-from mlp_platform.monitoring.drift import DriftReport, compute_drift
+from mlp_platform.monitoring.drift import DriftReport, compute_drift, monitoring_record
 from mlp_platform.monitoring.evidently_report import write_evidently_report
 from mlp_platform.monitoring.performance import performance_report
 from mlp_platform.monitoring.plots import drift_figure
@@ -245,7 +245,7 @@ def monitor_day(settings: Settings, day: dt.date, version: str) -> DayMonitoring
         "evidently_report": str(evidently_path),
     }
     _record(settings, summary, report, skew, performance)
-    _publish_latest(settings, summary, report, skew)
+    _publish_latest(settings, summary, drift, skew)
     return DayMonitoring(day, str(version), source, drift, skew, performance, evidently_path, summary)
 
 
@@ -266,7 +266,7 @@ def _record(settings: Settings, summary: dict, report: dict, skew: dict | None, 
         con.execute("commit")
 
 
-def _publish_latest(settings: Settings, summary: dict, report: dict, skew: dict | None) -> None:
+def _publish_latest(settings: Settings, summary: dict, drift: DriftReport, skew: dict | None) -> None:
     """drift_latest.json for the service's gauges (only moves forward in days)."""
     path = settings.monitoring_dir / LATEST
     if path.exists():
@@ -275,14 +275,7 @@ def _publish_latest(settings: Settings, summary: dict, report: dict, skew: dict 
                 return
         except ValueError:
             pass
-    _atomic_json(path, {
-        "day": summary["day"], "computed_at": dt.datetime.now(dt.UTC).isoformat(),
-        "model_version": summary["model_version"],
-        "features": {n: {k: e.get(k) for k in ("psi", "ks", "wasserstein", "drifted", "severity")}
-                     for n, e in report["features"].items()},
-        "prediction": {k: (report.get("prediction") or {}).get(k) for k in ("psi", "ks", "wasserstein", "drifted")},
-        "skew": {n: {"mismatch_rate": v["mismatch_rate"]} for n, v in (skew or {}).items() if n != "summary"},
-    })
+    _atomic_json(path, monitoring_record(summary["day"], summary["model_version"], drift, skew))
 
 
 def replay_day(settings: Settings, day: dt.date, candidate_version: str) -> ReplayReport:

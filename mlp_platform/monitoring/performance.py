@@ -1,5 +1,4 @@
-"""Label-based performance once labels matured, compared with the backtest expectation, and the
-sustained-drift rule that decides when monitoring should trigger a retrain.
+"""Label-based performance once labels matured, compared with the backtest expectation.
 
 :func:`performance_report` computes, on transactions whose labels have matured, the average
 precision, the recall / precision / approval rate at the operating threshold and (with days and
@@ -13,15 +12,13 @@ backtest's expectation for the model (the candidate's metrics as stored by the b
 * it is judged only with at least ``min_frauds`` (default 20) matured frauds; with fewer the report
   says ``"insufficient labels"`` and does not flag decay.
 
-:func:`sustained_drift` is the rule for the retraining sensor: the last ``min_days`` day summaries
-must all alarm, on consecutive calendar days; one noisy day never triggers.
+When a monitored day counts towards a retrain is decided by :mod:`mlp_platform.retraining`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -126,85 +123,3 @@ def performance_report(
         "reason": reason,
     })
 
-
-def _day(value: Any) -> date:
-    if isinstance(value, date):
-        return value if type(value) is date else value.date()
-    try:
-        return date.fromisoformat(str(value)[:10])
-    except ValueError as exc:
-        raise ValueError(f"history day {value!r} is not an ISO date") from exc
-
-
-def day_alarms(entry: dict[str, Any], *, min_share: float = 0.3) -> list[str]:
-    """Why one day summary alarms (empty: it does not). A day alarms on any of: drifted feature share
-    >= ``min_share`` (or ``dataset_drift``), a drifted prediction, day severity ``"error"``, or a
-    performance decay flag."""
-    reasons = []
-    share = entry.get("drifted_share")
-    if entry.get("dataset_drift") or (share is not None and share >= min_share):
-        reasons.append(f"{share if share is not None else 0:.0%} of features drifted")
-    if entry.get("prediction_drifted"):
-        reasons.append("prediction drifted")
-    if entry.get("severity") == "error":
-        reasons.append("severity error")
-    if entry.get("performance_decay") or entry.get("decayed"):
-        reasons.append("performance decay")
-    return reasons
-
-
-def day_summary(day: Any, drift: Any | None = None, performance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One entry of the :func:`sustained_drift` history from a day's drift report (a
-    :class:`~mlp_platform.monitoring.drift.DriftReport` or its ``to_dict()``) and/or its
-    :func:`performance_report` (``None`` when labels have not matured)."""
-    entry: dict[str, Any] = {"day": str(day), "drifted_share": None, "dataset_drift": False,
-                             "prediction_drifted": False, "severity": "ok", "performance_decay": False}
-    if drift is not None:
-        summary = (drift.to_dict() if hasattr(drift, "to_dict") else drift)["summary"]
-        entry.update({key: summary[key] for key in ("drifted_share", "dataset_drift", "prediction_drifted",
-                                                    "severity")})
-        entry["drifted_features"] = summary.get("drifted_features", [])
-    if performance is not None:
-        entry["performance_decay"] = bool(performance.get("decayed"))
-        entry["performance_reason"] = performance.get("reason")
-    return entry
-
-
-def sustained_drift(
-    history: list[dict[str, Any]],
-    min_days: int = 2,
-    *,
-    min_share: float = 0.3,
-) -> tuple[bool, str]:
-    """Whether drift or performance decay persisted over the last ``min_days`` consecutive days.
-
-    ``history``: day summaries in day order, each with ``day`` (ISO date or date) and any of
-    ``drifted_share``, ``dataset_drift``, ``prediction_drifted``, ``severity`` (``"ok"``/``"warn"``/
-    ``"error"``) and ``performance_decay`` (see :func:`day_alarms`). True when the last ``min_days``
-    entries all alarm and their days are consecutive calendar days (a day without a summary breaks
-    the run). Returns ``(decision, reason)``. Raises ``ValueError`` when days are not strictly
-    increasing or ``min_days < 1``.
-    """
-    if min_days < 1:
-        raise ValueError(f"min_days must be >= 1, got {min_days}")
-    days = [_day(entry.get("day")) for entry in history]
-    if any(later <= earlier for earlier, later in zip(days, days[1:], strict=False)):
-        raise ValueError("history must be in strictly increasing day order (one summary per day)")
-    if len(history) < min_days:
-        return False, f"only {len(history)} day(s) of history, need {min_days} consecutive alarming days"
-    run = 0
-    for i in range(len(history) - 1, -1, -1):
-        if not day_alarms(history[i], min_share=min_share):
-            break
-        if run and days[i + 1] - days[i] != timedelta(days=1):
-            break
-        run += 1
-    if run >= min_days:
-        window = history[-min_days:]
-        detail = "; ".join(f"{days[len(history) - min_days + j]}: {', '.join(day_alarms(e, min_share=min_share))}"
-                           for j, e in enumerate(window))
-        return True, f"sustained for {run} consecutive day(s) (>= {min_days}): {detail}"
-    last = history[-1]
-    if not day_alarms(last, min_share=min_share):
-        return False, f"no alarm on the latest day {days[-1]}"
-    return False, f"alarm on {run} consecutive day(s) only, need {min_days} (latest {days[-1]})"
