@@ -19,7 +19,6 @@ production decisions of that day (the service's configuration as logged in ``pol
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from dataclasses import dataclass, field
 from typing import Any
