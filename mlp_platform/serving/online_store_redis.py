@@ -53,6 +53,7 @@ from mlp_platform.serving.online_store import (
     FeatureStoreUnavailable,
     StreamPlan,
 )
+from mlp_platform.serving.resp_client import UNAVAILABLE_PREFIXES, RespClient, RespError, RespUnavailable
 
 __all__ = ["RedisBackend"]
 
@@ -124,9 +125,6 @@ end
 return #KEYS
 """
 
-#: Server errors that mean "not available now" rather than "bad request".
-_UNAVAILABLE_PREFIXES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM",
-                         "NOREPLICAS", "MISCONF")
 _OWN_OPTIONS = ("timeout", "connect_timeout", "prefix", "retries", "ttl_margin_seconds", "batch_ttl_seconds")
 
 
@@ -178,7 +176,7 @@ class RedisBackend:
                                 "decode_responses": True, "max_connections": max_connections}
         self.client = redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), retries), **self._client_options)
         self._retries = retries
-        self._async: dict = {}  # event loop -> (redis.asyncio client, its script)
+        self._async: dict = {}  # event loop -> its RespClient
         self.ttl_margin_seconds = ttl_margin_seconds
         self.batch_ttl_seconds = batch_ttl_seconds
         self.batch_chunk = batch_chunk
@@ -216,7 +214,7 @@ class RedisBackend:
         if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | TimeoutError):
             return FeatureStoreUnavailable(f"redis at {self._where}: {type(exc).__name__}: {exc}")
         if isinstance(exc, redis.exceptions.RedisError):
-            if str(exc).startswith(_UNAVAILABLE_PREFIXES):
+            if str(exc).startswith(UNAVAILABLE_PREFIXES):
                 return FeatureStoreUnavailable(f"redis at {self._where}: {exc}")
             return FeatureStoreError(f"redis at {self._where}: {type(exc).__name__}: {exc}")
         return exc
@@ -231,35 +229,32 @@ class RedisBackend:
         return self._reply(self._call(self._record, keys, args), t, tid, active, batch_active)
 
     async def record_and_read_async(self, t: int, tid: str, requests: list, batch_keys: list):
-        """:meth:`record_and_read` over redis.asyncio: the event loop is free during the round trip.
-        One asyncio client per event loop (its connections belong to that loop)."""
+        """:meth:`record_and_read` on the event loop: the event loop is free during the round trip.
+        It goes through :class:`~mlp_platform.serving.resp_client.RespClient`, one pipelined
+        connection per event loop (its connection belongs to that loop)."""
         call = self._script_call(t, tid, requests, batch_keys)
         if call is None:
             return [None] * len(self._streams), [None] * len(self._batches), False
         keys, args, active, batch_active = call
-        script = self._async_script()
+        client = self._async_client()
         try:
-            res = await script(keys=keys, args=args)
-        except Exception as exc:
-            raise self._translate(exc) from exc
+            res = await client.evalsha(self._record.sha, _RECORD_AND_READ, keys, args)
+        except RespUnavailable as exc:
+            raise FeatureStoreUnavailable(str(exc) if str(exc).startswith("redis at ")
+                                          else f"redis at {self._where}: {exc}") from exc
+        except RespError as exc:
+            raise FeatureStoreError(f"redis at {self._where}: {exc}") from exc
         return self._reply(res, t, tid, active, batch_active)
 
-    def _async_script(self):
+    def _async_client(self) -> RespClient:
         import asyncio
 
-        from redis import asyncio as aioredis
-
         loop = asyncio.get_running_loop()
-        found = self._async.get(loop)
-        if found is None:
-            from redis.asyncio.retry import Retry as AsyncRetry
-
-            client = aioredis.Redis.from_url(self.url, retry=AsyncRetry(NoBackoff(), self._retries),
-                                             **self._client_options)
-            pool = client.connection_pool  # no connection made yet: give them the C packer
-            pool.connection_class = _hiredis_packing(pool.connection_class)
-            found = self._async[loop] = (client, client.register_script(_RECORD_AND_READ))
-        return found[1]
+        client = self._async.get(loop)
+        if client is None:
+            client = self._async[loop] = RespClient(self.url, timeout=self.timeout,
+                                                    connect_timeout=self._client_options["socket_connect_timeout"])
+        return client
 
     def _script_call(self, t: int, tid: str, requests: list, batch_keys: list):
         """(keys, args, active stream indexes, batch presence) of the script call, None without keys."""
@@ -370,39 +365,19 @@ class RedisBackend:
         """Close the asyncio client of the running event loop (awaited), then everything else."""
         import asyncio
 
-        found = self._async.pop(asyncio.get_running_loop(), None)
-        if found is not None:
-            await found[0].aclose()
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
         self.close()
 
     def close(self) -> None:
         self.client.close()
         self.client.connection_pool.disconnect()
-        for loop, (client, _) in list(self._async.items()):  # each asyncio client closes on its own loop
+        for loop, client in list(self._async.items()):  # each connection closes on its own loop
             self._async.pop(loop, None)
             if loop.is_running():
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to close
-                    loop.call_soon_threadsafe(_close_soon, loop, client)
-
-
-def _hiredis_packing(connection_class):
-    """redis.asyncio's connection class with the command packer of redis-py's sync client
-    (hiredis, in C) instead of its pure-Python one; unchanged without hiredis. Same wire bytes."""
-    from redis.connection import HiredisRespSerializer
-    from redis.utils import HIREDIS_AVAILABLE
-
-    if not HIREDIS_AVAILABLE:
-        return connection_class
-    packer = HiredisRespSerializer()
-
-    def pack_command(self, *args):
-        return packer.pack(*args)
-
-    return type(f"Hiredis{connection_class.__name__}", (connection_class,), {"pack_command": pack_command})
-
-
-def _close_soon(loop, client) -> None:
-    loop.create_task(client.aclose())
+                    client.close_soon()
 
 
 def _parse_full(packed: str, t: int, tid: str, plan: StreamPlan) -> tuple:
