@@ -60,6 +60,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from orjson import OPT_APPEND_NEWLINE
+from orjson import dumps as orjson_dumps
+
 if TYPE_CHECKING:  # pragma: no cover
     from mlp_platform.features.spec import FeatureSpec
 
@@ -811,7 +814,10 @@ class EmbeddedBackend:
                              [[k, *v] for k, v in entries.items()]])
 
     def _write(self, rec: list) -> None:
-        self._fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        line = orjson_dumps(rec, option=OPT_APPEND_NEWLINE)
+        if b"null" in line:  # orjson writes NaN as null: the stdlib keeps NaN (None is null in both)
+            line = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+        self._fh.write(line)
         if self.durability != "none":
             self._fh.flush()
             if self.durability == "fsync":
@@ -870,7 +876,7 @@ class EmbeddedBackend:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self._fh = open(self.path / _JOURNAL, "a", encoding="utf-8")  # noqa: SIM115 -- kept open
+        self._fh = open(self.path / _JOURNAL, "ab")  # noqa: SIM115 -- kept open
         self._records = 0
 
     def flush(self) -> None:

@@ -35,6 +35,7 @@ loading, read-only or busy raises :class:`FeatureStoreUnavailable` (the service 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -247,8 +248,6 @@ class RedisBackend:
         return self._reply(res, t, tid, active, batch_active)
 
     def _async_client(self) -> RespClient:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
@@ -363,8 +362,6 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Close the asyncio client of the running event loop (awaited), then everything else."""
-        import asyncio
-
         client = self._async.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()

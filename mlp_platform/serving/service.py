@@ -228,6 +228,8 @@ class ScoringService:
 
     def __post_init__(self) -> None:
         self._hmac = hmac.new(self.config.id_hash_key, digestmod=hashlib.sha256)
+        self._pseudonyms: dict[str, str] = {}
+        self._policies: dict[tuple, tuple[dict[str, float], str]] = {}
         self._ids: list[str] = []
         self._bound_metrics = self.metrics.bound()
         from mlp_platform.serving.batch_push import SnapshotLoader
@@ -290,12 +292,20 @@ class ScoringService:
         log.warning("%s; keeping the last exported drift values", message)
 
     def hash_id(self, value: str | None) -> str | None:
-        """Keyed pseudonym of an identifier (HMAC-SHA256, 128 bits in hex): never the raw id."""
+        """Keyed pseudonym of an identifier (HMAC-SHA256, 128 bits in hex): never the raw id.
+        Customers, merchants and devices recur, so pseudonyms are remembered (up to 100,000 ids,
+        then the memory starts afresh)."""
         if value is None:
             return None
+        known = self._pseudonyms.get(value)
+        if known is not None:
+            return known
         mac = self._hmac.copy()  # the key schedule is computed once, not per call
         mac.update(value.encode())
-        return mac.hexdigest()[:32]
+        if len(self._pseudonyms) >= 100_000:
+            self._pseudonyms = {}
+        known = self._pseudonyms[value] = mac.hexdigest()[:32]
+        return known
 
     def ready(self) -> tuple[bool, str]:
         state, models = self.pool.snapshot
@@ -311,6 +321,22 @@ class ScoringService:
     def thresholds(self, model: LoadedModel) -> dict[str, float]:
         review = self.config.review_threshold if self.config.review_threshold is not None else model.operating_threshold
         return {"review": review, "decline": max(self.config.decline_threshold, review)}
+
+    def _policy(self, state: RoutingState, model: LoadedModel) -> tuple[dict[str, float], str]:
+        """(thresholds, policy version) of this routing state and model, worked out once per pair.
+        The thresholds dict is shared by every answer and record of the pair: never mutate it."""
+        config = self.config
+        key = (state.policy_version, model.version, model.operating_threshold, config.review_threshold,
+               config.decline_threshold)
+        found = self._policies.get(key)
+        if found is None:
+            thresholds = self.thresholds(model)
+            found = (thresholds,
+                     f"{state.policy_version}/r={thresholds['review']:.6g}/d={thresholds['decline']:.6g}")
+            if len(self._policies) >= 1000:  # a handful in practice (policy versions x loaded models)
+                self._policies = {}
+            self._policies[key] = found
+        return found
 
     @staticmethod
     def decide(score: float, thresholds: dict[str, float]) -> str:
@@ -371,7 +397,7 @@ class ScoringService:
             child = tracer.child(span, "model_score")
         row = np.asarray(features.values, dtype=np.float64)
         score = float(model.scorer.score(row))
-        thresholds = self.thresholds(model)
+        thresholds, policy_version = self._policy(state, model)
         decision = self.decide(score, thresholds)
         fallbacks = sorted(features.missing) if features.missing else []
         if degraded:
@@ -391,7 +417,6 @@ class ScoringService:
             child.end()
             child = tracer.child(span, "decision_log_append")
         decision_id = self._decision_id()
-        policy_version = f"{state.policy_version}/r={thresholds['review']:.6g}/d={thresholds['decline']:.6g}"
         record = {
             "decision_id": decision_id, "kind": "decision",
             "time": dt.datetime.now(dt.UTC).isoformat(), "transaction_id": txn["transaction_id"],
