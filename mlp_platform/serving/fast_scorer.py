@@ -687,10 +687,14 @@ class _CompiledTrees:
         self.lib = ctypes.CDLL(str(lib_path))
         if self.lib.fs_num_features() != n_features:
             raise FastScorerError(f"{lib_path}: compiled for another number of features")
-        self.predict = self.lib.fs_predict
+        # One row takes a few microseconds: keep the GIL for it (PyDLL). Releasing it would let the
+        # decision-log writer or the shadow thread take it, and the event loop would then wait for
+        # them to give it back. Batch calls (below) release it, so that threads can share the work.
+        single = ctypes.PyDLL(str(lib_path))
+        self.predict = single.fs_predict
         self.predict.argtypes = [ctypes.c_void_p]
         self.predict.restype = ctypes.c_double
-        self.raw = self.lib.fs_raw
+        self.raw = single.fs_raw
         self.raw.argtypes = [ctypes.c_void_p]
         self.raw.restype = ctypes.c_double
         self.many = self.lib.fs_predict_many
