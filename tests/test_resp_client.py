@@ -31,31 +31,35 @@ def test_packing_is_byte_for_byte_redis_py(redis_port) -> None:
     assert hiredis.pack_command(args) == b"".join(aioredis.Connection().pack_command(*args))
 
 
-def test_concurrent_calls_share_one_write_and_get_their_own_replies(redis_port) -> None:
+def test_concurrent_calls_are_pipelined_on_one_connection_and_get_their_own_replies(redis_port) -> None:
     key = f"resp:{uuid.uuid4().hex}"
+    name = f"pipelined-{uuid.uuid4().hex[:8]}"
 
-    async def scenario() -> tuple[list, int]:
+    async def scenario() -> tuple[list, int, int]:
         client = RespClient(f"redis://127.0.0.1:{redis_port}/0", timeout=2)
-        await client.call("PING")  # connected
+        await client.call("CLIENT", "SETNAME", name)
         conn = client._conn
-        writes = 0
-        real_write = conn.transport.write
+        most_in_flight = 0
+        real_send = conn.send
 
-        def counting_write(data):
-            nonlocal writes
-            writes += 1
-            real_write(data)
+        def counting_send(packed):
+            nonlocal most_in_flight
+            fut = real_send(packed)
+            most_in_flight = max(most_in_flight, len(conn.waiting))
+            return fut
 
-        conn.transport.write = counting_write
+        conn.send = counting_send
         replies = await asyncio.gather(*(client.call("ECHO", f"v{i}") for i in range(300)),
                                        *(client.call("INCR", key) for _ in range(50)))
+        clients = await client.call("CLIENT", "LIST")
         await client.aclose()
-        return replies, writes
+        return replies, most_in_flight, clients.count(f"name={name} ")
 
-    replies, writes = asyncio.run(scenario())
+    replies, most_in_flight, connections = asyncio.run(scenario())
     assert replies[:300] == [f"v{i}" for i in range(300)]
     assert replies[300:] == list(range(1, 51))  # in the order sent
-    assert writes == 1  # 350 commands, one write
+    assert most_in_flight > 100  # sent before the first reply came back
+    assert connections == 1
 
 
 def test_evalsha_sends_the_source_once_when_the_server_lacks_it(redis_port) -> None:
