@@ -166,9 +166,17 @@ class RespClient:
         self._connecting = attempt = loop.create_future()
         try:
             conn = await asyncio.wait_for(self._open(loop), self.connect_timeout)
-        except BaseException as exc:
-            err = exc if isinstance(exc, RespError) else RespUnavailable(
-                f"redis at {self.where}: {'TimeoutError: connect timed out' if isinstance(exc, TimeoutError) else f'ConnectionError: {exc}'}")
+        except asyncio.CancelledError:  # our caller was cancelled: the others may try again
+            attempt.set_exception(RespUnavailable(f"redis at {self.where}: ConnectionError: connect cancelled"))
+            attempt.exception()
+            raise
+        except Exception as exc:
+            if isinstance(exc, RespError):
+                err = exc
+            elif isinstance(exc, TimeoutError):
+                err = RespUnavailable(f"redis at {self.where}: TimeoutError: connect timed out")
+            else:
+                err = RespUnavailable(f"redis at {self.where}: ConnectionError: {exc}")
             attempt.set_exception(err)
             attempt.exception()  # retrieved: no "never retrieved" warning when nobody else waited
             raise err from exc
