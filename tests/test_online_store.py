@@ -329,6 +329,26 @@ def test_retried_transaction_is_recorded_once(make_store) -> None:
     assert third["customer_txn_count_1h"] == 3 and third["merchant_txn_count_1d"] == 3
 
 
+def test_retry_among_ties_is_recorded_once(make_store) -> None:
+    """Three transactions of one customer in the same microsecond, recorded out of id order; a retry of
+    each (first, middle, last of the ties) is recognised as a retry, is not recorded again, and sees the
+    events before it in (time, id) order as they are stored now (as the offline tables do)."""
+    store = make_store()
+    before = store.score_features(tx("t0", "2024-03-10 09:59:00", "C_T", "M_T", 1))
+    assert not before.duplicate
+    firsts = {tid: store.score_features(tx(tid, "2024-03-10 10:00:00", "C_T", f"M_{tid}", 5, f"D_{tid}"))
+              for tid in ("tb", "ta", "tc")}
+    assert not any(f.duplicate for f in firsts.values())
+    for tid in ("tc", "ta", "tb"):
+        again = store.score_features(tx(tid, "2024-03-10 10:00:00", "C_T", f"M_{tid}", 5, f"D_{tid}"))
+        assert again.duplicate, tid
+        assert again.to_dict() == store.score_features(tx(tid, "2024-03-10 10:00:00", "C_T", f"M_{tid}", 5,
+                                                             f"D_{tid}")).to_dict()
+        assert again.to_dict()["customer_txn_count_1h"] == {"ta": 2, "tb": 3, "tc": 4}[tid]  # ties in id order
+    after = store.score_features(tx("t9", "2024-03-10 10:01:00", "C_T", "M_T", 1)).to_dict()
+    assert after["customer_txn_count_1h"] == 5 and after["merchant_txn_count_1d"] == 2
+
+
 def test_missing_entity_keys(make_store) -> None:
     store = make_store()
     got = store.score_features(tx("n1", "2024-03-10 10:00:00", None, "M_N", 10))

@@ -59,47 +59,72 @@ from mlp_platform.serving.resp_client import UNAVAILABLE_PREFIXES, RespClient, R
 __all__ = ["RedisBackend"]
 
 _RECORD_AND_READ = """
+-- Generated per feature specification: VIEWS holds, per streaming view, its mode ('F' full /
+-- 'C' counts), how far back events are kept (prune) and read (lookback), the key TTL in ms (0: none)
+-- and, for mode C, its windows -- all in microseconds.
 -- KEYS: the history keys of the transaction's entities, then its batch keys.
--- ARGV: n_hist, tid, t, then per history key:
---   member, prune_max, lookback_low ('(' .. t - lookback), mode ('F' full / 'C' counts), ttl_ms,
---   n_windows, then n_windows window lows ('(' .. t - w) for mode C.
+-- ARGV: n_hist, tid, t, then per history key: its view's index in VIEWS and the member to add.
+local VIEWS = {views}
 local n_hist = tonumber(ARGV[1])
 local t = ARGV[3]
+local tn = tonumber(t)
 local prefix = ARGV[2] .. '\\031'
 local plen = string.len(prefix)
+local at_t = '\\031' .. t .. '\\031'
+local function us(x) return string.format('%.0f', x) end
 local out = {}
 local a = 4
 for i = 1, n_hist do
   local key = KEYS[i]
-  local member, prune_max, low, mode, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local nw = tonumber(ARGV[a + 5])
-  a = a + 6
-  local ties = redis.call('ZRANGEBYSCORE', key, t, t)
-  local dup = 0
-  for _, m in ipairs(ties) do
-    if string.sub(m, 1, plen) == prefix then
-      dup = 1
-      break
-    end
-  end
-  if dup == 0 then
-    redis.call('ZADD', key, t, member)
-  end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', prune_max)
-  if ttl ~= '0' then
-    redis.call('PEXPIRE', key, ttl)
-  end
+  local view = VIEWS[tonumber(ARGV[a])]
+  local member = ARGV[a + 1]
+  a = a + 2
+  local mode, prune, lookback, ttl = view[1], view[2], view[3], view[4]
+  local low = '(' .. us(tn - lookback)
   if mode == 'F' then
-    out[i] = {dup, table.concat(redis.call('ZRANGEBYSCORE', key, low, t), '\\031')}
+    -- the events read are those in (t - lookback, t]; a retry of this transaction is among them
+    local events = redis.call('ZRANGEBYSCORE', key, low, t)
+    local dup = 0
+    for j = #events, 1, -1 do
+      local m = events[j]
+      if not string.find(m, at_t, 1, true) then break end  -- only the ties at t are at the end
+      if string.sub(m, 1, plen) == prefix then
+        dup = 1
+        break
+      end
+    end
+    if dup == 0 then
+      redis.call('ZADD', key, t, member)
+    end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', us(tn - prune))
+    if ttl ~= 0 then
+      redis.call('PEXPIRE', key, ttl)
+    end
+    out[i] = {dup, table.concat(events, '\\031')}
   else
+    local ties = redis.call('ZRANGEBYSCORE', key, t, t)
+    local dup = 0
+    for _, m in ipairs(ties) do
+      if string.sub(m, 1, plen) == prefix then
+        dup = 1
+        break
+      end
+    end
+    if dup == 0 then
+      redis.call('ZADD', key, t, member)
+    end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', us(tn - prune))
+    if ttl ~= 0 then
+      redis.call('PEXPIRE', key, ttl)
+    end
+    local windows = view[5]
     local counts = {}
-    for j = 1, nw do
-      counts[j] = redis.call('ZCOUNT', key, ARGV[a + j - 1], t)
+    for j = 1, #windows do
+      counts[j] = redis.call('ZCOUNT', key, '(' .. us(tn - windows[j]), t)
     end
     local prev = redis.call('ZREVRANGEBYSCORE', key, '(' .. t, low, 'LIMIT', 0, 1)
     out[i] = {dup, counts, ties, prev}
   end
-  a = a + nw
 end
 for k = n_hist + 1, #KEYS do
   out[k] = redis.call('HGETALL', KEYS[k])
@@ -127,6 +152,20 @@ return #KEYS
 """
 
 _OWN_OPTIONS = ("timeout", "connect_timeout", "prefix", "retries", "ttl_margin_seconds", "batch_ttl_seconds")
+
+
+def record_script(streams: list[StreamPlan], ttl_ms: list[str]) -> str:
+    """The record-and-read script for these streaming views: their constants (mode, prune, lookback,
+    TTL, windows) are written into the script, so a call only carries the transaction."""
+    views = []
+    for plan, ttl in zip(streams, ttl_ms, strict=True):
+        windows = ", ".join(str(int(w)) for w in plan.windows_us) if not plan.full else ""
+        views.append(f"{{'{'F' if plan.full else 'C'}', {int(plan.prune_us)}, {int(plan.lookback_us)}, {int(ttl)}, "
+                     f"{{{windows}}}}}")
+    for plan in streams:  # Lua numbers are doubles: the times must stay exact integers
+        if max(plan.prune_us, plan.lookback_us, *plan.windows_us) >= 2**53:
+            raise FeatureStoreError(f"{plan.name}: a window of 2**53 microseconds or more")
+    return _RECORD_AND_READ.replace("{views}", "{" + ", ".join(views) + "}")
 
 
 def _layout_id(obj: Any) -> str:
@@ -181,7 +220,6 @@ class RedisBackend:
         self.ttl_margin_seconds = ttl_margin_seconds
         self.batch_ttl_seconds = batch_ttl_seconds
         self.batch_chunk = batch_chunk
-        self._record = self.client.register_script(_RECORD_AND_READ)
         self._write = self.client.register_script(_WRITE_BATCH)
         self._bound = False
 
@@ -203,6 +241,8 @@ class RedisBackend:
             for p in streams
         ]
         self._batch_ttl_ms = "0" if self.batch_ttl_seconds is None else str(int(self.batch_ttl_seconds * 1000))
+        self._record_source = record_script(streams, self._ttl_ms)
+        self._record = self.client.register_script(self._record_source)
 
     def _call(self, script, keys: list[str], args: list):
         try:
@@ -239,7 +279,7 @@ class RedisBackend:
         keys, args, active, batch_active = call
         client = self._async_client()
         try:
-            res = await client.evalsha(self._record.sha, _RECORD_AND_READ, keys, args)
+            res = await client.evalsha(self._record.sha, self._record_source, keys, args)
         except RespUnavailable as exc:
             raise FeatureStoreUnavailable(str(exc) if str(exc).startswith("redis at ")
                                           else f"redis at {self._where}: {exc}") from exc
@@ -277,12 +317,7 @@ class RedisBackend:
                     fields.append(v)
             keys.append(self._hist_prefix[i] + entity)
             active.append(i)
-            if plan.full:
-                args += [SEP.join(fields), str(t - plan.prune_us), f"({t - plan.lookback_us}", "F",
-                         self._ttl_ms[i], 0]
-            else:
-                args += [SEP.join(fields), str(t - plan.prune_us), f"({t - plan.lookback_us}", "C",
-                         self._ttl_ms[i], len(plan.windows_us), *[f"({t - w}" for w in plan.windows_us]]
+            args += [i + 1, SEP.join(fields)]
         n_hist = len(keys)
         args[0] = n_hist
         batch_active = []
