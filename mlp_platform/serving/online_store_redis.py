@@ -16,7 +16,12 @@ prunes events older than the lookback plus the late grace, refreshes the key's T
 the features need -- the events inside the lookback for views that aggregate payload columns, or
 just the window counts and the previous event time for count-only views (a busy merchant costs
 O(log n), not its whole history) -- plus the batch hashes. Python then computes the features with
-the same code as the embedded backend.
+the same code as the embedded backend. The script is generated from the feature specification (the
+views' lookbacks, windows and TTLs are constants in it), so a call carries only the transaction:
+its id, its time and, per entity, the view and the event to add.
+
+Two clients: redis-py for synchronous callers and batch writes, and on an event loop (the scoring
+service) :class:`~mlp_platform.serving.resp_client.RespClient`, one pipelined connection per loop.
 
 Atomicity: Redis runs a script without interleaving any other command, so the append and the read
 of every entity of the transaction happen at one instant: two concurrent transactions of a customer
@@ -28,8 +33,8 @@ server fails the call without partial writes. Durability is Redis's (AOF ``every
 last second on a crash; the service then sees slightly shorter histories, never wrong ones). All keys of one call must live on one node: use a single
 primary (with replicas / Sentinel), not Redis Cluster, or put the entities in one hash slot.
 
-Timeouts: ``timeout`` bounds connecting and every read (default 100 ms); by default there is no
-retry, so a call fails within about ``timeout``. Every connection error, timeout, or server that is
+Timeouts: ``timeout`` bounds connecting and every call (default 100 ms); there is no retry on the
+event loop (``retries`` applies to redis-py), so a call fails within about ``timeout``. Every connection error, timeout, or server that is
 loading, read-only or busy raises :class:`FeatureStoreUnavailable` (the service falls back).
 """
 
