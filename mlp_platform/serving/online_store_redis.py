@@ -214,6 +214,8 @@ class RedisBackend:
         if "batch_ttl_seconds" in own:
             batch_ttl_seconds = None if own["batch_ttl_seconds"] in ("", "none") else float(own["batch_ttl_seconds"])
         self.url = urlunsplit(parts._replace(query=urlencode(query)))
+        if parts.scheme == "unix" and not self.url.startswith("unix://"):  # urlunsplit drops an empty netloc
+            self.url = "unix://" + self.url[len("unix:"):]
         self.timeout = timeout
         port = f":{parts.port}" if parts.port else ""
         self._where = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"  # no credentials
