@@ -169,7 +169,30 @@ def test_a_loading_or_busy_server_is_unavailable() -> None:
     server.close()
 
 
-def test_a_timeout_fails_every_waiting_call_and_the_next_call_reconnects() -> None:
+def test_a_timeout_fails_only_that_call_and_the_connection_stays_in_step(redis_port) -> None:
+    """A server stall longer than the timeout fails the calls that waited too long; their late replies
+    are dropped, and the calls sent after them get their own replies on the same connection."""
+    async def scenario() -> None:
+        client = RespClient(f"redis://127.0.0.1:{redis_port}/0", timeout=0.2)
+        assert await client.call("ECHO", "before") == "before"
+        conn = client._conn
+        stalled = asyncio.ensure_future(client.call("EVAL", "local t = redis.call('TIME')[1] + 0 "
+                                                    "while redis.call('TIME')[1] + 0 < t + 1 do end return 'slow'", 0))
+        await asyncio.sleep(0.01)
+        behind = [asyncio.ensure_future(client.call("ECHO", f"b{i}")) for i in range(3)]
+        with pytest.raises(RespUnavailable, match="TimeoutError"):
+            await stalled
+        results = await asyncio.gather(*behind, return_exceptions=True)
+        assert all(isinstance(r, RespUnavailable) for r in results)  # they too waited > 0.2 s
+        await asyncio.sleep(1.2)  # the script ends; its reply and those of b0..b2 arrive and are dropped
+        assert await client.call("ECHO", "after") == "after"
+        assert client._conn is conn and not conn.waiting  # the same connection, in step
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_server_is_dropped_and_the_next_call_reconnects() -> None:
     mode = {"answer": False}
 
     def answer(data: bytes):
@@ -180,11 +203,12 @@ def test_a_timeout_fails_every_waiting_call_and_the_next_call_reconnects() -> No
     server = ScriptedServer(answer)
 
     async def scenario() -> None:
-        client = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=0.2)
+        client = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=0.1)
         results = await asyncio.gather(*(client.call("PING") for _ in range(5)), return_exceptions=True)
         assert all(isinstance(r, RespUnavailable) and "TimeoutError" in str(r) for r in results)
         mode["answer"] = True
-        assert await client.call("PING") == "PONG"  # a fresh connection
+        await asyncio.sleep(client.dead_after)  # the unanswered calls are now older than dead_after
+        assert await client.call("PING") == "PONG"  # on a fresh connection
         await client.aclose()
 
     asyncio.run(scenario())

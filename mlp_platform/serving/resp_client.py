@@ -14,10 +14,14 @@ Semantics the feature store relies on:
 
 * **Replies in order.** Redis answers the commands of one connection in the order it received them;
   each call's future is resolved by its own reply.
-* **Timeouts.** ``timeout`` bounds every call from the moment it is queued. A call that times out
-  leaves the connection out of step (its reply may still come), so the connection is closed: every
-  call still waiting on it fails with :class:`RespUnavailable`, and the next call reconnects
-  (bounded by ``connect_timeout``). There are no retries: the caller falls back instead.
+* **Timeouts.** ``timeout`` bounds every call from the moment it is sent; a call that times out
+  fails alone with :class:`RespUnavailable` (its reply, if it comes, is matched to it and dropped,
+  so the connection stays in step and the calls behind it are unaffected). A server that stalls for
+  a moment (scheduling, a slow command) thus costs only the calls that waited too long. When the
+  oldest unanswered call is older than ``dead_after`` (5 x ``timeout``, at least 0.5 s), the
+  connection is taken as dead (a hung server, a half-open socket): the next call drops it, failing
+  the calls still on it, and reconnects (bounded by ``connect_timeout``). There are no retries: the
+  caller falls back instead. A call that timed out may still have been executed by the server.
 * **Errors.** A lost connection, a refused or timed-out connect, or a server that is loading,
   read-only or busy raises :class:`RespUnavailable`; any other error reply raises
   :class:`RespError` with the server's message.
@@ -62,7 +66,7 @@ class _Connection(asyncio.Protocol):
         self.loop, self.where = loop, where
         self.reader = hiredis.Reader(encoding="utf-8")
         self.transport: asyncio.Transport | None = None
-        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.waiting: collections.deque[tuple[asyncio.Future, float]] = collections.deque()  # (future, sent at)
         self.lost: BaseException | None = None
 
     # -- asyncio.Protocol
@@ -79,8 +83,8 @@ class _Connection(asyncio.Protocol):
                 reply = reader.gets()
                 if reply is False:
                     return
-                fut = waiting.popleft()
-                if not fut.done():
+                fut = waiting.popleft()[0]
+                if not fut.done():  # a call that timed out: its late reply is dropped
                     fut.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
             self.fail(RespUnavailable(f"redis at {self.where}: protocol error: {exc}"))
@@ -95,16 +99,20 @@ class _Connection(asyncio.Protocol):
         if self.lost is not None:
             raise self.lost
         fut = self.loop.create_future()
-        self.waiting.append(fut)
+        self.waiting.append((fut, self.loop.time()))
         self.transport.write(packed)
         return fut
+
+    def stalled(self, limit: float) -> bool:
+        """The oldest call still waiting was sent more than ``limit`` seconds ago."""
+        return bool(self.waiting) and self.loop.time() - self.waiting[0][1] > limit
 
     def fail(self, exc: RespUnavailable) -> None:
         """Close the connection; every call still waiting on it fails with ``exc``."""
         if self.lost is None:
             self.lost = exc
         while self.waiting:
-            fut = self.waiting.popleft()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
                 fut.set_exception(exc)
         if self.transport is not None:
@@ -120,6 +128,8 @@ class RespClient:
         query = dict(parse_qsl(parts.query))
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout if connect_timeout is not None else timeout)
+        #: A connection whose oldest unanswered call is older than this is dropped before the next call.
+        self.dead_after = max(5 * self.timeout, 0.5)
         self._unix = parts.path if parts.scheme == "unix" else None
         self._host = parts.hostname or "localhost"
         self._port = parts.port or 6379
@@ -149,7 +159,10 @@ class RespClient:
 
     async def _round_trip(self, packed: bytes) -> object:
         conn = self._conn
-        if conn is None or conn.lost is not None:
+        if conn is None or conn.lost is not None or conn.stalled(self.dead_after):
+            if conn is not None and conn.lost is None:  # a server that stopped answering: start afresh
+                conn.fail(RespUnavailable(f"redis at {self.where}: ConnectionError: no reply for "
+                                          f"{self.dead_after:g} s, connection dropped"))
             conn = await self._connect()
         fut = conn.send(packed)
         timer = conn.loop.call_later(self.timeout, _time_out, conn, fut, self.timeout)
@@ -223,8 +236,8 @@ class RespClient:
 
 
 def _time_out(conn: _Connection, fut: asyncio.Future, timeout: float) -> None:
-    if not fut.done():
-        conn.fail(RespUnavailable(f"redis at {conn.where}: TimeoutError: no reply within {timeout:g} s"))
+    if not fut.done():  # this call only; the connection stays in step (the late reply is dropped)
+        fut.set_exception(RespUnavailable(f"redis at {conn.where}: TimeoutError: no reply within {timeout:g} s"))
 
 
 def _checked(reply: object) -> object:
