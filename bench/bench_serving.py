@@ -664,6 +664,19 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
         result[f"feature_store.score_features ({name})"] = stats(t_list)
         rows = [np.asarray(f.values, dtype=np.float64) for f in feats]
         values = [f.values for f in feats]
+        if name == "redis":  # the service's own path: the event loop's RESP client, one call at a time
+            async def timed_async(redis_store, items: list) -> list:
+                out = []
+                for t in items:
+                    t0 = time.perf_counter_ns()
+                    await redis_store.score_features_async(t)
+                    out.append(time.perf_counter_ns() - t0)
+                await redis_store.aclose()
+                return out
+
+            again = [dict(t, transaction_id=t["transaction_id"] + "a") for t in txns]
+            result["feature_store.score_features_async (redis, RespClient)"] = stats(
+                asyncio.run(timed_async(store, again)))
         store.close()
     result["champion score (FastScorer, compiled)"] = timed(model.scorer.score, rows)
     result["shadow score (FastScorer, off the critical path)"] = timed(shadow_model.scorer.score, rows)
