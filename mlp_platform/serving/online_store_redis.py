@@ -84,51 +84,37 @@ for i = 1, n_hist do
   local view = VIEWS[tonumber(ARGV[a])]
   local member = ARGV[a + 1]
   a = a + 2
-  local mode, prune, lookback, ttl = view[1], view[2], view[3], view[4]
+  local full, prune, lookback, ttl = view[1] == 'F', view[2], view[3], view[4]
   local low = '(' .. us(tn - lookback)
-  if mode == 'F' then
-    -- the events read are those in (t - lookback, t]; a retry of this transaction is among them
-    local events = redis.call('ZRANGEBYSCORE', key, low, t)
-    local dup = 0
-    for j = #events, 1, -1 do
-      local m = events[j]
-      if not string.find(m, at_t, 1, true) then break end  -- only the ties at t are at the end
-      if string.sub(m, 1, plen) == prefix then
-        dup = 1
-        break
-      end
+  -- Full views read their events in (t - lookback, t], count views only the ties at t: either way the
+  -- ties at t come last, and a retry of this transaction is among them.
+  local read = redis.call('ZRANGEBYSCORE', key, full and low or t, t)
+  local dup = 0
+  for j = #read, 1, -1 do
+    local m = read[j]
+    if full and not string.find(m, at_t, 1, true) then break end  -- (count views read only ties)
+    if string.sub(m, 1, plen) == prefix then
+      dup = 1
+      break
     end
-    if dup == 0 then
-      redis.call('ZADD', key, t, member)
-    end
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', us(tn - prune))
-    if ttl ~= 0 then
-      redis.call('PEXPIRE', key, ttl)
-    end
-    out[i] = {dup, table.concat(events, '\\031')}
+  end
+  if dup == 0 then
+    redis.call('ZADD', key, t, member)
+  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', us(tn - prune))
+  if ttl ~= 0 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+  if full then
+    out[i] = {dup, table.concat(read, '\\031')}
   else
-    local ties = redis.call('ZRANGEBYSCORE', key, t, t)
-    local dup = 0
-    for _, m in ipairs(ties) do
-      if string.sub(m, 1, plen) == prefix then
-        dup = 1
-        break
-      end
-    end
-    if dup == 0 then
-      redis.call('ZADD', key, t, member)
-    end
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', us(tn - prune))
-    if ttl ~= 0 then
-      redis.call('PEXPIRE', key, ttl)
-    end
     local windows = view[5]
     local counts = {}
     for j = 1, #windows do
       counts[j] = redis.call('ZCOUNT', key, '(' .. us(tn - windows[j]), t)
     end
     local prev = redis.call('ZREVRANGEBYSCORE', key, '(' .. t, low, 'LIMIT', 0, 1)
-    out[i] = {dup, counts, ties, prev}
+    out[i] = {dup, counts, read, prev}
   end
 end
 for k = n_hist + 1, #KEYS do
