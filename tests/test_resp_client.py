@@ -176,15 +176,19 @@ def test_a_timeout_fails_only_that_call_and_the_connection_stays_in_step(redis_p
         client = RespClient(f"redis://127.0.0.1:{redis_port}/0", timeout=0.2)
         assert await client.call("ECHO", "before") == "before"
         conn = client._conn
-        stalled = asyncio.ensure_future(client.call("EVAL", "local t = redis.call('TIME')[1] + 0 "
-                                                    "while redis.call('TIME')[1] + 0 < t + 1 do end return 'slow'", 0))
+        busy_one_second = ("local function now() local x = redis.call('TIME') return x[1] * 1000000 + x[2] end "
+                           "local t0 = now() while now() < t0 + 1000000 do end return 'slow'")
+        stalled = asyncio.ensure_future(client.call("EVAL", busy_one_second, 0))
         await asyncio.sleep(0.01)
         behind = [asyncio.ensure_future(client.call("ECHO", f"b{i}")) for i in range(3)]
         with pytest.raises(RespUnavailable, match="TimeoutError"):
             await stalled
         results = await asyncio.gather(*behind, return_exceptions=True)
         assert all(isinstance(r, RespUnavailable) for r in results)  # they too waited > 0.2 s
-        await asyncio.sleep(1.2)  # the script ends; its reply and those of b0..b2 arrive and are dropped
+        for _ in range(1000):  # the script ends; its reply and those of b0..b2 arrive and are dropped
+            if not conn.waiting:
+                break
+            await asyncio.sleep(0.01)
         assert await client.call("ECHO", "after") == "after"
         assert client._conn is conn and not conn.waiting  # the same connection, in step
         await client.aclose()
