@@ -34,8 +34,9 @@ last second on a crash; the service then sees slightly shorter histories, never 
 primary (with replicas / Sentinel), not Redis Cluster, or put the entities in one hash slot.
 
 Timeouts: ``timeout`` bounds connecting and every call (default 100 ms); there is no retry on the
-event loop (``retries`` applies to redis-py), so a call fails within about ``timeout``. Every connection error, timeout, or server that is
-loading, read-only or busy raises :class:`FeatureStoreUnavailable` (the service falls back).
+event loop (``retries`` applies to redis-py), so a call fails within about ``timeout``. Every
+connection error, timeout, or server that is loading, read-only or busy raises
+:class:`FeatureStoreUnavailable` (the service falls back).
 """
 
 from __future__ import annotations
@@ -208,7 +209,6 @@ class RedisBackend:
         self._client_options = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout,
                                 "decode_responses": True, "max_connections": max_connections}
         self.client = redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), retries), **self._client_options)
-        self._retries = retries
         self._async: dict = {}  # event loop -> its RespClient
         self.ttl_margin_seconds = ttl_margin_seconds
         self.batch_ttl_seconds = batch_ttl_seconds
@@ -244,7 +244,10 @@ class RedisBackend:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: BaseException) -> BaseException:
-        """The store's error for a redis-py error (FeatureStoreUnavailable: the caller falls back)."""
+        """The store's error for a redis-py or RespClient error (FeatureStoreUnavailable: the caller
+        falls back)."""
+        if isinstance(exc, RespError):  # its message already names the server
+            return (FeatureStoreUnavailable if isinstance(exc, RespUnavailable) else FeatureStoreError)(str(exc))
         if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | TimeoutError):
             return FeatureStoreUnavailable(f"redis at {self._where}: {type(exc).__name__}: {exc}")
         if isinstance(exc, redis.exceptions.RedisError):
@@ -273,11 +276,8 @@ class RedisBackend:
         client = self._async_client()
         try:
             res = await client.evalsha(self._record.sha, self._record_source, keys, args)
-        except RespUnavailable as exc:
-            raise FeatureStoreUnavailable(str(exc) if str(exc).startswith("redis at ")
-                                          else f"redis at {self._where}: {exc}") from exc
         except RespError as exc:
-            raise FeatureStoreError(f"redis at {self._where}: {exc}") from exc
+            raise self._translate(exc) from exc
         return self._reply(res, t, tid, active, batch_active)
 
     def _async_client(self) -> RespClient:

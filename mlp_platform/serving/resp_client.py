@@ -24,7 +24,8 @@ Semantics the feature store relies on:
   caller falls back instead. A call that timed out may still have been executed by the server.
 * **Errors.** A lost connection, a refused or timed-out connect, or a server that is loading,
   read-only or busy raises :class:`RespUnavailable`; any other error reply raises
-  :class:`RespError` with the server's message.
+  :class:`RespError` with the server's message. Every message starts with ``redis at <url>:``
+  (the URL without credentials).
 * **Scripts.** :meth:`RespClient.evalsha` runs a script by its SHA-1 and sends the source once when
   the server does not have it (``NOSCRIPT``, e.g. after a restart or ``SCRIPT FLUSH``).
 
@@ -147,7 +148,7 @@ class RespClient:
 
     async def call(self, *args) -> object:
         """One command; its reply (str, int, nested lists; an error reply raises)."""
-        return _checked(await self._round_trip(hiredis.pack_command(args)))
+        return _checked(await self._round_trip(hiredis.pack_command(args)), self.where)
 
     async def evalsha(self, sha: str, script: str, keys: list[str], args: list) -> object:
         """``EVALSHA sha`` with these keys and args; the script's source is sent once when the server
@@ -155,7 +156,7 @@ class RespClient:
         reply = await self._round_trip(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             reply = await self._round_trip(hiredis.pack_command(("EVAL", script, len(keys), *keys, *args)))
-        return _checked(reply)
+        return _checked(reply, self.where)
 
     async def _round_trip(self, packed: bytes) -> object:
         conn = self._conn
@@ -208,15 +209,16 @@ class RespClient:
         else:
             _, conn = await loop.create_connection(factory, self._host, self._port, ssl=self._ssl,
                                                    server_hostname=self._host if self._ssl else None)
+        set_up = []
+        if self._password is not None:
+            set_up.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
+        if self._db:
+            set_up.append(("SELECT", self._db))
         try:
-            if self._password is not None:
-                auth = ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)
-                _checked(await conn.send(hiredis.pack_command(auth)))
-            if self._db:
-                _checked(await conn.send(hiredis.pack_command(("SELECT", self._db))))
-        except RespError as exc:  # wrong password, no such db: this server cannot serve us
-            conn.fail(RespUnavailable(f"redis at {self.where}: connection set-up failed"))
-            raise RespUnavailable(f"redis at {self.where}: connection set-up failed: {exc}") from exc
+            for command in set_up:
+                reply = await conn.send(hiredis.pack_command(command))
+                if isinstance(reply, hiredis.ReplyError):  # wrong password, no such db: it cannot serve us
+                    raise RespUnavailable(f"redis at {self.where}: connection set-up failed: {reply}")
         except BaseException:
             conn.fail(RespUnavailable(f"redis at {self.where}: connection set-up failed"))
             raise
@@ -240,12 +242,13 @@ def _time_out(conn: _Connection, fut: asyncio.Future, timeout: float) -> None:
         fut.set_exception(RespUnavailable(f"redis at {conn.where}: TimeoutError: no reply within {timeout:g} s"))
 
 
-def _checked(reply: object) -> object:
+def _checked(reply: object, where: str) -> object:
+    """The reply, or the error reply raised (every message starts with ``redis at <where>:``)."""
     if isinstance(reply, hiredis.ReplyError):
         message = str(reply)
         if message.startswith(UNAVAILABLE_PREFIXES):
-            raise RespUnavailable(message)
-        raise RespError(message)
+            raise RespUnavailable(f"redis at {where}: {message}")
+        raise RespError(f"redis at {where}: {message}")
     return reply
 
 
