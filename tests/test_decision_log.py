@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import enum
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from mlp_platform.serving.decision_log import (
@@ -29,6 +31,8 @@ from mlp_platform.serving.decision_log import (
     DecisionLogError,
     DecisionLogLocked,
     DuplicateDecisionError,
+    canonical_json,
+    canonical_json_bytes,
     segment_name,
     verify_log,
 )
@@ -443,6 +447,74 @@ def test_serving_path_imports_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}).stdout
     assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------- canonical JSON
+
+_TRICKY_STRINGS = ["", "plain", 'quote " inside', "back\\slash", "ctl\x00\x01\x1f\x7f\b\f\n\r\t\x0b", "caf\u00e9",
+                   "\u2028\ud83d\ude00", "null", "policy-1/r=0.5", ":1e-7,", "[0.00001]", ",5.2e-8}", "0.0000x",
+                   "a\\\"b:1e-6,"]
+
+
+class _Colour(enum.Enum):
+    RED = 1
+
+
+def _random_value(rng: random.Random, depth: int):
+    kind = rng.randrange(10 if depth < 4 else 6)
+    if kind == 0:
+        return rng.choice(_TRICKY_STRINGS + [f"s{rng.randrange(1000)}"])
+    if kind == 1:  # floats across every magnitude, both signs, the edges of the 1e-4 rewrite
+        x = rng.choice([rng.uniform(-1, 1) * 10.0 ** rng.randrange(-330, 309), 1e-4, 9.999999999999999e-05,
+                        1e-5, 1e-6, 1e-9, 1e-10, 5e-324, 0.0, -0.0, 1e16, 1e15, 123456789012345680.0,
+                        rng.random() * 1e-7])
+        return -x if rng.random() < 0.3 else x
+    if kind == 2:
+        return rng.choice([0, -1, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**70), rng.randrange(-9999, 9999)])
+    if kind == 3:
+        return rng.choice([True, False, None])
+    if kind == 4:
+        return rng.choice([float("nan"), float("inf"), -float("inf"), dt.datetime(2026, 1, 2, 3, 4, 5, 6),
+                           np.float64(rng.random() * 1e-6), np.int64(7), ("tuple", 1.5e-7), _Colour.RED,
+                           orjson.Fragment(b"1")]) \
+            if rng.random() < 0.15 else rng.random() * 1e-5
+    if kind == 5:
+        return rng.choice(_TRICKY_STRINGS)
+    if kind in (6, 7):
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(5))]
+    keys = [rng.choice(_TRICKY_STRINGS + [f"k{j}" for j in range(20)] + ["score", "Z", "a-b", "\u00e9t\u00e9"])
+            for _ in range(rng.randrange(6))]
+    return {k: _random_value(rng, depth + 1) for k in keys}
+
+
+def _outcome(fn, record):
+    try:
+        return "ok", fn(record)
+    except (TypeError, ValueError) as exc:
+        return "error", type(exc).__name__
+
+
+def test_fast_canonical_encoder_equals_the_definition_byte_for_byte():
+    """The writer's orjson-based encoder gives the standard library's canonical bytes, or the same error,
+    on records built to hit every difference between the two (small floats, also inside strings,
+    escapes, non-ASCII, NaN, big ints, numpy and datetime values, nesting)."""
+    rng = random.Random(20261125)
+    checked = {"ok": 0, "error": 0}
+    for _ in range(4000):
+        record = {"decision_id": "d", "a": _random_value(rng, 0), "b": _random_value(rng, 0)} if rng.random() < 0.5 else \
+            {"decision_id": "d", "score": rng.random() * 10.0 ** -rng.randrange(0, 12),
+             "features": {f"f{j}": rng.random() * 10.0 ** -rng.randrange(0, 9) for j in range(30)},
+             "note": rng.choice(_TRICKY_STRINGS)}
+        want = _outcome(lambda r: canonical_json(r).encode(), record)
+        got = _outcome(canonical_json_bytes, record)
+        assert got == want, record
+        checked[want[0]] += 1
+    assert checked["ok"] > 3000 and checked["error"] > 20  # both paths were exercised
+    # A service-shaped record with a tiny score takes the rewrite, not the fallback, and matches.
+    record = {"decision_id": "x", "score": 5.262966690351932e-07, "policy_version": "policy-1/r=0.5/d=0.9",
+              "features": {"a": 1e-05, "b": 9.9e-06, "c": 0.0001}, "prev_hash": "3e-1" * 16}
+    assert canonical_json_bytes(record) == canonical_json(record).encode()
+    assert b"e-07" in canonical_json_bytes(record)
 
 
 def test_append_many_commits_together_and_reports_bad_records(tmp_path):

@@ -60,7 +60,8 @@ checked on the way (the hash from the raw line bytes, one SHA-256 per record), s
 with anywhere is refused. :func:`verify_log` re-derives every hash from the parsed record, per the
 definition above.
 
-Serving-path module: standard library only.
+Serving-path module: standard library and orjson. The writer encodes with orjson where its text is
+provably the definition's (:func:`canonical_json_bytes`) and with the standard library otherwise.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 try:
     import fcntl
@@ -179,6 +182,64 @@ def canonical_json(body: Mapping[str, Any]) -> str:
     """The exact text that is hashed: keys sorted, compact separators, ASCII, strict (no NaN/Infinity)."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
                       default=_json_default)
+
+
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS \
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+class _NotPlain(Exception):
+    """A value the fast encoder leaves to the standard library."""
+
+
+def _python_small_floats(obj: dict | list | tuple, depth: int) -> Any:
+    """``obj``, or a copy in which every float 0 < |x| < 1e-4 is ``orjson.Fragment(repr(x))``: orjson writes
+    those differently (0.00001 and 1e-6 where Python writes 1e-05 and 1e-06); every other finite float it
+    writes as ``repr`` does. Raises ValueError for NaN/Infinity (as the standard library does) and
+    _NotPlain for any value that is not str, int, float, bool, None, dict, list or tuple."""
+    if depth > _MAX_DEPTH:
+        raise _NotPlain
+    out: Any = None
+    for k, v in obj.items() if type(obj) is dict else enumerate(obj):
+        t = type(v)
+        if t is float:
+            if -1e-4 < v < 1e-4:
+                if v:
+                    if out is None:
+                        out = dict(obj) if type(obj) is dict else list(obj)
+                    out[k] = orjson.Fragment(repr(v))
+            elif v - v:  # inf - inf and nan - nan are nan (true); finite x - x is 0.0
+                raise ValueError("Out of range float values are not JSON compliant: " + repr(v))
+        elif t in _PLAIN_SCALARS:
+            continue
+        elif t is dict or t is list or t is tuple:
+            w = _python_small_floats(v, depth + 1)
+            if w is not v:
+                if out is None:
+                    out = dict(obj) if type(obj) is dict else list(obj)
+                out[k] = w
+        else:
+            raise _NotPlain
+    return obj if out is None else out
+
+
+def canonical_json_bytes(body: Mapping[str, Any]) -> bytes:
+    """``canonical_json(body).encode()``, 2-3x faster: the same bytes, or the same exception type.
+
+    For records of plain JSON values (str, int, float, bool, None, dict, list, tuple) orjson's text equals
+    the standard library's except for floats below 1e-4 in magnitude, which are pre-rendered with ``repr``
+    (:func:`_python_small_floats`). Everything else goes to :func:`canonical_json`: any other type
+    (datetime, numpy, Decimal, subclasses, ...), a non-str key or an int beyond 64 bits (orjson refuses
+    them), and non-ASCII or DEL characters (the standard library escapes them, orjson does not).
+    """
+    try:
+        out = orjson.dumps(_python_small_floats(body, 0), option=_ORJSON_OPTIONS)
+    except (_NotPlain, orjson.JSONEncodeError):
+        return canonical_json(body).encode()
+    if not out.isascii() or b"\x7f" in out:
+        return canonical_json(body).encode()
+    return out
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -690,12 +751,12 @@ class DecisionLog:
             record["seq"] = seq
             record["prev_hash"] = prev
             try:
-                body = canonical_json(record)
+                body = canonical_json_bytes(record)
             except (TypeError, ValueError, RecursionError) as exc:
                 results[i] = exc if not isinstance(exc, RecursionError) else ValueError(str(exc))
                 continue
-            h = hashlib.sha256(body.encode()).hexdigest()
-            line = f'{body[:-1]},"hash":"{h}"}}\n'.encode()
+            h = hashlib.sha256(body).hexdigest()
+            line = b"%s,\"hash\":\"%s\"}\n" % (body[:-1], h.encode())
             if seg_size > 0 and seg_size + len(line) > self.segment_max_bytes:
                 self._write_all(chunks)
                 chunks = []
