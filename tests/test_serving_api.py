@@ -5,6 +5,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -329,9 +330,10 @@ def test_every_acknowledged_decision_survives_kill_9(platform, tmp_path):
     decisions = tmp_path / "kill9"
     env = {**os.environ, "MLP_DATA_DIR": str(settings.data_dir), "MLP_API_KEYS": KEY,
            "MLP_FEATURE_STORE_URL": "memory://", "MLP_DECISION_LOG_DIR": str(decisions)}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "mlp_platform.serving.app:app_from_env",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (tmp_path / "server.log").open("wb") as server_log:  # the child has its own copy of the descriptor
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "mlp_platform.serving.app:app_from_env",
+                                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=server_log)
     acknowledged: list[str] = []
     stop = threading.Event()
     try:
@@ -344,6 +346,9 @@ def test_every_acknowledged_decision_survives_kill_9(platform, tmp_path):
                 time.sleep(0.2)
         else:
             pytest.fail("server did not become ready")
+        # the start-up heap (imports, models, app) is frozen out of the collector's full collections
+        frozen = re.search(r"start-up heap frozen: (\d+) objects", (tmp_path / "server.log").read_text())
+        assert frozen is not None and int(frozen.group(1)) > 50_000
 
         def load(worker: int) -> None:
             with httpx.Client(timeout=5) as http:
