@@ -312,9 +312,10 @@ def freeze_start_up_heap() -> int:
     The service imports a lot (FastAPI, pydantic, NumPy, LightGBM, the MLflow client): about 360,000
     container objects that live as long as the process. Left in the oldest generation, every full
     collection walks them all, and on a shared 2-vCPU machine that took 100-300 ms with the GIL held:
-    every request in flight waited (the 150 ms p99 under load in docs/benchmarks.md). Frozen objects
-    are never collected; start-up objects are not garbage anyway, and what is created later (requests,
-    reloaded models) is collected as usual."""
+    every request in flight waited (the 150 ms p99 under load in docs/benchmarks.md). The cycle
+    collector never looks at frozen objects again; reference counting still frees them. So a start-up
+    object that becomes garbage inside a reference cycle (say, a model replaced by a hot swap) stays in
+    memory; what is created later (requests, reloaded models) is collected as usual."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
