@@ -157,12 +157,16 @@ class ScriptedServer:
         self.sock.close()
 
 
-def test_a_loading_or_busy_server_is_unavailable() -> None:
-    server = ScriptedServer(lambda data: b"-LOADING Redis is loading the dataset in memory\r\n")
+@pytest.mark.parametrize(("answer", "match"), [
+    (b"-LOADING Redis is loading the dataset in memory\r\n", "LOADING"),  # loading (or busy): unavailable
+    (b"!this is not RESP\r\n", "protocol error"),  # garbage: unavailable, not a crash
+])
+def test_a_loading_server_or_garbage_is_unavailable(answer: bytes, match: str) -> None:
+    server = ScriptedServer(lambda data: answer)
 
     async def scenario() -> None:
         client = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=1)
-        with pytest.raises(RespUnavailable, match="LOADING"):
+        with pytest.raises(RespUnavailable, match=match):
             await client.call("PING")
 
     asyncio.run(scenario())
@@ -234,15 +238,3 @@ def test_a_dropped_connection_or_a_refused_connect_is_unavailable() -> None:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     asyncio.run(scenario(free, f"redis at redis://127.0.0.1:{free}/0: ConnectionError: .*refused|Connect call failed"))
-
-
-def test_garbage_from_the_server_is_unavailable_not_a_crash() -> None:
-    server = ScriptedServer(lambda data: b"!this is not RESP\r\n")
-
-    async def scenario() -> None:
-        client = RespClient(f"redis://127.0.0.1:{server.port}/0", timeout=1)
-        with pytest.raises(RespUnavailable, match="protocol error"):
-            await client.call("PING")
-
-    asyncio.run(scenario())
-    server.close()
