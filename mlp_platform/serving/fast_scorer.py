@@ -397,8 +397,9 @@ def _cpu_identity() -> str:
 
 
 def compile_library(source: str, cache_dir: Path | None = None, cc: str | None = None,
-                    cflags: Sequence[str] = _CFLAGS) -> tuple[Path, bool, float]:
-    """Compile ``source`` into a shared library (cached by hash). Returns (path, cache hit, seconds)."""
+                    cflags: Sequence[str] = _CFLAGS, name: str = "lgbm_trees") -> tuple[Path, bool, float]:
+    """Compile ``source`` into a shared library (cached by hash; ``name`` prefixes the file name).
+    Returns (path, cache hit, seconds)."""
     cc = cc or find_c_compiler()
     if cc is None:
         raise FastScorerError("no C compiler found ($CC, cc, gcc, clang)")
@@ -408,7 +409,7 @@ def compile_library(source: str, cache_dir: Path | None = None, cc: str | None =
     if cflags != _CFLAGS:  # keep the key of the per-model libraries as it was
         parts.append(_cpu_identity() if any(f.startswith("-march=native") for f in cflags) else "")
     key = hashlib.sha256("\0".join([*parts, source]).encode()).hexdigest()
-    lib_path = cache_dir / f"lgbm_trees_{key[:32]}.so"
+    lib_path = cache_dir / f"{name}_{key[:32]}.so"
     if lib_path.exists():
         return lib_path, True, 0.0
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,8 @@ from urllib.parse import parse_qsl, urlsplit
 from orjson import OPT_APPEND_NEWLINE
 from orjson import dumps as orjson_dumps
 
+from mlp_platform.serving import stream_kernel
+
 if TYPE_CHECKING:  # pragma: no cover
     from mlp_platform.features.spec import FeatureSpec
 
@@ -254,9 +256,19 @@ def compile_spec(spec: FeatureSpec, late_grace_seconds: int) -> tuple[list[Strea
 # time > t - w, and the time of the latest one inside the lookback (or None).
 
 
+# Packed views (Redis): ("P", packed, tid, kernel) -- the events in the lookback as the script
+# returns them (members joined by SEP, time order, the transaction and its later ties included) and
+# the plan's compiled kernel (None: Python only); parsed by :func:`parse_packed`.
+
+
 def compute_stream(plan: StreamPlan, t: int, txn: dict, snap: tuple, out: list) -> None:
     """Write the features of ``plan`` for the transaction at ``t`` into ``out``."""
     bisect_right = bisect.bisect_right
+    if snap[0] == "P":
+        _, packed, tid, kernel = snap
+        if kernel is not None and kernel(packed, t, tid, txn, out):
+            return
+        snap = parse_packed(packed, t, tid, plan)
     if snap[0] == "F":
         _, times, cols = snap
         n = len(times)
@@ -302,6 +314,110 @@ def compute_stream(plan: StreamPlan, t: int, txn: dict, snap: tuple, out: list) 
         else:  # _RATIO
             numerator, denominator = txn.get(col), out[extra]
             out[i] = None if numerator is None or not denominator else float(numerator) / denominator
+
+
+def parse_packed(packed: str, t: int, tid: str, plan: StreamPlan) -> tuple:
+    """("F", times, cols) of a packed history: the events strictly before (t, tid).
+    One split of the whole reply and strided slices: no per-event Python loop."""
+    if not packed:
+        return "F", [], [[] for _ in plan.numeric]
+    fields = packed.split(SEP)
+    k = 2 + len(plan.numeric)
+    tids = fields[0::k]
+    times = list(map(int, fields[1::k]))
+    n = len(times)
+    while n and times[n - 1] == t and tids[n - 1] >= tid:
+        n -= 1  # the transaction itself and later ties (they sort last)
+    if n < len(times):
+        del times[n:]
+    cols: list[list] = []
+    for j, is_numeric in enumerate(plan.numeric):
+        col = fields[2 + j :: k][:n]
+        if NULL in col:
+            col = [None if v == NULL else (float(v) if is_numeric else v) for v in col]
+        elif is_numeric:
+            col = list(map(float, col))
+        cols.append(col)
+    return "F", times, cols
+
+
+_KERNEL_OPS = {_COUNT: stream_kernel.OP_COUNT, _SUM: stream_kernel.OP_SUM, _MEAN: stream_kernel.OP_MEAN,
+               _MAX: stream_kernel.OP_MAX, _DISTINCT: stream_kernel.OP_DISTINCT,
+               _SINCE_PREV: stream_kernel.OP_SINCE_PREV, _FIRST: stream_kernel.OP_FIRST,
+               _RATIO: stream_kernel.OP_RATIO}
+
+
+class StreamKernel:
+    """A full streaming plan bound to the compiled kernel: ``kernel(packed, t, tid, txn, out)`` writes
+    the plan's features into ``out`` and returns True, or returns False (``out`` untouched) for input
+    the kernel leaves to :func:`parse_packed` + :func:`compute_stream`."""
+
+    __slots__ = ("_compute", "_capsule", "_keys")
+
+    def __init__(self, module, plan: StreamPlan) -> None:
+        ratio_columns: list[str] = []
+        ops = []
+        ncols = len(plan.columns)
+        for i, op, w, col, extra in plan.ops:
+            if op == _RATIO:
+                ops.append((i, _KERNEL_OPS[op], -1, ncols + len(ratio_columns), extra))
+                ratio_columns.append(col)
+            else:
+                ops.append((i, _KERNEL_OPS[op], w, col, -1))
+        self._capsule = module.prepare(ncols, tuple(plan.numeric), tuple(plan.windows_us), tuple(ops))
+        self._compute = module.compute
+        #: what the kernel reads from the transaction: the payload columns (it converts them as
+        #: _payload_value does), then the ratio numerators
+        self._keys = (*plan.columns, *ratio_columns)
+
+    def __call__(self, packed: str, t: int, tid: str, txn: dict, out: list) -> bool:
+        return self._compute(self._capsule, packed, t, tid, tuple(map(txn.get, self._keys)), out) is None
+
+
+def check_stream_kernel(kernel: StreamKernel, plan: StreamPlan, cases: int = 300, seed: int = 0) -> None:
+    """Raise AssertionError unless ``kernel`` gives the reference's features (values and types, -0.0
+    told from 0.0) on ``cases`` generated histories of ``plan``, and leaves non-canonical input to it."""
+    import random
+
+    rng = random.Random(seed)
+    t = 1_780_000_000_000_000
+    for case in range(cases):
+        tid = rng.choice(["T5", "T50", "M", "\u00e9t"])
+        packed = stream_kernel.random_packed_history(rng, t, tid, plan.numeric, plan.windows_us)
+        txn = {c: (rng.choice([None, 0.0, 12.5, rng.uniform(0, 1e4)]) if numeric
+                   else rng.choice([None, "M1", "M2", "\u00e9", ""]))
+               for c, numeric in zip(plan.columns, plan.numeric, strict=True)}
+        for _, op, _, col, _ in plan.ops:
+            if op == _RATIO:
+                txn[col] = rng.choice([None, 0, 3.25, rng.uniform(0, 1e4)])
+        expected: list = [None] * (1 + max((op[0] for op in plan.ops), default=0))
+        got = list(expected)
+        compute_stream(plan, t, txn, parse_packed(packed, t, tid, plan), expected)
+        if case % 25 == 24 and packed:  # "+<digits>": int() reads it, the kernel must leave it alone
+            fields = packed.split(SEP)
+            fields[1] = "+" + fields[1]
+            before = list(got)
+            assert kernel(SEP.join(fields), t, tid, txn, got) is False, "kernel took a non-canonical time"
+            assert got == before, "kernel wrote features before declining"
+        assert kernel(packed, t, tid, txn, got), f"kernel declined canonical input (case {case})"
+        assert [repr(v) for v in got] == [repr(v) for v in expected], f"case {case}: {got} != {expected}"
+
+
+def stream_kernel_for(plan: StreamPlan) -> StreamKernel | None:
+    """The compiled kernel for a full streaming plan, checked against the reference; None (Python
+    reference, logged) when the kernel is off, cannot be built, or differs."""
+    if not plan.full:
+        return None
+    module = stream_kernel.load()
+    if module is None:
+        return None
+    try:
+        kernel = StreamKernel(module, plan)
+        check_stream_kernel(kernel, plan)
+    except Exception as err:
+        log.error("stream kernel refused for view %s, computed in Python: %s", plan.name, err)
+        return None
+    return kernel
 
 
 def _payload_value(plan: StreamPlan, col: int, txn: dict):

@@ -59,6 +59,7 @@ from mlp_platform.serving.online_store import (
     FeatureStoreError,
     FeatureStoreUnavailable,
     StreamPlan,
+    stream_kernel_for,
 )
 from mlp_platform.serving.resp_client import UNAVAILABLE_PREFIXES, RespClient, RespError, RespUnavailable
 
@@ -235,6 +236,7 @@ class RedisBackend:
         ]
         self._batch_ttl_ms = "0" if self.batch_ttl_seconds is None else str(int(self.batch_ttl_seconds * 1000))
         self._record_source = record_script(streams, self._ttl_ms)
+        self._kernels = [stream_kernel_for(p) for p in streams]
         self._record = self.client.register_script(self._record_source)
 
     def _call(self, script, keys: list[str], args: list):
@@ -332,8 +334,8 @@ class RedisBackend:
             plan = self._streams[i]
             item = res[j]
             n_dup += item[0]
-            if plan.full:
-                snaps[i] = _parse_full(item[1], t, tid, plan)
+            if plan.full:  # parsed by the compiled kernel, or in Python (compute_stream)
+                snaps[i] = ("P", item[1], tid, self._kernels[i])
             else:
                 _, counts, ties, prev = item
                 later = earlier = 0
@@ -404,27 +406,3 @@ class RedisBackend:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to close
                     client.close_soon()
 
-
-def _parse_full(packed: str, t: int, tid: str, plan: StreamPlan) -> tuple:
-    """("F", times, cols) of the events (joined members, in time order) strictly before (t, tid).
-    One split of the whole reply and strided slices: no per-event Python loop."""
-    if not packed:
-        return "F", [], [[] for _ in plan.numeric]
-    fields = packed.split(SEP)
-    k = 2 + len(plan.numeric)
-    tids = fields[0::k]
-    times = list(map(int, fields[1::k]))
-    n = len(times)
-    while n and times[n - 1] == t and tids[n - 1] >= tid:
-        n -= 1  # the transaction itself and later ties (they sort last)
-    if n < len(times):
-        del times[n:]
-    cols: list[list] = []
-    for j, is_numeric in enumerate(plan.numeric):
-        col = fields[2 + j :: k][:n]
-        if NULL in col:
-            col = [None if v == NULL else (float(v) if is_numeric else v) for v in col]
-        elif is_numeric:
-            col = list(map(float, col))
-        cols.append(col)
-    return "F", times, cols
