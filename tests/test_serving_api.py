@@ -239,6 +239,68 @@ def test_overloaded_shadow_work_is_dropped_and_counted(platform, tmp_path):
     assert f'mlp_shadow_scores_total{{model_version="{platform["v2"]}"}} 3.0' in metrics  # 2 queued + blocker
 
 
+def test_shadow_batches_score_exactly_as_one_row_at_a_time(platform, tmp_path):
+    """Shadow jobs drained together are scored as one matrix (a C call without the GIL): every logged
+    shadow score equals the shadow model's own score of the features served, bit for bit; a batch
+    that cannot be scored falls back to row by row, a failing row alone is dropped and counted."""
+    service = make_service(platform, tmp_path)
+    RoutingFile(service.config.routing_path).write(RoutingState(champion=platform["v1"], shadows=(platform["v2"],)))
+    assert service.pool.refresh()
+    _, models = service.pool.snapshot
+    shadow = models[platform["v2"]]
+
+    class NoBatch:  # a scorer without score_matrix, one whose batch fails, one whose rows fail
+        def __init__(self, fail_batch=False, fail_row=None):
+            self.fail_batch, self.fail_row = fail_batch, fail_row
+
+        def score(self, row):
+            if self.fail_row is not None and row[0] == self.fail_row:
+                raise RuntimeError("bad row")
+            return float(row[0]) / 10
+
+        def score_matrix(self, x):
+            if self.fail_batch:
+                raise RuntimeError("batch failed")
+            return x[:, 0] / 10
+
+    with TestClient(create_app(service)) as c:
+        release = threading.Event()
+        service._shadow_queue.put((slow_model(shadow, release), np.zeros(32), "blocker", "approve"))
+        time.sleep(0.2)  # the worker holds the blocker: the next jobs queue up and are drained as one batch
+        ids = [c.post("/v1/score", json=txn(1200 + i, customer=f"B{i % 4}", amount=10.0 + 37 * i),
+                      headers=AUTH).json()["decision_id"] for i in range(12)]
+        assert service._shadow_queue.qsize() == 12
+        release.set()
+        service.flush_shadows()
+        # a batch whose matrix call fails is scored row by row; the failing row alone is dropped and counted
+        bad = dataclasses.replace(shadow, version="z", scorer=NoBatch(fail_batch=True, fail_row=3.0))
+        before = service.metrics.errors.labels("shadow")._value.get()
+        release = threading.Event()
+        service._shadow_queue.put((slow_model(shadow, release), np.zeros(32), "blocker2", "approve"))
+        time.sleep(0.2)
+        service._shadow_queue.put((bad, np.full(32, 3.0), "f", "approve"))
+        service._shadow_queue.put((bad, np.full(32, 2.0), "g", "approve"))
+        release.set()
+        service.flush_shadows()
+        assert service.metrics.errors.labels("shadow")._value.get() == before + 1
+        assert service.decisions.get("g:shadow:z")["score"] == 0.2 and service.decisions.get("f:shadow:z") is None
+    names = shadow.feature_names
+    for decision_id in ids:
+        decision = service.decisions.get(decision_id)
+        row = np.asarray([np.nan if decision["features"][n] is None else decision["features"][n] for n in names])
+        logged = service.decisions.get(f"{decision_id}:shadow:{platform['v2']}")
+        assert logged["score"] == float(shadow.scorer.score(row))  # exact, not approximately
+    assert len({service.decisions.get(f"{d}:shadow:{platform['v2']}")["score"] for d in ids}) > 1
+
+    rows = [np.full(32, float(i)) for i in range(4)]
+    plain = dataclasses.replace(shadow, scorer=NoBatch())
+    del_matrix = dataclasses.replace(shadow, version="x", scorer=type("Rows", (), {"score": NoBatch().score})())
+    failing = dataclasses.replace(shadow, version="y", scorer=NoBatch(fail_batch=True))
+    jobs = [(plain, rows[0], "a", "approve"), (del_matrix, rows[1], "b", "approve"), (plain, rows[2], "c", "approve"),
+            (failing, rows[3], "d", "approve"), (failing, rows[1], "e", "approve")]
+    assert ScoringService._shadow_scores(jobs) == [0.0, None, 0.2, None, None]
+
+
 def test_hot_swap_under_load_fails_no_request(client, platform):
     routing = RoutingFile(client.service.config.routing_path)
     errors, versions = [], []

@@ -492,9 +492,11 @@ class ScoringService:
                 jobs.append(nxt)
             records = []
             m = self._bound_metrics
-            for model, row, decision_id, served in jobs:
+            scores = self._shadow_scores(jobs)
+            for (model, row, decision_id, served), score in zip(jobs, scores, strict=True):
                 try:
-                    score = float(model.scorer.score(row))
+                    if score is None:  # not scored in a batch: on its own (its error is its own)
+                        score = float(model.scorer.score(row))
                     decision = self.decide(score, self.thresholds(model))
                 except Exception:
                     self.metrics.errors.labels("shadow").inc()
@@ -516,6 +518,30 @@ class ScoringService:
             finally:
                 for _ in jobs:
                     self._shadow_queue.task_done()
+
+    @staticmethod
+    def _shadow_scores(jobs: list) -> list[float | None]:
+        """The scores of a batch of shadow jobs, one matrix per model through ``score_matrix``: the
+        compiled trees score the rows in one C call that releases the GIL, so the event loop goes on
+        meanwhile (per row, the GIL would be held). Same function, same scores as ``score(row)``.
+        None where a batch could not be scored (the caller scores that job on its own)."""
+        scores: list[float | None] = [None] * len(jobs)
+        by_model: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_model.setdefault(id(job[0]), []).append(i)
+        for indexes in by_model.values():
+            scorer = jobs[indexes[0]][0].scorer
+            score_matrix = getattr(scorer, "score_matrix", None)
+            if score_matrix is None or len(indexes) < 2:
+                continue
+            try:
+                values = score_matrix(np.stack([jobs[i][1] for i in indexes]))
+            except Exception:  # scored row by row instead
+                log.exception("shadow batch scoring failed, scoring row by row")
+                continue
+            for i, v in zip(indexes, values.tolist(), strict=True):
+                scores[i] = v
+        return scores
 
     def flush_shadows(self) -> None:
         """Wait for queued shadow scorings (tests, shutdown)."""
