@@ -605,6 +605,38 @@ def shadow_drain(port: int, max_wait: float = 60.0) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------- profiling
 
 
+def profile_stream_kernel(store, txns: list[dict]) -> dict:
+    """The customer view's features from the packed history Redis returns (the bench's own histories,
+    read back with ZRANGEBYSCORE as the script reads them), one transaction at a time: the compiled
+    stream kernel against the Python reference (parse_packed + compute_stream), same input."""
+    from mlp_platform.serving.online_store import SEP, compute_stream, to_us
+
+    backend = store.backend
+    i = next(i for i, p in enumerate(backend._streams) if p.full)
+    plan, kernel = backend._streams[i], backend._kernels[i]
+    cases = []
+    for txn in txns:
+        t = to_us(txn["event_time"])
+        members = backend.client.zrangebyscore(backend._hist_prefix[i] + txn[plan.key], f"({t - plan.lookback_us}", t)
+        cases.append((t, txn, SEP.join(members)))
+    sizes = [packed.count(SEP) // (2 + len(plan.columns)) + 1 for _, _, packed in cases if packed]
+    out: dict = {}
+    for label, k in (("Python reference", None), ("compiled stream kernel", kernel)):
+        if label != "Python reference" and k is None:
+            continue
+        times = []
+        for t, txn, packed in cases:
+            row = [None] * 64
+            t0 = time.perf_counter_ns()
+            compute_stream(plan, t, txn, ("P", packed, txn["transaction_id"], k), row)
+            times.append(time.perf_counter_ns() - t0)
+        arr = np.asarray(times) / 1000.0
+        out[f"customer view from the packed history, {label} (median {statistics.median(sizes or [0]):.0f} "
+            f"events)"] = {"p50_us": float(np.percentile(arr, 50)), "p99_us": float(np.percentile(arr, 99)),
+                           "mean_us": float(arr.mean())}
+    return out
+
+
 def profile_score_path(settings, champion: str, shadow: str, workdir: Path, customers: int, merchants: int,
                        redis_url: str | None, n: int = 2000) -> dict:
     """Where the time of one full-path request goes, in-process, one request at a time, no server running:
@@ -677,6 +709,7 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
             again = [dict(t, transaction_id=t["transaction_id"] + "a") for t in txns]
             result["feature_store.score_features_async (redis, RespClient)"] = stats(
                 asyncio.run(timed_async(store, again)))
+            result.update(profile_stream_kernel(store, txns[-500:]))
         store.close()
     result["champion score (FastScorer, compiled)"] = timed(model.scorer.score, rows)
     result["shadow score (FastScorer, off the critical path)"] = timed(shadow_model.scorer.score, rows)

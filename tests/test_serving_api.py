@@ -301,6 +301,21 @@ def test_shadow_batches_score_exactly_as_one_row_at_a_time(platform, tmp_path):
     assert ScoringService._shadow_scores(jobs) == [0.0, None, 0.2, None, None]
 
 
+def test_record_times_are_written_as_datetime_isoformat_writes_them():
+    from mlp_platform.serving.service import _Clock, utc_now_iso
+
+    ns = [0, 999, 1_000, 1_780_000_000_000_000_000, 1_780_000_000_000_001_000, 1_780_000_000_999_999_999,
+          1_780_000_001_000_000_000, 1_780_000_001_000_000_500, 1_799_999_999_123_456_789]
+    ns += [1_780_000_000_000_000_000 + k * 7_654_321_987 for k in range(2000)]
+    feed = iter(ns)
+    clock = _Clock(lambda: next(feed))
+    for value in ns:
+        expected = dt.datetime.fromtimestamp(value // 10**9, dt.UTC).replace(microsecond=value // 1000 % 10**6)
+        assert clock() == expected.isoformat()
+    before = dt.datetime.now(dt.UTC)
+    assert before <= dt.datetime.fromisoformat(utc_now_iso()) <= dt.datetime.now(dt.UTC)
+
+
 def test_hot_swap_under_load_fails_no_request(client, platform):
     routing = RoutingFile(client.service.config.routing_path)
     errors, versions = [], []

@@ -110,6 +110,29 @@ def key_matches(presented: str | None, keys: tuple[str, ...]) -> bool:
     return found
 
 
+class _Clock:
+    """``datetime.now(UTC).isoformat()`` for the decision records, 4-5x cheaper: the text of the current
+    second is made once per second, the microseconds appended (floored, as datetime.now does; no
+    fraction when they are 0, as isoformat does). Thread-safe: the cached pair is replaced whole."""
+
+    __slots__ = ("_second", "_time_ns")
+
+    def __init__(self, time_ns: Callable[[], int] = time.time_ns) -> None:
+        self._second: tuple[int, str] = (-1, "")
+        self._time_ns = time_ns
+
+    def __call__(self) -> str:
+        us = self._time_ns() // 1000
+        second, micro = divmod(us, 1_000_000)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        return f"{cached[1]}.{micro:06d}+00:00" if micro else f"{cached[1]}+00:00"
+
+
+utc_now_iso = _Clock()
+
+
 @dataclass
 class LoadedModel:
     version: str
@@ -424,7 +447,7 @@ class ScoringService:
         decision_id = self._decision_id()
         record = {
             "decision_id": decision_id, "kind": "decision",
-            "time": dt.datetime.now(dt.UTC).isoformat(), "transaction_id": txn["transaction_id"],
+            "time": utc_now_iso(), "transaction_id": txn["transaction_id"],
             "event_time": txn["event_time"].isoformat(),
             "customer_hash": self.hash_id(txn["customer_id"]), "merchant_hash": self.hash_id(txn["merchant_id"]),
             "device_hash": self.hash_id(txn["device_id"]),
@@ -504,7 +527,7 @@ class ScoringService:
                     continue
                 records.append({
                     "decision_id": f"{decision_id}:shadow:{model.version}", "kind": "shadow",
-                    "of_decision": decision_id, "time": dt.datetime.now(dt.UTC).isoformat(),
+                    "of_decision": decision_id, "time": utc_now_iso(),
                     "model_version": model.version, "model_sha256": model.artifact_sha256, "score": score,
                     "decision": decision, "served_decision": served})
                 m.shadow_score(model.version).inc()
