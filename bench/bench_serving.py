@@ -606,9 +606,10 @@ def shadow_drain(port: int, max_wait: float = 60.0) -> tuple[float, float]:
 
 
 def profile_stream_kernel(store, txns: list[dict]) -> dict:
-    """The customer view's features from the packed history Redis returns (the bench's own histories,
-    read back with ZRANGEBYSCORE as the script reads them), one transaction at a time: the compiled
-    stream kernel against the Python reference (parse_packed + compute_stream), same input."""
+    """The customer view's features from the packed history Redis returns (histories the store holds,
+    read back with ZRANGEBYSCORE as the script reads them, for the customers of ``txns``), one
+    transaction at a time: the compiled stream kernel against the Python reference (parse_packed +
+    compute_stream), same input."""
     from mlp_platform.serving.online_store import SEP, compute_stream, to_us
 
     backend = store.backend
@@ -709,8 +710,11 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
             again = [dict(t, transaction_id=t["transaction_id"] + "a") for t in txns]
             result["feature_store.score_features_async (redis, RespClient)"] = stats(
                 asyncio.run(timed_async(store, again)))
-            result.update(profile_stream_kernel(store, txns[-500:]))
         store.close()
+    if redis_url:  # on the histories the full_redis server built under load (bench:a)
+        loaded = store_from_url(redis_url.split("?")[0] + "?prefix=bench:a")
+        result.update(profile_stream_kernel(loaded, txns[-1000:]))
+        loaded.close()
     result["champion score (FastScorer, compiled)"] = timed(model.scorer.score, rows)
     result["shadow score (FastScorer, off the critical path)"] = timed(shadow_model.scorer.score, rows)
     result["contributions (TreeSHAP, reasons only)"] = timed(model.scorer.contributions, rows)

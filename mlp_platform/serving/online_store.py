@@ -34,6 +34,8 @@ Backends (see :func:`store_from_url`):
   outside the lock); an exclusive file lock keeps a second process away from the directory.
 * :class:`mlp_platform.serving.online_store_redis.RedisBackend` (production): histories in sorted
   sets, batch values in hashes, one Lua script call per transaction that appends, prunes and reads.
+  Its replies are packed histories (``"P"`` snapshots): :class:`StreamKernel` computes a view's
+  features from one in C, :func:`parse_packed` + :func:`compute_stream` are the Python reference.
 
 The history of an entity keeps only what its view needs: (time, transaction_id) and the payload
 columns used by its features (e.g. amount, merchant_id, device_id for a customer; nothing else for a

@@ -15,8 +15,10 @@ event (unless the same (event_time, transaction_id) is already there: retries ar
 prunes events older than the lookback plus the late grace, refreshes the key's TTL and returns what
 the features need -- the events inside the lookback for views that aggregate payload columns, or
 just the window counts and the previous event time for count-only views (a busy merchant costs
-O(log n), not its whole history) -- plus the batch hashes. Python then computes the features with
-the same code as the embedded backend. The script is generated from the feature specification (the
+O(log n), not its whole history) -- plus the batch hashes. The features of a view read in full are
+computed from the reply as it comes, by the compiled stream kernel (:mod:`~mlp_platform.serving.stream_kernel`,
+one C call, checked against the Python reference when the backend is bound) or, without a compiler,
+by the same Python code as the embedded backend. The script is generated from the feature specification (the
 views' lookbacks, windows and TTLs are constants in it), so a call carries only the transaction:
 its id, its time and, per entity, the view and the event to add.
 

@@ -205,12 +205,6 @@ static Py_ssize_t bisect_right(const Event *ev, Py_ssize_t n, int64_t x) {
     return lo;
 }
 
-static int set_out(PyObject *out, Py_ssize_t i, PyObject *value) {
-    if (value == NULL)
-        return -1;
-    return PyList_SetItem(out, i, value); /* steals the reference */
-}
-
 static PyObject *compute(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "compute(plan, packed, t, tid, cur, out)");
@@ -361,64 +355,51 @@ static PyObject *compute(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 
     for (Py_ssize_t o = 0; o < plan->nops; o++) {
         const Op *op = &plan->ops[o];
+        const Str *cells = op->col >= 0 && op->col < plan->ncols ? &cols[op->col * stride] : NULL;
+        PyObject *value = NULL;
         switch (op->op) {
         case OP_COUNT:
-            if (set_out(out, op->out, PyLong_FromSsize_t(n - lo[op->w] + 1)) < 0)
-                goto done;
+            value = PyLong_FromSsize_t(n - lo[op->w] + 1);
             break;
         case OP_SUM:
         case OP_MEAN:
         case OP_MAX: {
-            const Str *cells = &cols[op->col * stride];
             const double *vals = &nums[op->col * stride];
             Py_ssize_t count = 0;
             double sum = 0.0, mx = 0.0;
-            for (Py_ssize_t i = lo[op->w]; i < n; i++) {
-                if (cells[i].len < 0)
-                    continue;
-                double v = vals[i];
+            for (Py_ssize_t i = lo[op->w]; i <= n; i++) { /* the window's events, then the transaction */
+                double v;
+                if (i < n) {
+                    if (cells[i].len < 0)
+                        continue;
+                    v = vals[i];
+                } else if (curs[op->col].len >= 0) {
+                    v = curv[op->col];
+                } else {
+                    break;
+                }
                 if (count == 0 || v > mx)
                     mx = v;
                 sum += v;
                 count++;
             }
-            if (curs[op->col].len >= 0) {
-                double v = curv[op->col];
-                if (count == 0 || v > mx)
-                    mx = v;
-                sum += v;
-                count++;
-            }
-            PyObject *value;
-            if (count == 0) {
+            if (count == 0)
                 value = Py_NewRef(Py_None);
-            } else if (op->op == OP_SUM) {
-                value = PyFloat_FromDouble(sum);
-            } else if (op->op == OP_MEAN) {
-                value = PyFloat_FromDouble(sum / (double)count);
-            } else {
-                value = PyFloat_FromDouble(mx);
-            }
-            if (set_out(out, op->out, value) < 0)
-                goto done;
+            else
+                value = PyFloat_FromDouble(op->op == OP_SUM ? sum : op->op == OP_MEAN ? sum / (double)count : mx);
             break;
         }
         case OP_DISTINCT: {
-            const Str *cells = &cols[op->col * stride];
-            Py_ssize_t m = 0;
-            if (distinct == NULL) {
-                distinct = (Str *)malloc(sizeof(Str) * (size_t)(n + 1));
-                if (distinct == NULL) {
-                    PyErr_NoMemory();
-                    goto done;
-                }
+            Py_ssize_t m = 0, unique = 0;
+            if (distinct == NULL && (distinct = (Str *)malloc(sizeof(Str) * (size_t)(n + 1))) == NULL) {
+                PyErr_NoMemory();
+                goto done;
             }
             for (Py_ssize_t i = lo[op->w]; i < n; i++)
                 if (cells[i].len >= 0)
                     distinct[m++] = cells[i];
             if (curs[op->col].len >= 0)
                 distinct[m++] = curs[op->col];
-            Py_ssize_t unique = 0;
             if (m > 0) {
                 qsort(distinct, (size_t)m, sizeof(Str), str_sort_cmp);
                 unique = 1;
@@ -426,36 +407,23 @@ static PyObject *compute(PyObject *self, PyObject *const *args, Py_ssize_t nargs
                     if (!str_eq(distinct[i], distinct[i - 1]))
                         unique++;
             }
-            if (set_out(out, op->out, PyLong_FromSsize_t(unique)) < 0)
-                goto done;
+            value = PyLong_FromSsize_t(unique);
             break;
         }
-        case OP_SINCE_PREV: {
-            PyObject *value = n > 0 ? PyFloat_FromDouble((double)((int64_t)t - ev[n - 1].t) / 1000000.0)
-                                    : Py_NewRef(Py_None);
-            if (set_out(out, op->out, value) < 0)
-                goto done;
+        case OP_SINCE_PREV:
+            value = n > 0 ? PyFloat_FromDouble((double)((int64_t)t - ev[n - 1].t) / 1000000.0) : Py_NewRef(Py_None);
             break;
-        }
         case OP_FIRST: {
-            const Str *cells = &cols[op->col * stride];
-            long first = 0;
-            if (curs[op->col].len >= 0) {
-                first = 1;
-                for (Py_ssize_t i = 0; i < n; i++)
-                    if (cells[i].len >= 0 && str_eq(cells[i], curs[op->col])) {
-                        first = 0;
-                        break;
-                    }
-            }
-            if (set_out(out, op->out, PyLong_FromLong(first)) < 0)
-                goto done;
+            long first = curs[op->col].len >= 0;
+            for (Py_ssize_t i = 0; first && i < n; i++)
+                if (cells[i].len >= 0 && str_eq(cells[i], curs[op->col]))
+                    first = 0;
+            value = PyLong_FromLong(first);
             break;
         }
         default: { /* OP_RATIO: None if numerator is None or not denominator else float(numerator) / denominator */
             PyObject *numerator = PyTuple_GET_ITEM(cur, op->col);
             PyObject *denominator = PyList_GET_ITEM(out, op->extra);
-            PyObject *value;
             int truth = numerator == Py_None ? 0 : PyObject_IsTrue(denominator);
             if (truth < 0)
                 goto done;
@@ -468,11 +436,11 @@ static PyObject *compute(PyObject *self, PyObject *const *args, Py_ssize_t nargs
                 value = PyNumber_TrueDivide(num, denominator);
                 Py_DECREF(num);
             }
-            if (set_out(out, op->out, value) < 0)
-                goto done;
             break;
         }
         }
+        if (value == NULL || PyList_SetItem(out, op->out, value) < 0) /* SetItem steals the reference */
+            goto done;
     }
     result = Py_NewRef(Py_None);
     goto done;
