@@ -11,8 +11,8 @@
  * of events, a time that is not plain decimal digits, a number with characters other than digits,
  * '.', 'e', 'E', '+', '-' (float() would accept more: whitespace, underscores, "nan", "inf"), an
  * output index outside the list -- returns NotImplemented, and the caller computes the features
- * with the Python reference instead. A Python error (out of memory, a ratio numerator float()
- * refuses) is raised as the reference would raise it.
+ * with the Python reference instead. A Python error (out of memory, a transaction value or ratio
+ * numerator float() refuses) is raised as the reference would raise it.
  *
  * Module functions:
  *   prepare(ncols, numeric, windows, ops) -> capsule
@@ -20,8 +20,9 @@
  *       codes below; for OP_RATIO, column_index indexes the ``cur`` tuple (the numerator) and extra
  *       is the out index of the denominator.
  *   compute(capsule, packed, t, tid, cur, out) -> None (done) or NotImplemented (use the reference)
- *       cur: the transaction's value per payload column (float, str or None, as the history stores
- *       it), then the ratio numerators.
+ *       cur: the transaction's raw value per payload column, converted here as the reference
+ *       converts it (float(v) for a numeric column, str(v) otherwise, None stays None; a str for a
+ *       numeric column goes to the reference), then the ratio numerators (raw).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
