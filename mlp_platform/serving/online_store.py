@@ -377,9 +377,14 @@ class StreamKernel:
 
 
 def check_stream_kernel(kernel: StreamKernel, plan: StreamPlan, cases: int = 300, seed: int = 0) -> None:
-    """Raise AssertionError unless ``kernel`` gives the reference's features (values and types, -0.0
-    told from 0.0) on ``cases`` generated histories of ``plan``, and leaves non-canonical input to it."""
+    """Raise FeatureStoreError unless ``kernel`` gives the reference's features (values and types, -0.0
+    told from 0.0) on ``cases`` generated histories of ``plan``, and leaves non-canonical input to it.
+    (Explicit raises, not asserts: the check also runs under ``python -O``.)"""
     import random
+
+    def check(ok: bool, problem: str) -> None:
+        if not ok:
+            raise FeatureStoreError(f"stream kernel differs from the reference: {problem}")
 
     rng = random.Random(seed)
     t = 1_780_000_000_000_000
@@ -399,10 +404,10 @@ def check_stream_kernel(kernel: StreamKernel, plan: StreamPlan, cases: int = 300
             fields = packed.split(SEP)
             fields[1] = "+" + fields[1]
             before = list(got)
-            assert kernel(SEP.join(fields), t, tid, txn, got) is False, "kernel took a non-canonical time"
-            assert got == before, "kernel wrote features before declining"
-        assert kernel(packed, t, tid, txn, got), f"kernel declined canonical input (case {case})"
-        assert [repr(v) for v in got] == [repr(v) for v in expected], f"case {case}: {got} != {expected}"
+            check(kernel(SEP.join(fields), t, tid, txn, got) is False, "it took a non-canonical time")
+            check(got == before, "it wrote features before declining")
+        check(kernel(packed, t, tid, txn, got), f"it declined canonical input (case {case})")
+        check([repr(v) for v in got] == [repr(v) for v in expected], f"case {case}: {got} != {expected}")
 
 
 def stream_kernel_for(plan: StreamPlan) -> StreamKernel | None:
