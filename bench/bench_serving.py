@@ -622,9 +622,8 @@ def profile_stream_kernel(store, txns: list[dict]) -> dict:
         cases.append((t, txn, SEP.join(members)))
     sizes = [packed.count(SEP) // (2 + len(plan.columns)) + 1 for _, _, packed in cases if packed]
     out: dict = {}
-    for label, k in (("Python reference", None), ("compiled stream kernel", kernel)):
-        if label != "Python reference" and k is None:
-            continue
+    variants = [("Python reference", None)] + ([("compiled stream kernel", kernel)] if kernel else [])
+    for label, k in variants:
         times = []
         for t, txn, packed in cases:
             row = [None] * 64

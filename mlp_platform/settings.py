@@ -34,6 +34,11 @@ def _env(name: str, default: str) -> str:
     return default if value is None or value.strip() == "" else value.strip()
 
 
+def switched_on(name: str) -> bool:
+    """An on/off switch that is on unless set to 0, false, off or no (any case)."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def _env_int(name: str, default: int) -> int:
     raw = _env(name, str(default))
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -298,7 +297,9 @@ def build_service(settings=None) -> ScoringService:
 def app_from_env():
     """uvicorn factory: `uvicorn --factory mlp_platform.serving.app:app_from_env`."""
     logging.basicConfig(level=logging.INFO)
-    fast_path = os.environ.get("MLP_SERVING_FAST_PATH", "1").strip().lower() not in ("0", "false", "off", "no")
+    from mlp_platform.settings import switched_on
+
+    fast_path = switched_on("MLP_SERVING_FAST_PATH")
     service = build_service()
     app = create_app(service, fast_path=fast_path)
     log.info("start-up heap frozen: %d objects kept out of full garbage collections", freeze_start_up_heap())

@@ -149,7 +149,7 @@ class _LoopMetric:
         self._children: dict[tuple[str, ...], object] = {}
         if registry is not None:
             registry.register(self)
-        if not self.labelnames and isinstance(self, LoopCounter):
+        if not self.labelnames:  # exported from the start, as prometheus_client does
             self.labels()
 
     def labels(self, *values: str):
@@ -200,8 +200,6 @@ class LoopHistogram(_LoopMetric):
             bounds += (math.inf,)
         self.bounds = bounds
         super().__init__(name, documentation, labelnames, registry)
-        if not self.labelnames:  # exported from the start, as prometheus_client does
-            self.labels()
 
     def _new_child(self) -> _LoopObservations:
         return _LoopObservations(self.bounds)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import logging
-import os
 import random
 import sys
 import sysconfig
@@ -48,7 +47,9 @@ _state: dict = {}
 
 
 def enabled() -> bool:
-    return os.environ.get("MLP_STREAM_KERNEL", "1").strip().lower() not in ("0", "false", "off", "no")
+    from mlp_platform.settings import switched_on
+
+    return switched_on("MLP_STREAM_KERNEL")
 
 
 def build(cache_dir: Path | None = None):
