@@ -373,7 +373,9 @@ CHILD = textwrap.dedent("""
         i = 0
         while True:
             did = f"{run}-{t}-{i}"
-            r = log.append({"decision_id": did, "thread": t, "i": i, "score": i / 7, "pad": "x" * (i % 64)})
+            rec = {"decision_id": did, "thread": t, "i": i, "score": i / 7, "pad": "x" * (i % 64)}
+            # odd threads commit in their own thread when the writer is idle (append_inline)
+            r = (t % 2 and log.append_inline(rec)) or log.append(rec)
             os.write(1, f"{r.seq} {did}\\n".encode())  # only after append returned (durable)
             i += 1
 
@@ -581,3 +583,89 @@ def test_background_records_ride_along_with_the_next_decision(tmp_path):
     assert not late.is_alive()
     with DecisionLog(tmp_path / "log") as reopened:
         assert reopened.get("s1") is not None and len(reopened) == 4
+
+
+def test_inline_commit_takes_the_queued_background_records_along(tmp_path):
+    """append_inline commits in the caller's thread, with the shadow records waiting for a decision, in
+    one commit; the records' waiters are woken; the log reopens and verifies."""
+    with DecisionLog(tmp_path / "log", background_delay_ms=60_000) as log:
+        log.append({"decision_id": "d0"})
+        commits = log.commit_count
+        shadow = threading.Thread(target=log.append_many, args=([{"decision_id": "s0", "kind": "shadow"}],),
+                                  kwargs={"background": True})
+        shadow.start()
+        shadow.join(0.3)
+        assert shadow.is_alive() and "s0" not in log
+        result = log.append_inline({"decision_id": "d1", "score": 1e-7})
+        assert result is not None and result.decision_id == "d1"
+        shadow.join(30)
+        assert not shadow.is_alive()
+        assert log.commit_count == commits + 1 and log.inline_commit_count == 1
+        assert log.get("s0")["seq"] == result.seq - 1 and log.get("d1")["hash"] == result.hash
+        with pytest.raises(DuplicateDecisionError):
+            log.append_inline({"decision_id": "d1"})
+        with pytest.raises(ValueError, match="reserved|set by the decision log"):
+            log.append_inline({"decision_id": "d2", "seq": 5})
+        log.append({"decision_id": "d3"})  # the writer carries on after inline commits
+    report = verify_log(tmp_path / "log")
+    assert report.ok and report.records == 4, report.describe()
+
+
+def test_inline_commit_refuses_while_the_writer_commits(tmp_path):
+    """While the writer is writing a batch, append_inline logs nothing and returns None (the caller
+    queues instead); the chain stays gap-free."""
+    inline_ok = 0  # the writer finished between the check and the call: committed inline instead
+    with DecisionLog(tmp_path / "log") as log:
+        for attempt in range(5):
+            big = [{"decision_id": f"b{attempt}-{i}", "pad": "x" * 200, "score": i / 3} for i in range(20_000)]
+            filler = threading.Thread(target=log.append_many, args=(big,))
+            filler.start()
+            deadline = time.monotonic() + 30
+            while not log._committing and filler.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            refused = log.append_inline({"decision_id": f"x{attempt}"}) if log._committing else False
+            filler.join(60)
+            if refused is None:
+                assert f"x{attempt}" not in log
+                break
+            inline_ok += refused is not False
+        assert refused is None, "never caught the writer committing"
+        assert log.append({"decision_id": f"x{attempt}"}).seq == log.next_seq - 1
+    report = verify_log(tmp_path / "log")
+    assert report.ok and report.records == 20_000 * (attempt + 1) + 1 + inline_ok
+
+
+def test_inline_and_queued_appends_interleave_gap_free(tmp_path):
+    """Threads committing inline (falling back to the queue when the writer is busy), threads queuing,
+    and inline asyncio appends: every record logged once, seqs gap-free, each appender's in order."""
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def worker(name: str, inline: bool) -> None:
+        try:
+            out = []
+            for i in range(150):
+                rec = {"decision_id": f"{name}-{i}", "i": i}
+                out.append((inline and log.append_inline(rec)) or log.append(rec))
+            results[name] = out
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    async def async_appends() -> list:
+        return [await log.append_async({"decision_id": f"a-{i}", "i": i}, inline=i % 2 == 0) for i in range(150)]
+
+    with DecisionLog(tmp_path / "log", segment_max_bytes=32 * 1024) as log:
+        pool = [threading.Thread(target=worker, args=(f"t{t}", t % 2 == 0)) for t in range(6)]
+        for th in pool:
+            th.start()
+        results["a"] = asyncio.run(async_appends())
+        for th in pool:
+            th.join()
+        assert not errors
+        seqs = sorted(r.seq for rs in results.values() for r in rs)
+        assert seqs == list(range(7 * 150))
+        for rs in results.values():
+            assert [r.seq for r in rs] == sorted(r.seq for r in rs)
+        assert log.inline_commit_count > 0
+    report = verify_log(tmp_path / "log")
+    assert report.ok and report.records == 7 * 150 and len(_segments(tmp_path / "log")) >= 2

@@ -1,6 +1,7 @@
 """The scoring service for real: a LightGBM model registered in a temporary MLflow store, the online
 feature store, the durable decision log, routing and hot swaps, behind the FastAPI app."""
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -23,6 +24,7 @@ from test_online_store import redis_server_process
 
 from mlp_platform import lifecycle
 from mlp_platform.features.spec import default_spec
+from mlp_platform.serving.api_models import TransactionIn
 from mlp_platform.serving.app import create_app
 from mlp_platform.serving.decision_log import DecisionLog, verify_log
 from mlp_platform.serving.metrics import ServiceMetrics
@@ -543,6 +545,13 @@ def test_drift_report_path_defaults_to_the_monitoring_dir(platform, monkeypatch)
     assert ServingConfig.from_env(platform["settings"]).drift_report_path is None
 
 
+def test_inline_commit_is_on_by_default_and_switched_off_by_the_environment(platform, monkeypatch):
+    monkeypatch.delenv("MLP_DECISION_LOG_INLINE_COMMIT", raising=False)
+    assert ServingConfig.from_env(platform["settings"]).log_inline_commit is True
+    monkeypatch.setenv("MLP_DECISION_LOG_INLINE_COMMIT", "0")
+    assert ServingConfig.from_env(platform["settings"]).log_inline_commit is False
+
+
 def _without_volatile(body: dict) -> dict:
     return {k: v for k, v in body.items() if k not in ("decision_id", "latency_ms")}
 
@@ -613,3 +622,35 @@ def test_fast_path_answers_503_when_no_model_is_loaded(platform, tmp_path):
         r = c.post("/v1/score", json=txn(1), headers=AUTH)
         assert r.status_code == 503 and r.json()["detail"].startswith("not ready")
         assert 'mlp_requests_total{endpoint="/v1/score",status="503"} 1.0' in c.get("/metrics").text
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_lone_request_commits_its_own_decision_record(platform, tmp_path, inline):
+    """One request in flight: its decision record is committed on the event loop (no writer thread
+    hand-off) unless switched off; concurrent requests go through the writer (group commit). Either
+    way every decision is logged with its shadow record and the chain verifies."""
+    # review threshold 0: every request awaits its reason codes in a thread, so the 16 gathered below are
+    # really in flight together
+    service = make_service(platform, tmp_path, log_inline_commit=inline, review_threshold=0.0)
+    RoutingFile(service.config.routing_path).write(RoutingState(champion=platform["v1"], shadows=(platform["v2"],)))
+    assert service.pool.refresh()
+
+    async def run() -> tuple[list, list]:
+        alone = [await service.score(TransactionIn(**txn(700 + i))) for i in range(8)]
+        together = await asyncio.gather(*(service.score(TransactionIn(**txn(800 + i, customer=f"G{i}")))
+                                          for i in range(16)))
+        return alone, together
+
+    alone, together = asyncio.run(run())
+    log_ = service.decisions
+    inline_alone = log_.inline_commit_count
+    assert inline_alone == (8 if inline else 0) or (inline and inline_alone >= 7)  # the writer may be busy once
+    service.flush_shadows()
+    for out in [*alone, *together]:
+        assert log_.get(out.decision_id)["score"] == out.score
+        assert log_.get(f"{out.decision_id}:shadow:{platform['v2']}") is not None
+    # 16 together: only the last of them can be alone when it reaches the log
+    assert log_.inline_commit_count - inline_alone <= (1 if inline else 0)
+    assert service._in_flight == 0
+    asyncio.run(service.close())
+    assert verify_log(tmp_path / "decisions").ok

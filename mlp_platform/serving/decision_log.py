@@ -35,6 +35,15 @@ A batch of background records only waits up to ``background_delay_ms`` (default 
 record to join it, so background work rides along with the next decision's fsync instead of taking
 one of its own that a decision would then queue behind.
 
+Inline commits: an appender with nothing else to do (the scoring service's only request in flight) may
+call ``append_inline`` / ``append_async(..., inline=True)``. If no commit is in progress it takes every
+record queued so far, adds its own and commits them itself, in its own thread, exactly as the writer
+would (same write, same fdatasync, same wake-ups), while the writer waits; if a commit is in progress it
+logs nothing and the record goes through the writer. One commit runs at a time either way, so seq order,
+the chain and the guarantee below do not depend on who committed. It saves the two thread wake-ups of a
+hand-off to the writer (measured: 100-170 µs per decision at one connection on a 2-vCPU VM), at the
+price of blocking the caller's event loop for one fdatasync.
+
 * **When append returns** (or the awaitable resolves) the record and every record with a lower seq
   are written and fdatasync'ed, and the directory entry of their segment has been fsync'ed when the segment
   was created: they survive a process crash (``kill -9``), an OS crash or a power loss, assuming the disk
@@ -455,6 +464,7 @@ class DecisionLog:
                 _fsync_path(self.directory.parent)
         self._fsyncs = 0
         self._commits = 0
+        self._inline_commits = 0
         self._appended = 0
 
         self._lock_fd = self._acquire_lock()
@@ -468,6 +478,8 @@ class DecisionLog:
 
         self._cond = threading.Condition(threading.Lock())
         self._pending = _Batch()
+        self._committing = False  # a commit is writing (the writer's or an inline one): one at a time
+        self._writer_blocked = False  # the writer waits for an inline commit to end
         self._closing = False
         self._closed = False
         self._failed: BaseException | None = None
@@ -569,13 +581,64 @@ class DecisionLog:
             results.append(batch.results[i])
         return results
 
-    async def append_async(self, record: Mapping[str, Any], *, trusted: bool = False) -> LoggedDecision:
+    async def append_async(self, record: Mapping[str, Any], *, trusted: bool = False,
+                           inline: bool = False) -> LoggedDecision:
         """``append`` for asyncio callers: awaits a future the writer thread resolves (the loop is not
-        blocked)."""
+        blocked).
+
+        ``inline``: the caller has nothing else to do meanwhile (the service's only request in
+        flight). If the writer is idle, commit here, in the caller's thread, with the same guarantee
+        (:meth:`append_inline`); this blocks the event loop for one write + fdatasync but saves the two
+        thread wake-ups. If the writer is busy, the record is queued as usual."""
+        if inline:
+            record = self._checked(record, trusted)
+            done = self._append_inline(record)
+            if done is not None:
+                return done
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[LoggedDecision] = loop.create_future()
+            self._enqueue(record, (loop, fut), checked=True)
+            return await fut
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[LoggedDecision] = loop.create_future()
+        fut = loop.create_future()
         self._enqueue(record, (loop, fut), trusted)
         return await fut
+
+    def append_inline(self, record: Mapping[str, Any], *, trusted: bool = False) -> LoggedDecision | None:
+        """Commit ``record`` in the calling thread if the writer is idle: with every record queued so far
+        (background shadow records ride along), in one write + fdatasync, then wake their waiters.
+        Returns None, having logged nothing, when a commit is in progress (use :meth:`append`).
+        Same guarantee and errors as :meth:`append`."""
+        return self._append_inline(self._checked(record, trusted))
+
+    def _append_inline(self, record: dict[str, Any]) -> LoggedDecision | None:
+        with self._cond:
+            self._check_open()
+            if self._committing:
+                return None
+            batch, self._pending = self._pending, _Batch()
+            self._committing = True
+        batch.records.append(record)
+        batch.waiters.append(None)
+        batch.foreground += 1
+        i = len(batch.records) - 1
+        self._last_commit_start = time.monotonic()
+        self._last_batch_size = batch.foreground
+        try:
+            self._commit(batch)
+            self._inline_commits += 1
+        except BaseException as exc:
+            self._fail(exc, batch)
+        finally:
+            with self._cond:
+                self._committing = False
+                if self._pending.records or self._writer_blocked:
+                    self._cond.notify()  # records queued meanwhile, or the writer waits for this commit
+        result = batch.results[i]
+        if isinstance(result, BaseException):
+            raise result
+        assert result is not None
+        return result
 
     def get(self, decision_id: str) -> dict[str, Any] | None:
         """The logged record (with seq, prev_hash, hash) for this decision_id, or None."""
@@ -641,6 +704,11 @@ class DecisionLog:
         return self._commits
 
     @property
+    def inline_commit_count(self) -> int:
+        """Commits made in an appender's thread (:meth:`append_inline`), included in commit_count."""
+        return self._inline_commits
+
+    @property
     def appended_count(self) -> int:
         """Records appended through this instance."""
         return self._appended
@@ -660,11 +728,12 @@ class DecisionLog:
 
     # ---- writer
 
-    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False,
-                 background: bool = False) -> tuple[_Batch, int]:
+    @staticmethod
+    def _checked(record: Mapping[str, Any], trusted: bool) -> dict[str, Any]:
+        """A shallow copy of ``record`` (the caller may reuse its dict), or the validation error."""
         if not isinstance(record, Mapping):
             raise TypeError(f"a decision record must be a dict, got {type(record).__name__}")
-        record = dict(record)  # shallow copy: the caller may reuse its dict
+        record = dict(record)
         did = record.get("decision_id")
         if not isinstance(did, str) or not did:
             raise ValueError("a decision record needs a non-empty str 'decision_id'")
@@ -673,12 +742,21 @@ class DecisionLog:
             raise ValueError(f"{sorted(clash)} are set by the decision log; remove them from the record")
         if not trusted:
             _check_keys(record)
+        return record
+
+    def _check_open(self) -> None:
+        """Raise if the log takes no more appends (call with ``_cond`` held)."""
+        if self._failed is not None:
+            raise DecisionLogError(f"decision log {self.directory} failed earlier; reopen it") from self._failed
+        if self._closing:
+            raise DecisionLogError(f"decision log {self.directory} is closed")
+
+    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False,
+                 background: bool = False, checked: bool = False) -> tuple[_Batch, int]:
+        if not checked:
+            record = self._checked(record, trusted)
         with self._cond:
-            if self._failed is not None:
-                raise DecisionLogError(f"decision log {self.directory} failed earlier; reopen it") \
-                    from self._failed
-            if self._closing:
-                raise DecisionLogError(f"decision log {self.directory} is closed")
+            self._check_open()
             batch = self._pending
             if not batch.records or (not background and not batch.foreground):
                 self._cond.notify()  # a new batch, or the first foreground record of a background batch
@@ -712,21 +790,36 @@ class DecisionLog:
                     if wait <= 0:
                         break
                     self._cond.wait(wait)
+                while self._committing:  # an inline commit (append_inline) is writing
+                    self._writer_blocked = True
+                    self._cond.wait()
+                self._writer_blocked = False
+                if not self._pending.records:  # it took them
+                    continue
                 batch, self._pending = self._pending, _Batch()
+                self._committing = True
             self._last_commit_start = time.monotonic()
             self._last_batch_size = batch.foreground
             try:
                 self._commit(batch)
-            except BaseException as exc:  # I/O failure: outcome unknown, stop taking appends
-                log.exception("decision log %s: write failed; refusing further appends", self.directory)
-                with self._cond:
-                    self._failed = exc
-                    pending, self._pending = self._pending, _Batch()
-                for b in (batch, pending):
-                    b.results = [r if isinstance(r, BaseException) else self._failure(exc)
-                                 for r in (b.results or [None] * len(b.records))]
-                    self._wake(b)
+            except BaseException as exc:
+                self._fail(exc, batch)
                 return
+            finally:
+                with self._cond:
+                    self._committing = False
+
+    def _fail(self, exc: BaseException, batch: _Batch) -> None:
+        """An I/O failure while committing ``batch``: its outcome is unknown. Fail it and everything
+        queued, and refuse every later append."""
+        log.exception("decision log %s: write failed; refusing further appends", self.directory)
+        with self._cond:
+            self._failed = exc
+            pending, self._pending = self._pending, _Batch()
+        for b in (batch, pending):
+            b.results = [r if isinstance(r, BaseException) else self._failure(exc)
+                         for r in (b.results or [None] * len(b.records))]
+            self._wake(b)
 
     def _failure(self, exc: BaseException) -> DecisionLogError:
         err = DecisionLogError(f"decision log write failed ({exc!r}); the record may or may not be logged")
