@@ -382,7 +382,8 @@ def latency_run(target: Target, n: int, tag: str, seed: int, customers: int, mer
     port, auth = target.server.port, target.kind == "full"
     nxt = body_source(target, tag, seed, customers, merchants)
     conn = RawConn(port)
-    by_kind: dict[str, list[float]] = {"all": [], "approve": [], "reasons": [], "flagged_no_reasons": []}
+    by_kind: dict[str, list[float]] = {"all": [], "approve": [], "reasons": [], "flagged_no_reasons": [],
+                                       "approve_server": []}  # the service's own latency_ms (inside scoring)
     errors, decisions = 0, {}
     deadline = time.monotonic() + max_seconds
     try:
@@ -402,6 +403,7 @@ def latency_run(target: Target, n: int, tag: str, seed: int, customers: int, mer
                 decisions[out["decision"]] = decisions.get(out["decision"], 0) + 1
                 if out["decision"] == "approve":
                     by_kind["approve"].append(us)
+                    by_kind["approve_server"].append(out["latency_ms"] * 1000.0)
                 elif out["reasons"]:
                     by_kind["reasons"].append(us)
                 else:
@@ -944,6 +946,7 @@ def main() -> int:
                     help="do not measure the redis store through the server's unix socket")
     ap.add_argument("--skip-route-only", action="store_true",
                     help="do not measure the service with the raw-ASGI fast path switched off")
+    ap.add_argument("--only", default="", help="comma-separated server names to run (default: all)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
@@ -1083,6 +1086,8 @@ def main() -> int:
                               "bench_serving:bare_app"], dict(base_env, BENCH_BARE_MODEL=str(model_file)), port,
                      "/ping", tmp / "logs" / "bare.log")
         targets.append(Target("bare", "bare endpoint (FastAPI + Booster.predict)", "rows", srv, "/score", bare_bodies))
+        if args.only:
+            targets = [t for t in targets if t.name in set(args.only.split(","))]
 
         for t in targets:
             servers.append(t.server)
@@ -1122,7 +1127,9 @@ def main() -> int:
                        if "shadow_backlog" in thr else "")
                 print(f"  repeat {rep + 1} {t.name:22s} {thr['rps']:8.0f} req/s ({thr['requests']} req, "
                       f"{thr['errors']} err{lag}) | 1 conn p50 {lat['all']['p50_us'] / 1000:.2f} ms "
-                      f"p99 {lat['all']['p99_us'] / 1000:.2f} ms ({lat['errors']} err) {lat.get('decisions', '')}")
+                      f"p99 {lat['all']['p99_us'] / 1000:.2f} ms ({lat['errors']} err) {lat.get('decisions', '')}"
+                      + (f" | in the service: p50 {lat['approve_server']['p50_us'] / 1000:.2f} ms p99 "
+                         f"{lat['approve_server']['p99_us'] / 1000:.2f} ms" if "approve_server" in lat else ""))
 
         # the servers' own view: requests by status, errors, decisions, shadow scorings
         time.sleep(1.0)
