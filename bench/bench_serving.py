@@ -762,6 +762,8 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
     plain = {k: v for k, v in record.items() if k not in ("seq", "prev_hash")}
     result["DecisionLog.append (one appender: queue, hash, write, fdatasync, wake)"] = timed(
         lambda i: dlog.append({**plain, "decision_id": f"p{i}"}), range(min(n, 500)))
+    result["DecisionLog.append_inline (one appender, committed in its own thread: hash, write, fdatasync)"] = timed(
+        lambda i: dlog.append_inline({**plain, "decision_id": f"q{i}"}), range(min(n, 500)))
     dlog.close()
     out = ScoreOut(decision_id="x" * 32, decision="approve", score=0.1, policy_version="p", thresholds={"a": 1.0},
                    model={"arm": "champion", "version": "1", "score": 0.1}, latency_ms=1.0)
