@@ -557,6 +557,16 @@ def test_background_records_do_not_hold_a_lone_appender_in_the_group_commit_wind
         assert reopened.get("d4") is not None and len(reopened) == 7
 
 
+def _queued_shadow(log: DecisionLog, decision_id: str) -> threading.Thread:
+    """A background appender (a shadow record) that is waiting for a decision to share its commit."""
+    thread = threading.Thread(target=log.append_many, args=([{"decision_id": decision_id, "kind": "shadow"}],),
+                              kwargs={"background": True})
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive() and decision_id not in log
+    return thread
+
+
 def test_background_records_ride_along_with_the_next_decision(tmp_path):
     """Shadow records wait (up to background_delay_ms) for a decision to share its fsync: one commit
     for both; without a decision they are committed at the latest on close."""
@@ -565,20 +575,12 @@ def test_background_records_ride_along_with_the_next_decision(tmp_path):
     with DecisionLog(tmp_path / "log", background_delay_ms=60_000) as log:
         log.append({"decision_id": "d0"})
         commits = log.commit_count
-        shadow = threading.Thread(target=log.append_many, args=([{"decision_id": "s0", "kind": "shadow"}],),
-                                  kwargs={"background": True})
-        shadow.start()
-        shadow.join(0.3)
-        assert shadow.is_alive() and "s0" not in log  # waiting for a decision to share the commit
+        shadow = _queued_shadow(log, "s0")  # waiting for a decision to share the commit
         result = log.append({"decision_id": "d1"})
         shadow.join(30)
         assert not shadow.is_alive() and log.commit_count == commits + 1
         assert log.get("s0")["seq"] == result.seq - 1  # queued first, committed together
-        late = threading.Thread(target=log.append_many, args=([{"decision_id": "s1", "kind": "shadow"}],),
-                                kwargs={"background": True})
-        late.start()
-        late.join(0.3)
-        assert late.is_alive()  # queued, waiting: close() commits it
+        late = _queued_shadow(log, "s1")  # queued, waiting: close() commits it
     late.join(30)
     assert not late.is_alive()
     with DecisionLog(tmp_path / "log") as reopened:
@@ -591,11 +593,7 @@ def test_inline_commit_takes_the_queued_background_records_along(tmp_path):
     with DecisionLog(tmp_path / "log", background_delay_ms=60_000) as log:
         log.append({"decision_id": "d0"})
         commits = log.commit_count
-        shadow = threading.Thread(target=log.append_many, args=([{"decision_id": "s0", "kind": "shadow"}],),
-                                  kwargs={"background": True})
-        shadow.start()
-        shadow.join(0.3)
-        assert shadow.is_alive() and "s0" not in log
+        shadow = _queued_shadow(log, "s0")
         result = log.append_inline({"decision_id": "d1", "score": 1e-7})
         assert result is not None and result.decision_id == "d1"
         shadow.join(30)
