@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from mlp_platform.serving.api_models import DecisionTrace, ScoreOut, TransactionIn
 from mlp_platform.serving.service import ScoringService, key_matches
+from mlp_platform.settings import switched_on
 
 log = logging.getLogger("mlp.serving")
 
@@ -297,8 +298,6 @@ def build_service(settings=None) -> ScoringService:
 def app_from_env():
     """uvicorn factory: `uvicorn --factory mlp_platform.serving.app:app_from_env`."""
     logging.basicConfig(level=logging.INFO)
-    from mlp_platform.settings import switched_on
-
     fast_path = switched_on("MLP_SERVING_FAST_PATH")
     service = build_service()
     app = create_app(service, fast_path=fast_path)

@@ -551,7 +551,7 @@ class DecisionLog:
     def append(self, record: Mapping[str, Any], *, trusted: bool = False) -> LoggedDecision:
         """Log one decision; returns once it (and everything before it) is durably on disk.
         ``trusted``: the caller built the record with str keys only (skips the deep key walk)."""
-        batch, i = self._enqueue(record, None, trusted)
+        batch, i = self._enqueue(self._checked(record, trusted), None)
         batch.done.wait()
         result = batch.results[i]
         if isinstance(result, BaseException):
@@ -568,7 +568,7 @@ class DecisionLog:
         slots: list[tuple[Any, int] | BaseException] = []
         for record in records:
             try:
-                slots.append(self._enqueue(record, None, trusted, background))
+                slots.append(self._enqueue(self._checked(record, trusted), None, background))
             except (ValueError, TypeError) as err:  # refused before it took a seq
                 slots.append(err)
         results: list[LoggedDecision | BaseException] = []
@@ -590,18 +590,14 @@ class DecisionLog:
         flight). If the writer is idle, commit here, in the caller's thread, with the same guarantee
         (:meth:`append_inline`); this blocks the event loop for one write + fdatasync but saves the two
         thread wake-ups. If the writer is busy, the record is queued as usual."""
+        record = self._checked(record, trusted)
         if inline:
-            record = self._checked(record, trusted)
             done = self._append_inline(record)
             if done is not None:
                 return done
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[LoggedDecision] = loop.create_future()
-            self._enqueue(record, (loop, fut), checked=True)
-            return await fut
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._enqueue(record, (loop, fut), trusted)
+        fut: asyncio.Future[LoggedDecision] = loop.create_future()
+        self._enqueue(record, (loop, fut))
         return await fut
 
     def append_inline(self, record: Mapping[str, Any], *, trusted: bool = False) -> LoggedDecision | None:
@@ -622,8 +618,6 @@ class DecisionLog:
         batch.waiters.append(None)
         batch.foreground += 1
         i = len(batch.records) - 1
-        self._last_commit_start = time.monotonic()
-        self._last_batch_size = batch.foreground
         try:
             self._commit(batch)
             self._inline_commits += 1
@@ -751,10 +745,8 @@ class DecisionLog:
         if self._closing:
             raise DecisionLogError(f"decision log {self.directory} is closed")
 
-    def _enqueue(self, record: Mapping[str, Any], waiter: Any, trusted: bool = False,
-                 background: bool = False, checked: bool = False) -> tuple[_Batch, int]:
-        if not checked:
-            record = self._checked(record, trusted)
+    def _enqueue(self, record: dict[str, Any], waiter: Any, background: bool = False) -> tuple[_Batch, int]:
+        """Queue a record that passed :meth:`_checked` for the writer's next commit."""
         with self._cond:
             self._check_open()
             batch = self._pending
@@ -798,8 +790,6 @@ class DecisionLog:
                     continue
                 batch, self._pending = self._pending, _Batch()
                 self._committing = True
-            self._last_commit_start = time.monotonic()
-            self._last_batch_size = batch.foreground
             try:
                 self._commit(batch)
             except BaseException as exc:
@@ -827,6 +817,8 @@ class DecisionLog:
         return err
 
     def _commit(self, batch: _Batch) -> None:
+        self._last_commit_start = time.monotonic()  # the group-commit rule (see _run)
+        self._last_batch_size = batch.foreground
         n = len(batch.records)
         results: list[LoggedDecision | BaseException | None] = [None] * n
         batch.results = results

@@ -35,6 +35,8 @@ import sysconfig
 import threading
 from pathlib import Path
 
+from mlp_platform.settings import switched_on
+
 log = logging.getLogger(__name__)
 
 SOURCE_PATH = Path(__file__).with_name("stream_kernel.c")
@@ -47,8 +49,6 @@ _state: dict = {}
 
 
 def enabled() -> bool:
-    from mlp_platform.settings import switched_on
-
     return switched_on("MLP_STREAM_KERNEL")
 
 
