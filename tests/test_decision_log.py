@@ -609,6 +609,36 @@ def test_inline_commit_takes_the_queued_background_records_along(tmp_path):
     assert report.ok and report.records == 4, report.describe()
 
 
+def test_lone_decisions_leave_the_shadow_records_between_them_to_the_next_decision(tmp_path):
+    """One connection: every decision commits inline and the shadow record queued after it rides along
+    with the next decision. The background delay counts from a batch's first record, so the writer
+    never commits a shadow-only batch while decisions keep coming (its commit would take the one
+    commit slot, and the next lone decision would queue behind it)."""
+    import queue
+
+    with DecisionLog(tmp_path / "log", background_delay_ms=400) as log:
+        jobs: queue.Queue = queue.Queue()
+
+        def shadow_worker():  # as the service's: one background append per decision, blocking
+            while (i := jobs.get()) is not None:
+                log.append_many([{"decision_id": f"s{i}", "kind": "shadow"}], background=True)
+
+        worker = threading.Thread(target=shadow_worker)
+        worker.start()
+        started = time.monotonic()
+        for i in range(500):  # about 1.3 s: three background delays
+            assert log.append_inline({"decision_id": f"d{i}"}) is not None, f"d{i} found a commit in progress"
+            jobs.put(i)
+            time.sleep(0.002)
+        writer_commits = log.commit_count - log.inline_commit_count
+        assert time.monotonic() - started > 2 * log.background_delay_s
+        jobs.put(None)
+        worker.join(30)
+        assert writer_commits == 0
+    report = verify_log(tmp_path / "log")
+    assert report.ok and report.records == 1000, report.describe()
+
+
 def test_inline_commit_refuses_while_the_writer_commits(tmp_path):
     """While the writer is writing a batch, append_inline logs nothing and returns None (the caller
     queues instead); the chain stays gap-free."""

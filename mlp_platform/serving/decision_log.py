@@ -31,9 +31,11 @@ waiting to acknowledge -- do not count) or started more than ``group_commit_ms``
 once -- a lone append pays one fsync and no delay; otherwise (concurrent appenders)
 ``group_commit_ms`` after the previous commit started, so under load
 commits happen at most once per window (or per fsync, if slower) and concurrent appends share each fsync.
-A batch of background records only waits up to ``background_delay_ms`` (default 20) for a foreground
-record to join it, so background work rides along with the next decision's fsync instead of taking
-one of its own that a decision would then queue behind.
+A batch of background records only waits up to ``background_delay_ms`` (default 20), counted from its
+first record, for a foreground record to join it, so background work rides along with the next
+decision's fsync instead of taking one of its own that a decision would then queue behind. The writer
+is woken only when that changes what it waits for (a first record, a first foreground record, the end
+of an inline commit it waits for), not once per queued record.
 
 Inline commits: an appender with nothing else to do (the scoring service's only request in flight) may
 call ``append_inline`` / ``append_async(..., inline=True)``. If no commit is in progress it takes every
@@ -414,14 +416,17 @@ def verify_log(directory: Path) -> ChainReport:
 class _Batch:
     """Records queued for the same commit; its waiters are woken together."""
 
-    __slots__ = ("records", "waiters", "results", "done", "foreground")
+    __slots__ = ("records", "waiters", "results", "done", "foreground", "opened")
 
     def __init__(self) -> None:
         self.foreground = 0  # records whose appender is not background work (see the group commit rule)
+        self.opened = 0.0  # monotonic time of its first record (the background delay counts from it)
         self.records: list[dict[str, Any]] = []
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future] | None] = []
         self.results: list[LoggedDecision | BaseException | None] = []
-        self.done = threading.Event()
+        # set when the batch is committed (or failed); created only for a thread that blocks on it
+        # (append, append_many), under the log's lock, before the batch can be taken
+        self.done: threading.Event | None = None
 
 
 def _fsync_path(path: Path) -> None:
@@ -480,6 +485,7 @@ class DecisionLog:
         self._pending = _Batch()
         self._committing = False  # a commit is writing (the writer's or an inline one): one at a time
         self._writer_blocked = False  # the writer waits for an inline commit to end
+        self._writer_idle = False  # the writer waits for a first record
         self._closing = False
         self._closed = False
         self._failed: BaseException | None = None
@@ -551,7 +557,7 @@ class DecisionLog:
     def append(self, record: Mapping[str, Any], *, trusted: bool = False) -> LoggedDecision:
         """Log one decision; returns once it (and everything before it) is durably on disk.
         ``trusted``: the caller built the record with str keys only (skips the deep key walk)."""
-        batch, i = self._enqueue(self._checked(record, trusted), None)
+        batch, i = self._enqueue(self._checked(record, trusted), None, blocking=True)
         batch.done.wait()
         result = batch.results[i]
         if isinstance(result, BaseException):
@@ -568,7 +574,7 @@ class DecisionLog:
         slots: list[tuple[Any, int] | BaseException] = []
         for record in records:
             try:
-                slots.append(self._enqueue(self._checked(record, trusted), None, background))
+                slots.append(self._enqueue(self._checked(record, trusted), None, background, blocking=True))
             except (ValueError, TypeError) as err:  # refused before it took a seq
                 slots.append(err)
         results: list[LoggedDecision | BaseException] = []
@@ -626,8 +632,8 @@ class DecisionLog:
         finally:
             with self._cond:
                 self._committing = False
-                if self._pending.records or self._writer_blocked:
-                    self._cond.notify()  # records queued meanwhile, or the writer waits for this commit
+                if self._writer_blocked:
+                    self._cond.notify()  # the writer waits for this commit (it re-reads the queue)
         result = batch.results[i]
         if isinstance(result, BaseException):
             raise result
@@ -745,13 +751,25 @@ class DecisionLog:
         if self._closing:
             raise DecisionLogError(f"decision log {self.directory} is closed")
 
-    def _enqueue(self, record: dict[str, Any], waiter: Any, background: bool = False) -> tuple[_Batch, int]:
-        """Queue a record that passed :meth:`_checked` for the writer's next commit."""
+    def _enqueue(self, record: dict[str, Any], waiter: Any, background: bool = False,
+                 blocking: bool = False) -> tuple[_Batch, int]:
+        """Queue a record that passed :meth:`_checked` for the writer's next commit. ``blocking``: the
+        caller's thread will wait on ``batch.done``.
+
+        The writer is woken only when that changes what it waits for: the first record while it is
+        idle, or the first foreground record of a batch (a background batch waits for one). Its other
+        waits end on their own (a time) or are ended by the inline commit it waits for."""
         with self._cond:
             self._check_open()
             batch = self._pending
-            if not batch.records or (not background and not batch.foreground):
-                self._cond.notify()  # a new batch, or the first foreground record of a background batch
+            first = not batch.records
+            if first:
+                batch.opened = time.monotonic()
+            if (first and self._writer_idle) or (not background and not batch.foreground):
+                self._writer_idle = False
+                self._cond.notify()
+            if blocking and batch.done is None:
+                batch.done = threading.Event()
             batch.records.append(record)
             batch.waiters.append(waiter)
             if not background:
@@ -761,34 +779,9 @@ class DecisionLog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending.records and not self._closing:
-                    self._cond.wait()
-                if not self._pending.records:
+                batch = self._next_batch()
+                if batch is None:
                     return  # closing, nothing left
-                # A lone appender (previous batch of one foreground record) or an idle writer: commit at
-                # once. Concurrent appenders: close the batch one window after the previous commit
-                # started, to share it.
-                not_before = self._last_commit_start + self.group_commit_s
-                while self._last_batch_size > 1 and not self._closing:
-                    wait = not_before - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                # Background records only (shadow scores): wait a little for a foreground record to
-                # share their fsync, so a decision never queues behind a shadow-only commit.
-                deadline = time.monotonic() + self.background_delay_s
-                while not self._pending.foreground and not self._closing:
-                    wait = deadline - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                while self._committing:  # an inline commit (append_inline) is writing
-                    self._writer_blocked = True
-                    self._cond.wait()
-                self._writer_blocked = False
-                if not self._pending.records:  # it took them
-                    continue
-                batch, self._pending = self._pending, _Batch()
                 self._committing = True
             try:
                 self._commit(batch)
@@ -798,6 +791,43 @@ class DecisionLog:
             finally:
                 with self._cond:
                     self._committing = False
+
+    def _next_batch(self) -> _Batch | None:
+        """Wait (with ``_cond`` held) until the queued batch is due, take it and return it; None when
+        the log is closing and nothing is queued. Every wake-up re-reads the whole state: an inline
+        commit may have taken the batch meanwhile, and a new one started.
+
+        Due: no commit in progress (one at a time), and, unless closing,
+        * concurrent appenders (the previous commit carried more than one foreground record): one
+          group-commit window after the previous commit started, to share it; a lone appender or an
+          idle writer: at once;
+        * background records only (shadow scores): ``background_delay_s`` after the batch's first
+          record, waiting for a foreground record to share their fsync, so a decision never queues
+          behind a shadow-only commit."""
+        while True:
+            pending = self._pending
+            if not pending.records:
+                if self._closing:
+                    return None
+                self._writer_idle = True
+                self._cond.wait()
+                self._writer_idle = False
+                continue
+            if self._committing:  # an inline commit (append_inline) is writing
+                self._writer_blocked = True
+                self._cond.wait()
+                self._writer_blocked = False
+                continue
+            if not self._closing:
+                now = time.monotonic()
+                wait = self._last_commit_start + self.group_commit_s - now if self._last_batch_size > 1 else 0.0
+                if wait <= 0 and not pending.foreground:
+                    wait = pending.opened + self.background_delay_s - now
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+            self._pending = _Batch()
+            return pending
 
     def _fail(self, exc: BaseException, batch: _Batch) -> None:
         """An I/O failure while committing ``batch``: its outcome is unknown. Fail it and everything
@@ -888,7 +918,8 @@ class DecisionLog:
         for waiter, result in zip(batch.waiters, batch.results, strict=True):
             if waiter is not None:
                 by_loop.setdefault(waiter[0], []).append((waiter[1], result))
-        batch.done.set()
+        if batch.done is not None:
+            batch.done.set()
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve_futures, items)
