@@ -654,3 +654,43 @@ def test_a_lone_request_commits_its_own_decision_record(platform, tmp_path, inli
     assert service._in_flight == 0
     asyncio.run(service.close())
     assert verify_log(tmp_path / "decisions").ok
+
+
+def test_requests_ready_together_share_commits_even_without_awaiting_before_the_log(platform, tmp_path):
+    """With an in-process store an approve decision runs to the decision log without awaiting, so each
+    request looks alone by the in-flight count when it gets there. Requests that were ready together
+    must still share the writer's group commit instead of each committing inline behind the other's
+    fdatasync: of 16 gathered, only the first commits inline. Once the load has gone, lone requests
+    commit inline again."""
+    service = make_service(platform, tmp_path, review_threshold=1.0)  # every decision an approve
+    log_ = service.decisions
+
+    async def score(i: int, customer: str):
+        return await service.score(TransactionIn(**txn(i, customer=customer)))
+
+    async def run() -> dict:
+        counts = {}
+        first = await score(900, "H")
+        counts["first"] = (log_.inline_commit_count, log_.commit_count)
+        together = await asyncio.gather(*(score(901 + i, f"H{i}") for i in range(16)))
+        counts["together"] = (log_.inline_commit_count, log_.commit_count)
+        after = []
+        for i in range(3):  # one at a time, with the network's gap between them
+            await asyncio.sleep(0.001)
+            after.append(await score(950 + i, "H"))
+        counts["after"] = (log_.inline_commit_count, log_.commit_count)
+        return {"outs": [first, *together, *after], "counts": counts}
+
+    result = asyncio.run(run())
+    outs, counts = result["outs"], result["counts"]
+    assert all(out.decision == "approve" for out in outs)  # no await for reason codes on the way
+    assert counts["first"][0] == 1
+    inline_together = counts["together"][0] - counts["first"][0]
+    commits_together = counts["together"][1] - counts["first"][1]
+    assert inline_together <= 1 and commits_together < 16, counts
+    assert counts["after"][0] - counts["together"][0] >= 2, counts  # lone again: inline resumes
+    for out in outs:
+        assert log_.get(out.decision_id)["score"] == out.score
+    assert service._in_flight == 0
+    asyncio.run(service.close())
+    assert verify_log(tmp_path / "decisions").ok

@@ -704,6 +704,12 @@ class DecisionLog:
         return self._commits
 
     @property
+    def last_commit_foreground(self) -> int:
+        """Foreground records (decisions somebody waits for) in the latest commit: more than one means
+        concurrent appenders, i.e. load."""
+        return self._last_batch_size
+
+    @property
     def inline_commit_count(self) -> int:
         """Commits made in an appender's thread (:meth:`append_inline`), included in commit_count."""
         return self._inline_commits
