@@ -492,7 +492,7 @@ class DecisionLog:
         self._committed = (self._seg_no, self._seg_size)  # what get/iter_records may read
         self._head_hash_committed = self._prev_hash
         self._last_commit_start = 0.0
-        self._last_batch_size = 0
+        self._last_commit_foreground = 0
         self._writer = threading.Thread(target=self._run, name=f"decision-log-writer:{self.directory.name}",
                                         daemon=True)
         self._writer.start()
@@ -707,7 +707,7 @@ class DecisionLog:
     def last_commit_foreground(self) -> int:
         """Foreground records (decisions somebody waits for) in the latest commit: more than one means
         concurrent appenders, i.e. load."""
-        return self._last_batch_size
+        return self._last_commit_foreground
 
     @property
     def inline_commit_count(self) -> int:
@@ -826,7 +826,7 @@ class DecisionLog:
                 continue
             if not self._closing:
                 now = time.monotonic()
-                wait = self._last_commit_start + self.group_commit_s - now if self._last_batch_size > 1 else 0.0
+                wait = self._last_commit_start + self.group_commit_s - now if self._last_commit_foreground > 1 else 0.0
                 if wait <= 0 and not pending.foreground:
                     wait = pending.opened + self.background_delay_s - now
                 if wait > 0:
@@ -853,8 +853,8 @@ class DecisionLog:
         return err
 
     def _commit(self, batch: _Batch) -> None:
-        self._last_commit_start = time.monotonic()  # the group-commit rule (see _run)
-        self._last_batch_size = batch.foreground
+        self._last_commit_start = time.monotonic()  # the group-commit rule (see _next_batch)
+        self._last_commit_foreground = batch.foreground
         n = len(batch.records)
         results: list[LoggedDecision | BaseException | None] = [None] * n
         batch.results = results
