@@ -770,6 +770,10 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
     result["DecisionLog.append_inline (one appender, committed in its own thread: hash, write, fdatasync)"] = timed(
         lambda i: dlog.append_inline({**plain, "decision_id": f"q{i}"}), range(min(n, 500)))
     dlog.close()
+    alog = DecisionLog(workdir / "prof_decisions_append", zero_ahead_bytes=0)
+    result["DecisionLog.append_inline, what-if: appending (no space zero-filled ahead)"] = timed(
+        lambda i: alog.append_inline({**plain, "decision_id": f"q{i}"}), range(min(n, 500)))
+    alog.close()
     out = ScoreOut(decision_id="x" * 32, decision="approve", score=0.1, policy_version="p", thresholds={"a": 1.0},
                    model={"arm": "champion", "version": "1", "score": 0.1}, latency_ms=1.0)
     result["response: ScoreOut dump to JSON"] = timed(lambda _i: out.model_dump_json(), range(n))
@@ -966,6 +970,9 @@ def main() -> int:
                     help="do not measure the redis store through the server's unix socket")
     ap.add_argument("--skip-route-only", action="store_true",
                     help="do not measure the service with the raw-ASGI fast path switched off")
+    ap.add_argument("--with-appending-log", action="store_true",
+                    help="also run the redis full path with the decision log appending instead of writing over "
+                         "space zero-filled ahead (MLP_DECISION_LOG_ZERO_AHEAD_BYTES=0)")
     ap.add_argument("--only", default="", help="comma-separated server names to run (default: all)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -1093,6 +1100,9 @@ def main() -> int:
             if not args.skip_redis_unix:  # the same redis-server, reached through its unix socket
                 targets.append(full("full_redis_unix", "full path, redis over its unix socket",
                                     f"unix://{tmp / 'redis' / 'redis.sock'}?db=0&prefix=bench:c", None))
+            if args.with_appending_log:  # what-if: the decision log appends (no zero-filled space ahead)
+                targets.append(full("full_redis_append", "full path, redis, what-if: decision log appending",
+                                    f"{redis_url}?prefix=bench:d", None, MLP_DECISION_LOG_ZERO_AHEAD_BYTES="0"))
         if not args.skip_mlflow:
             port = free_port()
             env = dict(base_env, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri, MLFLOW_DISABLE_TELEMETRY="true",

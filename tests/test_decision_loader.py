@@ -183,6 +183,29 @@ def test_a_write_in_progress_is_left_for_the_next_load(settings, tmp_path):
     assert load_decisions(settings, directory).decisions == 1
 
 
+def test_zero_filled_space_after_the_records_is_not_a_pending_write(settings, tmp_path):
+    directory = tmp_path / "decisions"
+    with DecisionLog(directory, zero_ahead_bytes=8192) as log:  # live: the writer has filled ahead
+        for i in range(3):
+            log.append(decision_record(i))
+        segment = directory / segment_name(1)
+        assert segment.stat().st_size > segment.read_bytes().rstrip(b"\x00").__len__()
+        live = load_decisions(settings, directory)
+        assert live.decisions == 3 and live.pending_bytes == 0
+    line = _next_line(directory, decision_record(3))
+    end = segment.stat().st_size
+    with open(segment, "r+b") as fh:  # as a kill -9 leaves it: half a record written into the zeros
+        fh.seek(end)
+        fh.write(line[: len(line) // 2] + bytes(4096))
+    first = load_decisions(settings, directory)
+    assert first.decisions == 0 and first.pending_bytes == len(line) // 2
+    with open(segment, "r+b") as fh:
+        fh.seek(end + len(line) // 2)
+        fh.write(line[len(line) // 2:])
+    second = load_decisions(settings, directory)
+    assert second.decisions == 1 and second.pending_bytes == 0
+
+
 def test_a_tampered_record_stops_the_load_with_a_clear_error(settings, tmp_path):
     root = tmp_path / "decisions"
     with DecisionLog(root / "worker-1", fsync=False) as log:

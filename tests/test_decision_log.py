@@ -265,8 +265,8 @@ def test_modified_last_complete_record_is_broken_not_torn(chain: Path):
 @pytest.mark.parametrize("tail", [
     b'{"decision_id":"d-99999","features":{"amou',  # crash in the middle of a line
     None,  # a whole next record written except its newline
-    b"\x00" * 700,  # zero-filled block (power loss after the size grew)
     b"\x00" * 100 + b'\n{"decision_id":"d-9","seq":10}\n{"x":1',  # lines after a hole: never acknowledged
+    b'{"decision_id":"d-99999","feat' + b"\x00" * 5000,  # a write cut short inside the zero-filled space
 ])
 def test_torn_tail_is_recovered(tmp_path: Path, tail: bytes | None):
     logged = _fill(tmp_path, 10)
@@ -274,16 +274,17 @@ def test_torn_tail_is_recovered(tmp_path: Path, tail: bytes | None):
     if tail is None:
         body = {**_record(10), "seq": 10, "prev_hash": logged[-1].hash}
         tail = json.dumps({**body, "hash": _independent_hash(body)}).encode()
-    size = segment.stat().st_size
+    records = segment.read_bytes()
     with open(segment, "ab") as fh:
         fh.write(tail)
 
     report = verify_log(tmp_path)
     assert report.ok and report.records == 10 and report.torn_tail_bytes == len(tail)
+    assert report.padding_bytes == 0
 
-    with DecisionLog(tmp_path) as log:
+    with DecisionLog(tmp_path, zero_ahead_bytes=0) as log:
         assert log.recovered_tail_bytes == len(tail)
-        assert segment.stat().st_size == size  # exactly the torn bytes are gone
+        assert segment.read_bytes() == records  # exactly the torn bytes are gone
         assert log.next_seq == 10 and log.head_hash == logged[-1].hash
         assert all(log.get(r.decision_id) is not None for r in logged)
         new = [log.append(_record(i)) for i in range(10, 13)]
@@ -303,6 +304,101 @@ def test_torn_line_in_an_earlier_segment_is_corruption(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------------------------- concurrency
+
+
+# --------------------------------------------------------------------------------------------- zero-filled space ahead
+
+
+def test_commits_overwrite_the_zero_filled_space_ahead_and_a_crash_leaves_it_reusable(tmp_path: Path):
+    ahead = 64 * 1024
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    with DecisionLog(live, zero_ahead_bytes=ahead) as log:
+        assert log.zero_fill_count == 1  # filled when opened: the first append never waits for it
+        segment = _segments(live)[-1]
+        assert segment.stat().st_size == ahead and segment.read_bytes() == bytes(ahead)
+        logged = [log.append(_record(i)) if i % 2 else log.append_inline(_record(i)) or log.append(_record(i))
+                  for i in range(20)]
+        end = logged[-1].offset + len(canonical_json(log.get("d-00019")).encode()) + 1
+        data = segment.read_bytes()
+        assert len(data) == ahead, "a commit appended instead of overwriting the zero-filled space"
+        assert data[end:] == bytes(ahead - end) and data[:end].count(b"\n") == 20 and b"\x00" not in data[:end]
+        assert log.zero_fill_count == 1  # half of the space is still free: no second fill
+        report = verify_log(live)  # alongside the writer
+        assert report.ok and report.records == 20 and report.torn_tail_bytes == 0 and report.padding_bytes == ahead - end
+        assert "zero-filled ahead" in report.describe()
+        crashed.mkdir()
+        (crashed / segment.name).write_bytes(data)  # the disk as a kill -9 would leave it
+
+    with DecisionLog(crashed, zero_ahead_bytes=ahead) as log:
+        assert log.recovered_tail_bytes == 0 and log.next_seq == 20 and log.head_hash == logged[-1].hash
+        again = log.append(_record(20))
+        assert again.offset == end  # the first new record lands where the zeros began
+        assert (crashed / segment.name).stat().st_size == ahead
+    data = (crashed / segment.name).read_bytes()  # closed: the segment ends at its last record
+    assert data.endswith(b"\n") and b"\x00" not in data and data.count(b"\n") == 21
+    after = verify_log(crashed)
+    assert after.ok and after.records == 21 and after.padding_bytes == 0
+
+
+def test_the_writer_fills_again_before_the_space_runs_out_and_rotation_cuts_it_off(tmp_path: Path):
+    with DecisionLog(tmp_path, zero_ahead_bytes=4096, segment_max_bytes=20_000) as log:
+        for i in range(400):  # about 60 KB: several segments, each filled ahead more than once
+            log.append(_record(i))
+            segments = _segments(tmp_path)
+            for earlier in segments[:-1]:  # only the last segment is written, so only it has zeros
+                data = earlier.read_bytes()
+                assert data.endswith(b"\n") and b"\x00" not in data and len(data) <= 20_000
+            assert segments[-1].stat().st_size <= 20_000
+        fills = log.zero_fill_count
+        assert fills > 2 * len(segments)
+        assert verify_log(tmp_path).ok
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 400 and report.padding_bytes == 0
+
+
+def test_a_zero_filled_tail_is_padding_not_a_torn_tail(tmp_path: Path):
+    """A zero-filled end of the last segment (space filled ahead, or blocks of a never-acknowledged
+    write that a power loss left as zeros) holds no record: it is reported, kept and written over."""
+    logged = _fill(tmp_path, 10)
+    segment = _segments(tmp_path)[-1]
+    records = segment.read_bytes()
+    with open(segment, "ab") as fh:
+        fh.write(b"\x00" * 700)
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 10 and report.torn_tail_bytes == 0 and report.padding_bytes == 700
+    with DecisionLog(tmp_path, zero_ahead_bytes=0) as log:
+        assert log.recovered_tail_bytes == 0 and log.next_seq == 10
+        assert log.append(_record(10)).offset == len(records)
+        assert segment.stat().st_size == len(records) + 700  # written over, not appended after
+    assert segment.read_bytes().startswith(records) and b"\x00" not in segment.read_bytes()
+    assert verify_log(tmp_path).records == 11 and logged[-1].seq == 9
+
+
+ZERO_FILL_FAILS = textwrap.dedent("""
+    import json, resource, signal, sys
+    from mlp_platform.serving.decision_log import DecisionLog
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # a disk that is full at 20 kB
+    log = DecisionLog(sys.argv[1], zero_ahead_bytes=1 << 20)
+    logged = [log.append({"decision_id": f"d{i}", "pad": "x" * 100}).seq for i in range(50)]
+    print(json.dumps({"zero_ahead_bytes": log.zero_ahead_bytes, "fills": log.zero_fill_count, "seqs": logged}))
+    log.close()
+""")
+
+
+def test_a_failed_zero_fill_switches_it_off_and_commits_carry_on(tmp_path: Path):
+    script = tmp_path / "child.py"
+    script.write_text(ZERO_FILL_FAILS)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "log")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["zero_ahead_bytes"] == 0 and out["fills"] == 0 and out["seqs"] == list(range(50))
+    assert "zero-filling 1048576 bytes ahead failed" in done.stderr
+    report = verify_log(tmp_path / "log")
+    assert report.ok and report.records == 50 and report.padding_bytes == 0
 
 
 def test_group_commit_under_16_threads(tmp_path: Path):
@@ -616,7 +712,8 @@ def test_lone_decisions_leave_the_shadow_records_between_them_to_the_next_decisi
     commit slot, and the next lone decision would queue behind it)."""
     import queue
 
-    with DecisionLog(tmp_path / "log", background_delay_ms=400) as log:
+    # no zero-filling ahead: the writer's one other use of the commit slot (tested on its own below)
+    with DecisionLog(tmp_path / "log", background_delay_ms=400, zero_ahead_bytes=0) as log:
         jobs: queue.Queue = queue.Queue()
 
         def shadow_worker():  # as the service's: one background append per decision, blocking
@@ -625,15 +722,17 @@ def test_lone_decisions_leave_the_shadow_records_between_them_to_the_next_decisi
 
         worker = threading.Thread(target=shadow_worker)
         worker.start()
-        started = time.monotonic()
-        for i in range(500):  # about 1.3 s: three background delays
-            assert log.append_inline({"decision_id": f"d{i}"}) is not None, f"d{i} found a commit in progress"
-            jobs.put(i)
-            time.sleep(0.002)
-        writer_commits = log.commit_count - log.inline_commit_count
-        assert time.monotonic() - started > 2 * log.background_delay_s
-        jobs.put(None)
-        worker.join(30)
+        try:
+            started = time.monotonic()
+            for i in range(500):  # about 1.3 s: three background delays
+                assert log.append_inline({"decision_id": f"d{i}"}) is not None, f"d{i} found a commit in progress"
+                jobs.put(i)
+                time.sleep(0.002)
+            writer_commits = log.commit_count - log.inline_commit_count
+            assert time.monotonic() - started > 2 * log.background_delay_s
+        finally:
+            jobs.put(None)
+            worker.join(30)
         assert writer_commits == 0
     report = verify_log(tmp_path / "log")
     assert report.ok and report.records == 1000, report.describe()

@@ -593,6 +593,8 @@ def test_observation_reads_every_worker_log_and_skips_torn_tails(settings):
     segment = sorted((root / "worker-0").glob("decisions-*.jsonl"))[-1]
     with open(segment, "ab") as fh:  # a commit in progress: no newline yet
         fh.write(b'{"decision_id":"half","kind":"decision","ti')
+    with open(sorted((root / "worker-1").glob("decisions-*.jsonl"))[-1], "ab") as fh:
+        fh.write(bytes(4096))  # space the writer zero-filled ahead: not a line
     obs = observe(state, root, later())
     assert obs.shadow_pairs == 200 and obs.candidate.n == 200 and obs.champion.n == 200
     assert obs.degraded_skipped == 1 and obs.unpaired_shadows == 0

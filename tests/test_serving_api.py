@@ -552,6 +552,13 @@ def test_inline_commit_is_on_by_default_and_switched_off_by_the_environment(plat
     assert ServingConfig.from_env(platform["settings"]).log_inline_commit is False
 
 
+def test_decision_log_zero_fills_one_mib_ahead_unless_the_environment_says_otherwise(platform, monkeypatch):
+    monkeypatch.delenv("MLP_DECISION_LOG_ZERO_AHEAD_BYTES", raising=False)
+    assert ServingConfig.from_env(platform["settings"]).log_zero_ahead_bytes == 1024 * 1024
+    monkeypatch.setenv("MLP_DECISION_LOG_ZERO_AHEAD_BYTES", "0")
+    assert ServingConfig.from_env(platform["settings"]).log_zero_ahead_bytes == 0
+
+
 def _without_volatile(body: dict) -> dict:
     return {k: v for k, v in body.items() if k not in ("decision_id", "latency_ms")}
 

@@ -4,7 +4,8 @@ when given, the increase of the scoring service's Prometheus counters since then
 Decision log: every ``decisions-*.jsonl`` segment under the log root and under each of its
 sub-directories (one per serving worker), read without opening a :class:`DecisionLog` (the service
 holds the writer lock). Lines not yet terminated by a newline (a commit in progress, a torn tail)
-are skipped; segments last modified before the stage started are not read at all. Decisions taken
+are skipped and counted as unreadable; the zero-filled space after the last record of a live segment
+is not a line; segments last modified before the stage started are not read at all. Decisions taken
 on degraded (fallback) features are left out of every comparison (they are floored to a fixed
 decision whatever the model says) and counted.
 
@@ -34,7 +35,7 @@ from typing import Any
 
 from mlp_platform.rollout.scores import ScoreSample
 from mlp_platform.rollout.state import CANARY, SHADOW, RolloutState, parse_time, utc_iso
-from mlp_platform.serving.decision_log import SEGMENT_PREFIX, SEGMENT_SUFFIX
+from mlp_platform.serving.decision_log import SEGMENT_PREFIX, SEGMENT_SUFFIX, is_padding
 
 try:  # 3-4x faster on decision records; a dependency of dagster-dbt, json when absent
     from orjson import JSONDecodeError as _DecodeError
@@ -107,7 +108,8 @@ def iter_log_records(root: Path, since: dt.datetime, until: dt.datetime | None =
             with fh:
                 for line in fh:
                     if not line.endswith(b"\n") or b"\x00" in line:
-                        scan.unreadable_lines += 1  # a commit in progress or a torn tail
+                        if not is_padding(line):  # zero-filled space after the last record is no line
+                            scan.unreadable_lines += 1  # a commit in progress or a torn tail
                         continue
                     try:
                         record = _loads(line)

@@ -286,7 +286,8 @@ def build_service(settings=None) -> ScoringService:
     pool = ModelPool(registry_loader(settings), RoutingFile(config.routing_path), metrics)
     pool.refresh()
     store = store_from_url(config.feature_store_url)
-    decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms)
+    decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms,
+                            zero_ahead_bytes=config.log_zero_ahead_bytes)
     from mlp_platform.serving.tracing import tracer_from_env
 
     service = ScoringService(config, store, decisions, pool, metrics, tracer=tracer_from_env())

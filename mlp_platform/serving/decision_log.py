@@ -56,12 +56,26 @@ price of blocking the caller's event loop for one fdatasync.
   not be on disk -- and the log refuses every later append (:class:`DecisionLogError`); reopen it.
   Cancelling an ``append_async`` awaitable does not withdraw the record.
 * **Crash mid-write**: only records whose commit had not returned can be affected, and only at the end
-  of the last segment. On open, the tail of the last segment from the first line that is incomplete (no
-  terminating newline) or contains NUL bytes (zero-filled blocks after a power loss) is a *torn tail*: it is
-  truncated (and logged as a warning). Every complete record before it is kept and the chain continues
-  from the last of them. Anything else -- an unparsable or mis-linked complete line, a break in any earlier
+  of the last segment. On open, the end of the last segment from the first line that is incomplete (no
+  terminating newline) or contains NUL bytes is either *zero padding* -- only NUL bytes to the end of the
+  file: the space zero-filled ahead (below), or blocks of an unacknowledged write that a power loss left
+  as zeros -- which is kept and written over, or a *torn tail*, which is truncated (and logged as a
+  warning). Every complete record before it is kept and the chain continues from the last of them. Anything else -- an unparsable or mis-linked complete line, a break in any earlier
   segment -- is corruption: opening raises :class:`DecisionLogCorrupt` rather than write onto a broken
   chain, and :func:`verify_log` reports where.
+
+Zero-filled space ahead (``zero_ahead_bytes``, default 1 MiB; 0 or ``fsync=False``: off): the writer
+keeps up to that much space after the last record of the current segment written with zeros and
+fdatasync'ed (when the log opens, and again in the background when less than half is left, never past
+``segment_max_bytes``), and commits write their records over it (``pwrite``, not ``O_APPEND``). Blocks
+that are already allocated and on disk leave the file's size and block map unchanged, so a commit's
+fdatasync writes the data alone; an append must also commit the filesystem's journal (measured on this
+project's 2-vCPU VM: 88 against 124 µs at p50, 144 against 254 µs at p99). A fill holds the commit slot
+(about 4 ms per MiB here): a decision arriving meanwhile waits for it, once per about 400 decisions at
+one connection. The last segment of a live log therefore ends in NUL bytes; every reader stops at them
+(:func:`is_padding`), a rotation cuts them off the segment it closes and ``close`` off the last one, so
+only the last segment of a log that is open or crashed has any. A failed fill (a full disk) is logged and
+switches zero-filling off for the instance; commits append as before.
 
 One process at a time may open a directory for writing (an exclusive ``flock`` on ``.lock``);
 :func:`verify_log` only reads and may run alongside the writer (it may then see a torn tail in progress).
@@ -163,11 +177,13 @@ class ChainReport:
     torn_tail_bytes: int = 0  # bytes at the end of the last segment a reopen will truncate
     head_seq: int = -1  # seq of the last intact record (-1: none)
     head_hash: str = GENESIS
+    padding_bytes: int = 0  # zero bytes after the last record of the last segment (space zero-filled ahead)
 
     def describe(self) -> str:
         if self.first_broken is None:
             torn = f", torn tail of {self.torn_tail_bytes} bytes" if self.torn_tail_bytes else ""
-            return f"ok: {self.records} records in {self.segments} segments{torn}"
+            padding = f", {self.padding_bytes} bytes zero-filled ahead" if self.padding_bytes else ""
+            return f"ok: {self.records} records in {self.segments} segments{torn}{padding}"
         b = self.first_broken
         return f"broken at {b.segment} line {b.line} (seq {b.seq}, expected {b.expected_seq}): {self.reason}"
 
@@ -304,7 +320,15 @@ class _Scan:
     torn_segment: Path | None = None  # last segment, to be truncated to torn_at
     torn_at: int = 0
     torn_bytes: int = 0
-    last_size: int = 0  # size of the last segment up to the torn tail
+    last_size: int = 0  # size of the last segment up to the torn tail (or the zero padding)
+    padding_bytes: int = 0  # the last segment's zero-filled space after its last record
+
+
+def is_padding(line: bytes) -> bool:
+    """A segment's last 'line' that is only NUL bytes, no newline: space the writer zero-filled ahead
+    of its records (see the module docstring), or blocks of a never-acknowledged write that did not
+    reach the disk. Not a record, not a torn tail."""
+    return not line.endswith(b"\n") and not line.strip(b"\x00")
 
 
 def _scan(directory: Path, *, verify_hashes: bool, index: dict[str, tuple[int, int, int]] | None) -> _Scan:
@@ -312,7 +336,8 @@ def _scan(directory: Path, *, verify_hashes: bool, index: dict[str, tuple[int, i
     strictly, by re-serializing; otherwise from the raw line bytes where possible).
 
     Stops at the first break. Classifies the end of the last segment from its first incomplete or
-    NUL-containing line on as a torn tail. Fills ``index`` with decision_id -> (segment, offset, length).
+    NUL-containing line on as zero padding (only NUL bytes to the end: :func:`is_padding`) or else a torn
+    tail. Fills ``index`` with decision_id -> (segment, offset, length).
     """
     scan = _Scan(segments=_list_segments(directory))
     expected_seq, prev = 0, GENESIS
@@ -326,6 +351,9 @@ def _scan(directory: Path, *, verify_hashes: bool, index: dict[str, tuple[int, i
         with open(path, "rb") as fh:
             for line_no, line in enumerate(fh, start=1):
                 if not line.endswith(b"\n") or b"\x00" in line:
+                    if is_last and is_padding(line):
+                        scan.padding_bytes = len(line)
+                        break
                     if is_last:
                         scan.torn_segment, scan.torn_at = path, offset
                         scan.torn_bytes = path.stat().st_size - offset
@@ -407,7 +435,7 @@ def verify_log(directory: Path) -> ChainReport:
                        reason=scan.reason,
                        segments=len(scan.segments), torn_tail_bytes=scan.torn_bytes,
                        head_seq=scan.next_seq - 1 if scan.broken is None else -1,
-                       head_hash=scan.head_hash)
+                       head_hash=scan.head_hash, padding_bytes=scan.padding_bytes)
 
 
 # --------------------------------------------------------------------------------------------- the log
@@ -427,6 +455,9 @@ class _Batch:
         # set when the batch is committed (or failed); created only for a thread that blocks on it
         # (append, append_many), under the log's lock, before the batch can be taken
         self.done: threading.Event | None = None
+
+
+_FILL_ZEROS: Any = _Batch()  # the writer's other job (DecisionLog._next_batch): zero-fill ahead
 
 
 def _fsync_path(path: Path) -> None:
@@ -451,9 +482,14 @@ class DecisionLog:
     """Append-only, hash-chained, group-committed decision log (see the module docstring)."""
 
     def __init__(self, directory: Path, *, segment_max_bytes: int = 64 * 1024 * 1024,  # 64 MiB
-                 group_commit_ms: float = 2.0, fsync: bool = True, background_delay_ms: float = 20.0):
+                 group_commit_ms: float = 2.0, fsync: bool = True, background_delay_ms: float = 20.0,
+                 zero_ahead_bytes: int = 1024 * 1024):
         if segment_max_bytes <= 0:
             raise ValueError("segment_max_bytes must be positive")
+        if zero_ahead_bytes < 0:
+            raise ValueError("zero_ahead_bytes must be >= 0")
+        # zero-filling ahead only speeds up fdatasync; without fsync there is nothing to speed up
+        self.zero_ahead_bytes = int(zero_ahead_bytes) if fsync else 0
         if group_commit_ms < 0:
             raise ValueError("group_commit_ms must be >= 0")
         self.directory = Path(directory)
@@ -468,6 +504,7 @@ class DecisionLog:
             if fsync:  # make the new directory's own entry durable too
                 _fsync_path(self.directory.parent)
         self._fsyncs = 0
+        self._zero_fills = 0
         self._commits = 0
         self._inline_commits = 0
         self._appended = 0
@@ -476,7 +513,9 @@ class DecisionLog:
         try:
             self._index: dict[str, tuple[int, int, int]] = {}
             self.recovered_tail_bytes = self._recover()
-            self._open_segment(self._seg_no, create=self._seg_size == 0 and not self._seg_path().exists())
+            self._open_segment(self._seg_no, create=not self._seg_path().exists())
+            if self._zero_fill_due():  # the first fill before the first append: it never waits for it
+                self._fill_zeros()
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -531,7 +570,7 @@ class DecisionLog:
         self._prev_hash = scan.head_hash
         if scan.segments:
             self._seg_no = scan.segments[-1][0]
-            self._seg_size = scan.last_size
+            self._seg_size = scan.last_size  # the records end here; zero padding after it is reused
         else:
             self._seg_no, self._seg_size = 1, 0
         return cut
@@ -540,10 +579,12 @@ class DecisionLog:
         return self.directory / segment_name(self._seg_no if number is None else number)
 
     def _open_segment(self, number: int, *, create: bool) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        """Open segment ``number`` for writing at ``_seg_size`` (its records' end; 0 for a new one). Not
+        O_APPEND: records overwrite the zero-filled space after the last one (:meth:`_fill_zeros`)."""
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         self._seg_no = number
         self._fd = os.open(self._seg_path(number), flags, 0o644)
-        self._seg_size = os.fstat(self._fd).st_size
+        self._zeroed_end = max(os.fstat(self._fd).st_size, self._seg_size)  # zero bytes up to here
         if create:
             self._fsync_dir()
 
@@ -632,7 +673,7 @@ class DecisionLog:
         finally:
             with self._cond:
                 self._committing = False
-                if self._writer_blocked:
+                if self._writer_blocked or (self._writer_idle and self._zero_fill_due()):
                     self._cond.notify()  # the writer waits for this commit (it re-reads the queue)
         result = batch.results[i]
         if isinstance(result, BaseException):
@@ -684,6 +725,11 @@ class DecisionLog:
         with self._cond:
             self._closed = True
         if self._fd >= 0:
+            try:  # leave the segment ending at its last record
+                if self._failed is None and os.fstat(self._fd).st_size > self._seg_size:
+                    self._seal_segment(self._seg_size)
+            except OSError as exc:  # the zeros are padding to every reader: nothing is lost
+                log.warning("decision log %s: could not cut the zero-filled space off (%r)", self.directory, exc)
             os.close(self._fd)
         os.close(self._lock_fd)
 
@@ -697,6 +743,11 @@ class DecisionLog:
     def fsync_count(self) -> int:
         """fsync/fdatasync calls made by the writer (segment data, new-segment directory entries)."""
         return self._fsyncs
+
+    @property
+    def zero_fill_count(self) -> int:
+        """Times the writer zero-filled space ahead of the records (each one write + fdatasync)."""
+        return self._zero_fills
 
     @property
     def commit_count(self) -> int:
@@ -790,7 +841,10 @@ class DecisionLog:
                     return  # closing, nothing left
                 self._committing = True
             try:
-                self._commit(batch)
+                if batch is _FILL_ZEROS:
+                    self._fill_zeros()
+                else:
+                    self._commit(batch)
             except BaseException as exc:
                 self._fail(exc, batch)
                 return
@@ -800,8 +854,9 @@ class DecisionLog:
 
     def _next_batch(self) -> _Batch | None:
         """Wait (with ``_cond`` held) until the queued batch is due, take it and return it; None when
-        the log is closing and nothing is queued. Every wake-up re-reads the whole state: an inline
-        commit may have taken the batch meanwhile, and a new one started.
+        the log is closing and nothing is queued; :data:`_FILL_ZEROS` when the segment needs zero-filling
+        ahead (:meth:`_zero_fill_due`) and no batch is due. Every wake-up re-reads the whole state: an
+        inline commit may have taken the batch meanwhile, and a new one started.
 
         Due: no commit in progress (one at a time), and, unless closing,
         * concurrent appenders (the previous commit carried more than one foreground record): one
@@ -815,6 +870,8 @@ class DecisionLog:
             if not pending.records:
                 if self._closing:
                     return None
+                if not self._committing and self._zero_fill_due():
+                    return _FILL_ZEROS
                 self._writer_idle = True
                 self._cond.wait()
                 self._writer_idle = False
@@ -830,6 +887,8 @@ class DecisionLog:
                 if wait <= 0 and not pending.foreground:
                     wait = pending.opened + self.background_delay_s - now
                 if wait > 0:
+                    if self._zero_fill_due():
+                        return _FILL_ZEROS
                     self._cond.wait(wait)
                     continue
             self._pending = _Batch()
@@ -863,6 +922,7 @@ class DecisionLog:
         seen: set[str] = set()
         seq, prev = self._next_seq, self._prev_hash
         seg_no, seg_size = self._seg_no, self._seg_size
+        write_at = seg_size  # where the chunks go
         seg_name = segment_name(seg_no)
         for i, record in enumerate(batch.records):
             did = record["decision_id"]
@@ -879,15 +939,15 @@ class DecisionLog:
             h = hashlib.sha256(body).hexdigest()
             line = b"%s,\"hash\":\"%s\"}\n" % (body[:-1], h.encode())
             if seg_size > 0 and seg_size + len(line) > self.segment_max_bytes:
-                self._write_all(chunks)
+                self._write_all(chunks, write_at)
                 chunks = []
-                if self.fsync:
-                    _fdatasync(self._fd)
-                    self._fsyncs += 1
+                self._seal_segment(seg_size)
                 os.close(self._fd)
                 self._fd = -1
+                self._seg_size = 0
                 self._open_segment(seg_no + 1, create=True)
                 seg_no, seg_size = self._seg_no, self._seg_size
+                write_at = seg_size
                 seg_name = segment_name(seg_no)
             chunks.append(line)
             new_index.append((did, (seg_no, seg_size, len(line))))
@@ -897,26 +957,74 @@ class DecisionLog:
             seq += 1
             prev = h
         if chunks:
-            self._write_all(chunks)
+            self._write_all(chunks, write_at)
             if self.fsync:
                 _fdatasync(self._fd)
                 self._fsyncs += 1
         self._commits += 1
         self._appended += len(new_index)
         self._next_seq, self._prev_hash, self._seg_size = seq, prev, seg_size
+        self._zeroed_end = max(self._zeroed_end, seg_size)
         with self._cond:
             self._index.update(new_index)
             self._committed = (seg_no, seg_size)
             self._head_hash_committed = prev
         self._wake(batch)
 
-    def _write_all(self, chunks: list[bytes]) -> None:
+    def _write_all(self, chunks: list[bytes], offset: int) -> None:
         if not chunks:
             return
         data = memoryview(b"".join(chunks))
         while data:
-            written = os.write(self._fd, data)
+            written = os.pwrite(self._fd, data, offset)
             data = data[written:]
+            offset += written
+
+    def _seal_segment(self, size: int) -> None:
+        """Make the current segment end at its last record (``size``): cut the zero-filled space after it
+        (only the last segment may have any) and fdatasync (the data and the new size)."""
+        if os.fstat(self._fd).st_size > size:
+            os.ftruncate(self._fd, size)
+        self._zeroed_end = size
+        if self.fsync:
+            _fdatasync(self._fd)
+            self._fsyncs += 1
+
+    def _zero_fill_due(self) -> bool:
+        """Less than half of ``zero_ahead_bytes`` is zero-filled after the records and the segment has
+        room for more (call with ``_cond`` held and no commit in progress)."""
+        return (self.zero_ahead_bytes > 0 and self._zeroed_end < self.segment_max_bytes
+                and self._zeroed_end - self._seg_size < self.zero_ahead_bytes // 2)
+
+    def _fill_zeros(self) -> None:
+        """Write zeros after the records, up to ``zero_ahead_bytes`` past them (within the segment's
+        maximum size), and fdatasync them (the writer thread, with ``_committing`` set).
+
+        Why: overwriting blocks that are already allocated and on disk leaves the file's size and block map
+        unchanged, so the fdatasync of a commit writes the data alone; an append also has to commit the
+        filesystem's journal (a second device write, and a wake-up of its journal thread). Measured on this
+        machine's disk: 88 against 124 µs at p50, 144 against 254 µs at p99. Records land in the padding;
+        readers tell it from a torn tail (:func:`is_padding`); a rotation and ``close`` cut it off.
+        A failure (a full disk) switches zero-filling off for this instance: commits append as before."""
+        start = self._zeroed_end
+        end = min(self._seg_size + self.zero_ahead_bytes, self.segment_max_bytes)
+        if end <= start:
+            return
+        try:
+            zeros = memoryview(bytes(end - start))
+            offset = start
+            while zeros:
+                written = os.pwrite(self._fd, zeros, offset)
+                zeros = zeros[written:]
+                offset += written
+            _fdatasync(self._fd)
+        except OSError as exc:
+            self.zero_ahead_bytes = 0
+            log.warning("decision log %s: zero-filling %d bytes ahead failed (%r); commits append instead",
+                        self.directory, end - start, exc)
+            return
+        self._zeroed_end = end
+        self._zero_fills += 1
 
     @staticmethod
     def _wake(batch: _Batch) -> None:

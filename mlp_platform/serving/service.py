@@ -58,6 +58,9 @@ class ServingConfig:
     #: writer is idle (one write + fdatasync on the event loop, no thread wake-ups: lower latency at
     #: low concurrency); False: always through the writer thread.
     log_inline_commit: bool = True
+    #: Bytes the log's writer keeps zero-filled on disk after the last record, so a commit overwrites
+    #: allocated blocks and its fdatasync skips the filesystem journal (0: commits append).
+    log_zero_ahead_bytes: int = 1024 * 1024
     batch_snapshot_dir: Path | None = None
     #: Set when several workers each write their own log directory under this root.
     decision_log_root: Path | None = None
@@ -95,6 +98,7 @@ class ServingConfig:
             reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
             log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "2")),
             log_inline_commit=switched_on("MLP_DECISION_LOG_INLINE_COMMIT"),
+            log_zero_ahead_bytes=int(os.environ.get("MLP_DECISION_LOG_ZERO_AHEAD_BYTES", str(1024 * 1024))),
             batch_snapshot_dir=settings.batch_snapshot_dir,
             drift_report_path=_optional_path(os.environ.get("MLP_DRIFT_REPORT_PATH",
                                                             str(settings.monitoring_dir / "drift_latest.json"))),
