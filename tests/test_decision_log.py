@@ -356,6 +356,30 @@ def test_the_writer_fills_again_before_the_space_runs_out_and_rotation_cuts_it_o
     assert report.ok and report.records == 400 and report.padding_bytes == 0
 
 
+def test_lone_inline_commits_and_background_fills_take_turns(tmp_path: Path):
+    """One appender committing inline, as the service at one connection: after a commit leaves less than
+    half the zero-filled space, the idle writer fills again in the background; an inline append that
+    finds it filling logs nothing and goes through the writer instead. Every record lands in zeroed
+    space: the file only grows by fills."""
+    with DecisionLog(tmp_path, zero_ahead_bytes=4096, segment_max_bytes=1 << 20) as log:
+        segment = _segments(tmp_path)[-1]
+        sizes, inline, queued = set(), 0, 0
+        for i in range(300):  # about 45 kB: about 20 fills
+            logged = log.append_inline(_record(i))
+            if logged is None:
+                queued += 1
+                logged = log.append(_record(i))
+            else:
+                inline += 1
+            assert logged.seq == i
+            sizes.add(segment.stat().st_size)
+            time.sleep(0.0005)  # the gap between two requests
+        assert log.zero_fill_count >= 15 and inline > queued
+        assert len(sizes) <= log.zero_fill_count  # no commit made the file longer: only fills did
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == 300 and report.padding_bytes == 0
+
+
 def test_a_zero_filled_tail_is_padding_not_a_torn_tail(tmp_path: Path):
     """A zero-filled end of the last segment (space filled ahead, or blocks of a never-acknowledged
     write that a power loss left as zeros) holds no record: it is reported, kept and written over."""
@@ -462,7 +486,8 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     from mlp_platform.serving.decision_log import DecisionLog
 
-    log = DecisionLog(Path(sys.argv[1]), segment_max_bytes=int(sys.argv[2]))
+    # 4 KiB zero-filled ahead: the writer fills again every few commits, between them
+    log = DecisionLog(Path(sys.argv[1]), segment_max_bytes=int(sys.argv[2]), zero_ahead_bytes=4096)
     run = uuid.uuid4().hex[:8]
 
     def worker(t):
@@ -781,7 +806,8 @@ def test_inline_and_queued_appends_interleave_gap_free(tmp_path):
     async def async_appends() -> list:
         return [await log.append_async({"decision_id": f"a-{i}", "i": i}, inline=i % 2 == 0) for i in range(150)]
 
-    with DecisionLog(tmp_path / "log", segment_max_bytes=32 * 1024) as log:
+    # 4 KiB zero-filled ahead: fills (which hold the commit slot) interleave with the commits
+    with DecisionLog(tmp_path / "log", segment_max_bytes=32 * 1024, zero_ahead_bytes=4096) as log:
         pool = [threading.Thread(target=worker, args=(f"t{t}", t % 2 == 0)) for t in range(6)]
         for th in pool:
             th.start()
@@ -793,6 +819,6 @@ def test_inline_and_queued_appends_interleave_gap_free(tmp_path):
         assert seqs == list(range(7 * 150))
         for rs in results.values():
             assert [r.seq for r in rs] == sorted(r.seq for r in rs)
-        assert log.inline_commit_count > 0
+        assert log.inline_commit_count > 0 and log.zero_fill_count >= 1  # fills wait for a moment with no batch due
     report = verify_log(tmp_path / "log")
     assert report.ok and report.records == 7 * 150 and len(_segments(tmp_path / "log")) >= 2

@@ -60,8 +60,9 @@ price of blocking the caller's event loop for one fdatasync.
   terminating newline) or contains NUL bytes is either *zero padding* -- only NUL bytes to the end of the
   file: the space zero-filled ahead (below), or blocks of an unacknowledged write that a power loss left
   as zeros -- which is kept and written over, or a *torn tail*, which is truncated (and logged as a
-  warning). Every complete record before it is kept and the chain continues from the last of them. Anything else -- an unparsable or mis-linked complete line, a break in any earlier
-  segment -- is corruption: opening raises :class:`DecisionLogCorrupt` rather than write onto a broken
+  warning). Every complete record before it is kept and the chain continues from the last of them.
+  Anything else -- an unparsable or mis-linked complete line, a break in any earlier segment -- is
+  corruption: opening raises :class:`DecisionLogCorrupt` rather than write onto a broken
   chain, and :func:`verify_log` reports where.
 
 Zero-filled space ahead (``zero_ahead_bytes``, default 1 MiB; 0 or ``fsync=False``: off): the writer
@@ -72,7 +73,9 @@ that are already allocated and on disk leave the file's size and block map uncha
 fdatasync writes the data alone; an append must also commit the filesystem's journal (measured on this
 project's 2-vCPU VM: 88 against 124 µs at p50, 144 against 254 µs at p99). A fill holds the commit slot
 (about 4 ms per MiB here): a decision arriving meanwhile waits for it, once per about 400 decisions at
-one connection. The last segment of a live log therefore ends in NUL bytes; every reader stops at them
+one connection. A fill starts only when no batch is due (one that falls due meanwhile waits for it):
+under sustained load, when a batch is almost always due, commits may run past the zeroed space and
+append (as without it) until the writer has a moment between batches. The last segment of a live log therefore ends in NUL bytes; every reader stops at them
 (:func:`is_padding`), a rotation cuts them off the segment it closes and ``close`` off the last one, so
 only the last segment of a log that is open or crashed has any. A failed fill (a full disk) is logged and
 switches zero-filling off for the instance; commits append as before.
