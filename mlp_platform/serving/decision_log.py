@@ -1014,12 +1014,7 @@ class DecisionLog:
         if end <= start:
             return
         try:
-            zeros = memoryview(bytes(end - start))
-            offset = start
-            while zeros:
-                written = os.pwrite(self._fd, zeros, offset)
-                zeros = zeros[written:]
-                offset += written
+            self._write_all([bytes(end - start)], start)
             _fdatasync(self._fd)
         except OSError as exc:
             self.zero_ahead_bytes = 0
