@@ -19,10 +19,10 @@ already loaded are skipped, so nothing is loaded twice.
 Torn or in-progress writes: only complete lines (ending with a newline, no NUL bytes) are read; an
 incomplete last line of the last segment is a write in progress (or a crash's torn tail that the
 service truncates on restart) and is left for the next load; the zero-filled space after the last
-record of a live segment is not a pending write (``pending_bytes`` counts the bytes before it). A restart of the service continues the
-same chain (same or next segment) and is picked up. A break anywhere else (an edited, removed,
-inserted or reordered record, a missing segment, an incomplete line in a segment that is not the
-last) raises :class:`DecisionChainBroken` naming directory, segment, line and seq, after loading the
+record of a live segment is not a pending write (``pending_bytes`` counts the bytes before it). A
+restart of the service continues the same chain (same or next segment) and is picked up. A break
+anywhere else (an edited, removed, inserted or reordered record, a missing segment, an incomplete
+line in a segment that is not the last) raises :class:`DecisionChainBroken` naming directory, segment, line and seq, after loading the
 verified records before the break and nothing after it (the other directories are still loaded).
 
 Warehouse: the embedded DuckDB warehouse. A root that does not exist yet loads nothing (the service
@@ -40,7 +40,7 @@ from typing import Any
 
 from mlp_platform.batch.scoring import BatchScoringError, _duckdb
 from mlp_platform.features.spec import default_spec
-from mlp_platform.serving.decision_log import GENESIS, _link_problem, _list_segments, is_padding, segment_name
+from mlp_platform.serving.decision_log import GENESIS, _link_problem, _list_segments, segment_name
 
 SCHEMA = "monitoring"
 STATE_TABLE = f"{SCHEMA}.decision_log_state"
@@ -163,7 +163,7 @@ def _read_new(directory: Path, state: tuple[int, str, str, int] | None) -> _Read
                 line_no += 1
                 if not line.endswith(b"\n") or b"\x00" in line:
                     if is_last:  # a write in progress (or a torn tail the service will truncate)
-                        out.pending = 0 if is_padding(line) else len(line.rstrip(b"\x00"))
+                        out.pending = len(line.rstrip(b"\x00"))  # zero padding (is_padding) counts 0
                         break
                     out.broken = {"segment": path.name, "line": line_no, "seq": None, "expected_seq": expected,
                                   "reason": "incomplete line in a segment that is not the last",

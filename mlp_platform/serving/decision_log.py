@@ -677,7 +677,7 @@ class DecisionLog:
             with self._cond:
                 self._committing = False
                 if self._writer_blocked or (self._writer_idle and self._zero_fill_due()):
-                    self._cond.notify()  # the writer waits for this commit (it re-reads the queue)
+                    self._cond.notify()  # the writer waits for this commit, or may fill now (it re-reads the state)
         result = batch.results[i]
         if isinstance(result, BaseException):
             raise result
