@@ -37,6 +37,13 @@ Load comes from other processes on 127.0.0.1 only:
 
 Repeats are interleaved across the servers (all started once, kept up, idle while another is measured) so
 that noise on this shared machine hits them alike; the tables give medians over repeats (min-max).
+Then the throughput ratios are measured once more in **paired bursts** (``--paired-rounds``, default 12):
+each round puts ``--burst`` seconds (default 2) of load on every approve full-path server and on the bare
+endpoint back to back (the order reversed every other round), and a server's ratio is its rate over the
+bare endpoint's in the same round (shadow drain counted); the median over the rounds is reported with its
+quartiles. The machine's slow stretches last tens of seconds to minutes, so both sides of a pair see the
+same machine. Each round also times requests at one connection per server, pooled over the rounds.
+``--with-twin`` adds a second server identical to the Redis one: the A/A pair shows the run's own noise.
 Errors (non-200, socket errors, timeouts) are counted everywhere and must be 0; after the run the servers'
 own counters are read (``/metrics``) and each decision log is verified (hash chain, record count).
 Finally the score path is profiled in-process (component timings and cProfile), with no server running.
@@ -381,6 +388,34 @@ def body_source(target: Target, tag: str, seed: int, customers: int, merchants: 
     return nxt
 
 
+def latency_run_raw(target: Target, n: int, tag: str, seed: int, customers: int, merchants: int,
+                    max_seconds: float = 90.0) -> dict:
+    """The samples (µs) of ``n`` requests at one connection: all, approve answers; errors, requests."""
+    port, auth = target.server.port, target.kind == "full"
+    nxt = body_source(target, tag, seed, customers, merchants)
+    conn = RawConn(port)
+    out: dict = {"all": [], "approve": [], "errors": 0, "requests": 0}
+    deadline = time.monotonic() + max_seconds
+    try:
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                break
+            raw = post_bytes(port, target.path, nxt(), auth)
+            t0 = time.perf_counter_ns()
+            status, body = conn.request(raw)
+            us = (time.perf_counter_ns() - t0) / 1000.0
+            out["requests"] += 1
+            if status != 200:
+                out["errors"] += 1
+                continue
+            out["all"].append(us)
+            if auth and json.loads(body)["decision"] == "approve":
+                out["approve"].append(us)
+    finally:
+        conn.close()
+    return out
+
+
 def latency_run(target: Target, n: int, tag: str, seed: int, customers: int, merchants: int,
                 max_seconds: float = 90.0) -> dict:
     """n requests one at a time on one keep-alive connection (bounded by n and max_seconds)."""
@@ -606,7 +641,57 @@ def shadow_drain(port: int, max_wait: float = 60.0) -> tuple[float, float]:
         backlog = lag if backlog is None else backlog
         if lag <= 0 or time.monotonic() - t0 > max_wait:
             return backlog, time.monotonic() - t0
-        time.sleep(0.1)
+        time.sleep(0.01)
+
+
+def paired_rounds(targets: list[Target], bare: Target, rounds: int, burst: float, connections: int,
+                  latency_requests: int, customers: int, merchants: int, workdir: Path, redis_pid: int | None) -> dict:
+    """Throughput ratios measured in pairs: ``rounds`` rounds, each a short burst of load on every full-path
+    server and on the bare endpoint back to back (order reversed every other round), then the ratio of
+    each server's rate to the bare endpoint's *in the same round*. The machine's slow stretches last tens
+    of seconds to minutes, so both sides of a pair see the same machine; the median of the per-round
+    ratios is far less noisy than a ratio of medians over long repeats minutes apart.
+
+    A full-path rate counts the shadow drain: the shadow scorings still queued when a burst stops are
+    waited for before the next burst (so they never run during another server's burst) and their time is
+    added to the burst's. Each round also times ``latency_requests`` requests at one connection per server;
+    they are pooled per server over the rounds (p99 over all of them)."""
+    per: dict[str, dict] = {t.name: {"rps": [], "cpu_us": [], "lat_us": [], "approve_us": [], "errors": 0,
+                                     "requests": 0} for t in [*targets, bare]}
+    for rnd in range(rounds):
+        order = [*targets, bare] if rnd % 2 == 0 else [bare, *targets[::-1]]
+        for i, t in enumerate(order):
+            seed = 500_000 + 100 * rnd + i
+            with_redis = redis_pid is not None and "redis" in t.name
+            cpu0 = group_cpu_s(t.server.proc.pid) + (group_cpu_s(redis_pid) if with_redis else 0.0)
+            r = load_run(t, connections, burst, 10**9, f"{t.name}-pair{rnd}", seed, customers, merchants, workdir)
+            drain_s = shadow_drain(t.server.port)[1] if t.kind == "full" else 0.0
+            cpu1 = group_cpu_s(t.server.proc.pid) + (group_cpu_s(redis_pid) if with_redis else 0.0)
+            p = per[t.name]
+            p["rps"].append(r["requests"] / (r["duration_us"] / 1e6 + drain_s))
+            p["cpu_us"].append((cpu1 - cpu0) / max(r["requests"], 1) * 1e6)
+            p["errors"] += r["errors"]
+            p["requests"] += r["requests"]
+            if latency_requests:
+                lat = latency_run_raw(t, latency_requests, f"{t.name}-pairlat{rnd}", seed, customers, merchants)
+                p["lat_us"] += lat["all"]
+                p["approve_us"] += lat["approve"]
+                p["errors"] += lat["errors"]
+                p["requests"] += lat["requests"]
+    out: dict = {"rounds": rounds, "burst_s": burst, "servers": {}}
+    for name, p in per.items():
+        ratios = [a / b for a, b in zip(p["rps"], per[bare.name]["rps"], strict=True)]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        row = {"rps_median": med(p["rps"]), "cpu_us_median": med(p["cpu_us"]), "ratio_to_bare": ratios,
+               "ratio_median": med(ratios), "ratio_q1": q[0], "ratio_q3": q[2], "errors": p["errors"],
+               "requests": p["requests"]}
+        for kind in ("lat_us", "approve_us"):
+            if p[kind]:
+                arr = np.asarray(p[kind])
+                row[kind.replace("_us", "")] = {"n": len(arr), "p50_ms": float(np.percentile(arr, 50)) / 1000,
+                                                "p99_ms": float(np.percentile(arr, 99)) / 1000}
+        out["servers"][name] = row
+    return out
 
 
 # --------------------------------------------------------------------------------------------- profiling
@@ -973,6 +1058,15 @@ def main() -> int:
     ap.add_argument("--with-appending-log", action="store_true",
                     help="also run the redis full path with the decision log appending instead of writing over "
                          "space zero-filled ahead (MLP_DECISION_LOG_ZERO_AHEAD_BYTES=0)")
+    ap.add_argument("--with-twin", action="store_true",
+                    help="also run a second, identical redis full-path server (full_redis_twin): an A/A pair whose "
+                         "difference is the run's own noise")
+    ap.add_argument("--paired-rounds", type=int, default=12,
+                    help="rounds of short paired bursts (every approve full-path server and the bare endpoint back "
+                         "to back) for the throughput ratios; 0 skips them")
+    ap.add_argument("--burst", type=float, default=2.0, help="seconds per paired burst")
+    ap.add_argument("--paired-latency-requests", type=int, default=300,
+                    help="requests at one connection per server and paired round (pooled over the rounds)")
     ap.add_argument("--only", default="", help="comma-separated server names to run (default: all)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -1100,6 +1194,9 @@ def main() -> int:
             if not args.skip_redis_unix:  # the same redis-server, reached through its unix socket
                 targets.append(full("full_redis_unix", "full path, redis over its unix socket",
                                     f"unix://{tmp / 'redis' / 'redis.sock'}?db=0&prefix=bench:c", None))
+            if args.with_twin:  # A/A: the same server as full_redis, its own keys and log
+                targets.append(full("full_redis_twin", "full path, redis, identical twin of full_redis (A/A)",
+                                    f"{redis_url}?prefix=bench:e", None))
             if args.with_appending_log:  # what-if: the decision log appends (no zero-filled space ahead)
                 targets.append(full("full_redis_append", "full path, redis, what-if: decision log appending",
                                     f"{redis_url}?prefix=bench:d", None, MLP_DECISION_LOG_ZERO_AHEAD_BYTES="0"))
@@ -1168,6 +1265,34 @@ def main() -> int:
                       + (f" | in the service: p50 {lat['approve_server']['p50_us'] / 1000:.2f} ms p99 "
                          f"{lat['approve_server']['p99_us'] / 1000:.2f} ms" if "approve_server" in lat else "")
                       + wrk1)
+
+        # throughput ratios in short paired bursts (see paired_rounds)
+        paired_names = ("full_embedded", "full_redis", "full_redis_twin", "full_redis_unix", "full_redis_append")
+        paired_full = [t for t in targets if t.name in paired_names]
+        bare_t = next((t for t in targets if t.name == "bare"), None)
+        paired = None
+        if args.paired_rounds and paired_full and bare_t is not None:
+            print(f"\npaired bursts: {args.paired_rounds} rounds of {args.burst:g} s per server "
+                  f"({', '.join(t.name for t in paired_full)}, bare), + {args.paired_latency_requests} requests at "
+                  "one connection each")
+            paired = paired_rounds(paired_full, bare_t, args.paired_rounds, args.burst, args.connections,
+                                   args.paired_latency_requests, args.customers, args.merchants, tmp,
+                                   redis_proc.pid if redis_proc is not None else None)
+            report["paired"] = paired
+            for name, row in paired["servers"].items():
+                lat = row.get("approve") or row.get("lat")
+                print(f"  {name:22s} {row['rps_median']:8.0f} req/s (median of rounds, shadow drain counted), "
+                      f"cpu {row['cpu_us_median']:.0f} us/req, / bare: median {row['ratio_median']:.2f} "
+                      f"(quartiles {row['ratio_q1']:.2f}–{row['ratio_q3']:.2f}, min {min(row['ratio_to_bare']):.2f})"
+                      + (f" | 1 conn{' approve' if row.get('approve') else ''} p50 {lat['p50_ms']:.2f} ms "
+                         f"p99 {lat['p99_ms']:.2f} ms (n={lat['n']})" if lat else "")
+                      + f" | {row['errors']} err / {row['requests']:,}")
+            if "full_redis_twin" in paired["servers"] and "full_redis" in paired["servers"]:
+                aa = [a / b for a, b in zip(paired["servers"]["full_redis_twin"]["ratio_to_bare"],
+                                            paired["servers"]["full_redis"]["ratio_to_bare"], strict=True)]
+                paired["twin_over_full_redis"] = aa
+                print(f"  A/A: full_redis_twin / full_redis per round: median {med(aa):.3f} "
+                      f"(min {min(aa):.3f}, max {max(aa):.3f})")
 
         # the servers' own view: requests by status, errors, decisions, shadow scorings
         time.sleep(1.0)
@@ -1243,6 +1368,16 @@ def main() -> int:
                 if f"{name} / bare" in ratios:
                     r = ratios[f"{name} / bare"]
                     targets_met[f"{name} / bare >= 0.8x"] = (r, r >= 0.8)
+        if paired is not None:
+            for name, row in paired["servers"].items():
+                if name in ("full_embedded", "full_redis", "full_redis_unix"):
+                    r = row["ratio_median"]
+                    targets_met[f"{name} / bare >= 0.8x (paired bursts, median of {paired['rounds']} rounds)"] = (
+                        r, r >= 0.8)
+                    if row.get("approve"):
+                        p99 = row["approve"]["p99_ms"]
+                        targets_met[f"{name}: p99 approve @1 conn <= 2 ms (pooled over the paired rounds, "
+                                    f"n={row['approve']['n']})"] = (p99, p99 <= 2.0)
         report["targets"] = targets_met
         for k, (v, ok) in targets_met.items():
             print(f"  {'MET   ' if ok else 'MISSED'} {k}: {v:.2f}")
