@@ -689,7 +689,8 @@ def paired_rounds(targets: list[Target], bare: Target, rounds: int, burst: float
             if p[kind]:
                 arr = np.asarray(p[kind])
                 row[kind.replace("_us", "")] = {"n": len(arr), "p50_ms": float(np.percentile(arr, 50)) / 1000,
-                                                "p99_ms": float(np.percentile(arr, 99)) / 1000}
+                                                "p99_ms": float(np.percentile(arr, 99)) / 1000,
+                                                "samples_us": [round(float(x), 1) for x in arr]}  # in order
         out["servers"][name] = row
     return out
 

@@ -356,6 +356,33 @@ def test_the_writer_fills_again_before_the_space_runs_out_and_rotation_cuts_it_o
     assert report.ok and report.records == 400 and report.padding_bytes == 0
 
 
+def test_background_fills_go_a_chunk_at_a_time_until_the_space_ahead_is_full_again(tmp_path: Path):
+    """Once less than half of the space ahead is left, the writer fills one chunk per turn (a decision
+    arriving meanwhile waits for one chunk, not the whole fill) and goes on until the whole
+    ``zero_ahead_bytes`` is ahead again, not just past half."""
+    ahead, chunk = 16 * 1024, 4096
+    with DecisionLog(tmp_path, zero_ahead_bytes=ahead, segment_max_bytes=1 << 20) as log:
+        log.ZERO_FILL_CHUNK_BYTES = chunk
+        segment = _segments(tmp_path)[-1]
+        assert segment.stat().st_size == ahead and log.zero_fill_count == 1  # at open: in one go
+        i = 0
+        while len(segment.read_bytes().rstrip(b"\0")) <= ahead // 2:  # use up more than half
+            log.append(_record(i))
+            i += 1
+        deadline = time.monotonic() + 10
+        while True:  # the writer is idle now: it fills until the whole space is ahead again
+            data = segment.read_bytes()
+            used = len(data.rstrip(b"\0"))
+            if len(data) - used == ahead or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert len(data) - used == ahead, f"{len(data) - used} bytes ahead, not {ahead}"
+        grown = len(data) - ahead
+        assert grown > chunk and log.zero_fill_count - 1 >= -(-grown // chunk)  # never more than a chunk a turn
+    report = verify_log(tmp_path)
+    assert report.ok and report.records == i and report.padding_bytes == 0
+
+
 def test_lone_inline_commits_and_background_fills_take_turns(tmp_path: Path):
     """One appender committing inline, as the service at one connection: after a commit leaves less than
     half the zero-filled space, the idle writer fills again in the background; an inline append that
