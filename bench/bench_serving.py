@@ -388,37 +388,10 @@ def body_source(target: Target, tag: str, seed: int, customers: int, merchants: 
     return nxt
 
 
-def latency_run_raw(target: Target, n: int, tag: str, seed: int, customers: int, merchants: int,
+def latency_samples(target: Target, n: int, tag: str, seed: int, customers: int, merchants: int,
                     max_seconds: float = 90.0) -> dict:
-    """The samples (µs) of ``n`` requests at one connection: all, approve answers; errors, requests."""
-    port, auth = target.server.port, target.kind == "full"
-    nxt = body_source(target, tag, seed, customers, merchants)
-    conn = RawConn(port)
-    out: dict = {"all": [], "approve": [], "errors": 0, "requests": 0}
-    deadline = time.monotonic() + max_seconds
-    try:
-        for _ in range(n):
-            if time.monotonic() > deadline:
-                break
-            raw = post_bytes(port, target.path, nxt(), auth)
-            t0 = time.perf_counter_ns()
-            status, body = conn.request(raw)
-            us = (time.perf_counter_ns() - t0) / 1000.0
-            out["requests"] += 1
-            if status != 200:
-                out["errors"] += 1
-                continue
-            out["all"].append(us)
-            if auth and json.loads(body)["decision"] == "approve":
-                out["approve"].append(us)
-    finally:
-        conn.close()
-    return out
-
-
-def latency_run(target: Target, n: int, tag: str, seed: int, customers: int, merchants: int,
-                max_seconds: float = 90.0) -> dict:
-    """n requests one at a time on one keep-alive connection (bounded by n and max_seconds)."""
+    """n requests one at a time on one keep-alive connection (bounded by n and max_seconds): the
+    samples (µs, in order) by kind of answer, the errors and the decisions."""
     port, auth = target.server.port, target.kind == "full"
     nxt = body_source(target, tag, seed, customers, merchants)
     conn = RawConn(port)
@@ -450,8 +423,15 @@ def latency_run(target: Target, n: int, tag: str, seed: int, customers: int, mer
                     by_kind["flagged_no_reasons"].append(us)
     finally:
         conn.close()
-    out = {"requests": len(by_kind["all"]) + errors, "errors": errors, "decisions": decisions}
-    for kind, values in by_kind.items():
+    return {"by_kind": by_kind, "errors": errors, "requests": len(by_kind["all"]) + errors, "decisions": decisions}
+
+
+def latency_run(target: Target, n: int, tag: str, seed: int, customers: int, merchants: int,
+                max_seconds: float = 90.0) -> dict:
+    """:func:`latency_samples`, summarised per kind (p50, p99, mean, max)."""
+    samples = latency_samples(target, n, tag, seed, customers, merchants, max_seconds)
+    out = {"requests": samples["requests"], "errors": samples["errors"], "decisions": samples["decisions"]}
+    for kind, values in samples["by_kind"].items():
         if values:
             arr = np.asarray(values)
             out[kind] = {"n": len(values), "p50_us": float(np.percentile(arr, 50)),
@@ -673,9 +653,9 @@ def paired_rounds(targets: list[Target], bare: Target, rounds: int, burst: float
             p["errors"] += r["errors"]
             p["requests"] += r["requests"]
             if latency_requests:
-                lat = latency_run_raw(t, latency_requests, f"{t.name}-pairlat{rnd}", seed, customers, merchants)
-                p["lat_us"] += lat["all"]
-                p["approve_us"] += lat["approve"]
+                lat = latency_samples(t, latency_requests, f"{t.name}-pairlat{rnd}", seed, customers, merchants)
+                p["lat_us"] += lat["by_kind"]["all"]
+                p["approve_us"] += lat["by_kind"]["approve"]
                 p["errors"] += lat["errors"]
                 p["requests"] += lat["requests"]
     out: dict = {"rounds": rounds, "burst_s": burst, "servers": {}}
