@@ -609,6 +609,13 @@ def group_cpu_s(pgid: int) -> float:
     return total
 
 
+def server_cpu_s(target: Target, redis_pid: int | None) -> float:
+    """CPU seconds of a server's process group, plus the redis-server's for a server that uses it (only
+    one server is under load at a time, so redis-server's CPU is that server's)."""
+    own = group_cpu_s(target.server.proc.pid)
+    return own + group_cpu_s(redis_pid) if redis_pid is not None and "redis" in target.name else own
+
+
 def shadow_drain(port: int, max_wait: float = 60.0) -> tuple[float, float]:
     """(decisions - shadow scorings right after the load stopped, seconds until they were equal)."""
     t0 = time.monotonic()
@@ -642,11 +649,10 @@ def paired_rounds(targets: list[Target], bare: Target, rounds: int, burst: float
         order = [*targets, bare] if rnd % 2 == 0 else [bare, *targets[::-1]]
         for i, t in enumerate(order):
             seed = 500_000 + 100 * rnd + i
-            with_redis = redis_pid is not None and "redis" in t.name
-            cpu0 = group_cpu_s(t.server.proc.pid) + (group_cpu_s(redis_pid) if with_redis else 0.0)
+            cpu0 = server_cpu_s(t, redis_pid)
             r = load_run(t, connections, burst, 10**9, f"{t.name}-pair{rnd}", seed, customers, merchants, workdir)
             drain_s = shadow_drain(t.server.port)[1] if t.kind == "full" else 0.0
-            cpu1 = group_cpu_s(t.server.proc.pid) + (group_cpu_s(redis_pid) if with_redis else 0.0)
+            cpu1 = server_cpu_s(t, redis_pid)
             p = per[t.name]
             p["rps"].append(r["requests"] / (r["duration_us"] / 1e6 + drain_s))
             p["cpu_us"].append((cpu1 - cpu0) / max(r["requests"], 1) * 1e6)
@@ -1212,18 +1218,18 @@ def main() -> int:
             if w["errors"]:
                 raise RuntimeError(f"{t.name}: {w['errors']} errors during warm-up")
 
+        redis_pid = redis_proc.pid if redis_proc is not None else None
         for rep in range(args.repeats):
             order = targets[rep % len(targets):] + targets[:rep % len(targets)]
             for i, t in enumerate(order):
                 seed = 10_000 * (rep + 1) + i
-                with_redis = redis_proc is not None and "redis" in t.name
-                cpu0 = group_cpu_s(t.server.proc.pid) + (group_cpu_s(redis_proc.pid) if with_redis else 0.0)
+                cpu0 = server_cpu_s(t, redis_pid)
                 thr = load_run(t, args.connections, args.duration, args.max_requests, f"{t.name}-r{rep}-load", seed,
                                args.customers, args.merchants, tmp)
                 if t.kind == "full":  # shadow scorings still queued when the load stops; wait for them to drain
                     thr["shadow_backlog"], thr["shadow_drain_s"] = shadow_drain(t.server.port)
                 # server CPU per request, shadow drain included (+ redis-server's, only one target runs at a time)
-                cpu1 = group_cpu_s(t.server.proc.pid) + (group_cpu_s(redis_proc.pid) if with_redis else 0.0)
+                cpu1 = server_cpu_s(t, redis_pid)
                 thr["server_cpu_us_per_req"] = (cpu1 - cpu0) / max(thr["requests"], 1) * 1e6
                 thr["rps_incl_shadow_drain"] = thr["requests"] / (thr["duration_us"] / 1e6 + thr.get("shadow_drain_s", 0))
                 n = args.mlflow_latency_requests if t.name == "mlflow" else args.latency_requests
@@ -1258,7 +1264,7 @@ def main() -> int:
                   "one connection each")
             paired = paired_rounds(paired_full, bare_t, args.paired_rounds, args.burst, args.connections,
                                    args.paired_latency_requests, args.customers, args.merchants, tmp,
-                                   redis_proc.pid if redis_proc is not None else None)
+                                   redis_pid)
             report["paired"] = paired
             for name, row in paired["servers"].items():
                 lat = row.get("approve") or row.get("lat")
