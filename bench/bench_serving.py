@@ -732,7 +732,6 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
     from mlp_platform.serving.decision_log import DecisionLog, canonical_json, canonical_json_bytes
     from mlp_platform.serving.metrics import ServiceMetrics
     from mlp_platform.serving.online_store import store_from_url
-    from mlp_platform.serving.reasons import top_reasons
     from mlp_platform.serving.routing import RoutingFile, RoutingState
     from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
 
@@ -803,12 +802,12 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
         result["(bare) Booster.predict(row, num_threads=1)"] = timed(
             lambda r: booster.predict(r.reshape(1, -1), num_threads=1), rows)
     from mlp_platform.features.spec import default_spec
-    from mlp_platform.serving.reasons import reason_catalogue
+    from mlp_platform.serving.reasons import ReasonBook
     spec = default_spec()
-    cat = reason_catalogue(spec)
+    book = ReasonBook(spec)
     contribs = [list(model.scorer.contributions(r)) for r in rows]
-    result["top_reasons"] = timed(lambda i: top_reasons(cat, spec.feature_names, values[i], contribs[i], 3),
-                                  range(len(rows)))
+    result["reasons (top 3, with typical values)"] = timed(
+        lambda i: book.reasons(values[i], contribs[i], model.populations, 3), range(len(rows)))
     key = b"k" * 32
     import hmac
     result["hash ids (3 x HMAC-SHA256)"] = timed(

@@ -220,14 +220,14 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     import uvicorn
 
     settings = load_settings()
-    if workers > 1 and not os.environ.get("MLP_FEATURE_STORE_URL", "").startswith(("redis", "unix")):
+    if workers > 1 and not settings.feature_store_url.startswith(("redis", "rediss", "unix")):
         console.print("[red]more than one worker needs a shared feature store: set MLP_FEATURE_STORE_URL=redis://...[/red]")
         raise typer.Exit(2)
     if not settings.routing_path.exists():
         from mlp_platform import lifecycle
 
         lifecycle.sync_routing(settings, updated_by="mlp serve (initial)")
-    if not os.environ.get("MLP_API_KEYS"):
+    if not settings.serving.api_keys:
         if settings.env == "production":
             console.print("[red]MLP_API_KEYS must be set in production[/red]")
             raise typer.Exit(2)
@@ -238,10 +238,13 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
             key_file.parent.mkdir(parents=True, exist_ok=True)
             key_file.write_text(secrets.token_urlsafe(24))
             key_file.chmod(0o600)
-        os.environ["MLP_API_KEYS"] = key_file.read_text().strip()
-        os.environ.setdefault("MLP_ADMIN_KEYS", os.environ["MLP_API_KEYS"])
-        console.print(f"local API key (from {key_file}): {os.environ['MLP_API_KEYS']}")
-    os.environ["MLP_SERVING_WORKERS"] = str(workers)
+        local_key = key_file.read_text().strip()
+        # the uvicorn workers read their settings from the environment: hand them the local key
+        os.environ["MLP_API_KEYS"] = local_key
+        if not settings.serving.admin_keys:
+            os.environ["MLP_ADMIN_KEYS"] = local_key
+        console.print(f"local API key (from {key_file}): {local_key}")
+    os.environ["MLP_SERVING_WORKERS"] = str(workers)  # for the workers' settings
     uvicorn.run("mlp_platform.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False)
 

@@ -26,7 +26,7 @@ from mlp_platform.evaluation.metrics import threshold_for_fpr
 from mlp_platform.evaluation.model_card import render_html, render_markdown
 from mlp_platform.features.spec import default_spec
 from mlp_platform.registry.audit import AuditLog
-from mlp_platform.registry.mlflow_registry import ModelRegistry, ModelVersionRef, git_sha
+from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry, ModelVersionRef, git_sha
 from mlp_platform.registry.promotion import GateResult, PromotionOutcome, promote, rollback
 from mlp_platform.serving.routing import RoutingFile, RoutingState
 from mlp_platform.serving.scorer import Scorer
@@ -38,7 +38,6 @@ GOLDEN_ROWS = 500
 TARGET_FPR = 0.01
 #: The training-window profile (quantile bins, reference samples, calibrated drift thresholds) that
 #: the daily drift report of this version compares with, stored with the version in MLflow.
-REFERENCE_PROFILE = "reference_profile.json"
 
 
 @dataclass

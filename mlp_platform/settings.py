@@ -97,6 +97,97 @@ class SyntheticSettings:
     drift_start: dt.date | None = None
 
 
+def _env_optional_float(name: str, default: float | None) -> float | None:
+    """A number, or None when set to none/off (the bound or feature switched off)."""
+    raw = os.environ.get(name, "").strip()
+    if raw.lower() in ("none", "off"):
+        return None
+    return default if not raw else _env_float(name, 0.0)
+
+
+def _keys(name: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Every knob of the scoring service, in one place (each from the environment variable named in
+    its comment; ``mlp serve`` and the uvicorn factory read nothing else). What belongs to a model's
+    decision policy stays with the model version (its operating threshold) unless overridden here.
+    """
+
+    #: MLP_API_KEYS / MLP_ADMIN_KEYS: comma-separated scoring and admin keys (secrets; admin keys may score).
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    #: MLP_ID_HASH_KEY: the key of the pseudonyms in the decision log (secret); empty: a key file under data_dir.
+    id_hash_key: str = ""
+    #: MLP_REVIEW_THRESHOLD: overrides the model version's operating threshold (None: the version's).
+    review_threshold: float | None = None
+    #: MLP_DECLINE_THRESHOLD.
+    decline_threshold: float = 0.9
+    #: MLP_DEGRADED_DECISION: the least a decision on fallback features can be (approve, review, decline).
+    degraded_decision: str = "review"
+    #: MLP_RELOAD_INTERVAL_S: how often the routing state, batch snapshots and drift summary are polled.
+    reload_interval_s: float = 5.0
+    #: MLP_SERVING_WORKERS: uvicorn worker processes (more than one needs the Redis store).
+    workers: int = 1
+    #: MLP_SERVING_FAST_PATH: the raw ASGI layer for POST /v1/score (0: FastAPI serves it too).
+    fast_path: bool = True
+    #: MLP_DECISION_LOG_GROUP_COMMIT_MS / _INLINE_COMMIT / _ZERO_AHEAD_BYTES: see ServingConfig.
+    log_group_commit_ms: float = 2.0
+    log_inline_commit: bool = True
+    log_zero_ahead_bytes: int = 1024 * 1024
+    #: MLP_DRIFT_REPORT_PATH: the drift summary exported as gauges ("none": off; empty: the default file).
+    drift_report_path: str = ""
+    #: MLP_EVENT_TIME_MAX_FUTURE_S: an event_time further ahead of the server clock is a 422.
+    event_time_max_future_s: float = 300.0
+    #: MLP_EVENT_TIME_MAX_AGE_S: an event_time older than this (server clock) is a 422; None ("none"):
+    #: no such bound (a replay of history); default: the spec's longest lookback plus the label delay.
+    event_time_max_age_s: float | None = None
+    event_time_max_age_default: bool = True
+    #: MLP_EVENT_TIME_LATE_GRACE_S: an event older than the newest accepted one by more is a 422
+    #: (its lookback may be pruned); history is kept this long beyond each view's lookback.
+    late_grace_s: float = 3600.0
+    #: MLP_IDEMPOTENCY_WINDOW_S: how long a decision is replayed to a retry of the same transaction.
+    idempotency_window_s: float = 900.0
+    #: MLP_TRACING (off, console, otlp) and OTEL_SERVICE_NAME: request tracing.
+    tracing: str = ""
+    otel_service_name: str = "mlp-scoring"
+    # MLP_STREAM_KERNEL (0: the Python reference instead of the compiled streaming-feature kernel) is
+    # read by mlp_platform.serving.stream_kernel through switched_on(), at its first use.
+
+
+def load_serving_settings() -> ServingSettings:
+    """The scoring service's knobs from the environment (see :class:`ServingSettings`)."""
+    age_raw = os.environ.get("MLP_EVENT_TIME_MAX_AGE_S", "").strip()
+    degraded = _choice("MLP_DEGRADED_DECISION", "review", ("approve", "review", "decline"))
+    review = _env_optional_float("MLP_REVIEW_THRESHOLD", None)
+    out = ServingSettings(
+        api_keys=_keys("MLP_API_KEYS"), admin_keys=_keys("MLP_ADMIN_KEYS"),
+        id_hash_key=os.environ.get("MLP_ID_HASH_KEY", ""),
+        review_threshold=review,
+        decline_threshold=_env_float("MLP_DECLINE_THRESHOLD", 0.9),
+        degraded_decision=degraded,
+        reload_interval_s=_env_float("MLP_RELOAD_INTERVAL_S", 5.0),
+        workers=_env_int("MLP_SERVING_WORKERS", 1),
+        fast_path=switched_on("MLP_SERVING_FAST_PATH"),
+        log_group_commit_ms=_env_float("MLP_DECISION_LOG_GROUP_COMMIT_MS", 2.0),
+        log_inline_commit=switched_on("MLP_DECISION_LOG_INLINE_COMMIT"),
+        log_zero_ahead_bytes=_env_int("MLP_DECISION_LOG_ZERO_AHEAD_BYTES", 1024 * 1024),
+        drift_report_path=os.environ.get("MLP_DRIFT_REPORT_PATH", ""),
+        event_time_max_future_s=_env_float("MLP_EVENT_TIME_MAX_FUTURE_S", 300.0),
+        event_time_max_age_s=_env_optional_float("MLP_EVENT_TIME_MAX_AGE_S", None),
+        event_time_max_age_default=age_raw == "",
+        late_grace_s=_env_float("MLP_EVENT_TIME_LATE_GRACE_S", 3600.0),
+        idempotency_window_s=_env_float("MLP_IDEMPOTENCY_WINDOW_S", 900.0),
+        tracing=os.environ.get("MLP_TRACING", "").strip().lower(),
+        otel_service_name=_env("OTEL_SERVICE_NAME", "mlp-scoring"),
+    )
+    if out.workers < 1 or out.event_time_max_future_s < 0 or out.late_grace_s < 0 or out.idempotency_window_s < 0:
+        raise SettingsError("MLP_SERVING_WORKERS must be >= 1 and the event-time and idempotency bounds >= 0")
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     env: Environment = "local"
@@ -134,6 +225,8 @@ class Settings:
     decision_log_dir: Path | None = None
     #: MLP_FEATURE_STORE_URL; empty: the embedded store under <data_dir>/serving (see feature_store_url).
     online_store_url: str = ""
+    #: The scoring service's knobs (see ServingSettings).
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
     @property
     def duckdb_path(self) -> Path:
@@ -239,6 +332,7 @@ def load_settings() -> Settings:
         service_metrics_url=_env("MLP_SERVICE_METRICS_URL", ""),
         decision_log_dir=Path(_env("MLP_DECISION_LOG_DIR", "")) if _env("MLP_DECISION_LOG_DIR", "") else None,
         online_store_url=_env("MLP_FEATURE_STORE_URL", ""),
+        serving=load_serving_settings(),
     )
     if settings.retrain_min_days < 1 or settings.retrain_cooldown_hours < 0:
         raise SettingsError("MLP_RETRAIN_MIN_DAYS must be >= 1 and MLP_RETRAIN_COOLDOWN_HOURS >= 0")

@@ -22,9 +22,10 @@ from mlp_platform.registry.mlflow_registry import ModelRegistry
 from mlp_platform.serving.batch_push import CUSTOMER_BATCH_RISK, SnapshotLoader, read_entity_values
 from mlp_platform.serving.fast_scorer import FastScorer
 from mlp_platform.serving.online_store import OnlineFeatureStore
-from mlp_platform.serving.service import ScoringService, ServingConfig
+from mlp_platform.serving.service import ScoringService
 from mlp_platform.training.splits import TimeSplit
 from mlp_platform.training.trainer import TrainedModel
+from tests.servinglib import config_from_env
 
 DAY1, DAY2 = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
 NULLABLE = ("customer_seconds_since_previous", "customer_amount_to_mean_30d", "customer_amount_mean_1h")
@@ -140,7 +141,7 @@ def test_scores_equal_lightgbm_and_decisions_follow_the_service_policy(world):
 def test_thresholds_are_the_online_services(world, monkeypatch):
     monkeypatch.setenv("MLP_REVIEW_THRESHOLD", "0.42")
     monkeypatch.setenv("MLP_DECLINE_THRESHOLD", "0.8")
-    config = ServingConfig.from_env(world["settings"])
+    config = config_from_env(world["settings"])
     service_like = dataclasses.make_dataclass("S", ["config"])(config)
     model_like = dataclasses.make_dataclass("M", ["operating_threshold"])(0.3)
     assert decision_thresholds(0.3) == ScoringService.thresholds(service_like, model_like) == \

@@ -56,7 +56,8 @@ def loop_env(tmp_path, monkeypatch):
            "MLP_LABEL_DELAY_DAYS": "2", "MLP_LABEL_MATURITY_DAYS": "3", "MLP_RETRAIN_MIN_DAYS": "2",
            "MLP_RETRAIN_COOLDOWN_HOURS": "24", "MLP_ROLLOUT_CONFIG": json.dumps(ROLLOUT),
            "MLP_RETRAIN_RUN_CONFIG": json.dumps(RETRAIN_RUN_CONFIG), "MLP_API_KEYS": API_KEY,
-           "MLP_ADMIN_KEYS": "loop-admin-key-0123456789", "MLP_RELOAD_INTERVAL_S": "3600"}
+           "MLP_ADMIN_KEYS": "loop-admin-key-0123456789", "MLP_RELOAD_INTERVAL_S": "3600",
+           "MLP_EVENT_TIME_MAX_AGE_S": "none"}  # the simulated months lie before the server clock
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for var in ("MLP_SOURCE", "MLP_ENV", "MLP_WAREHOUSE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",

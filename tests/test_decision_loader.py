@@ -23,6 +23,7 @@ from mlp_platform.serving.metrics import ServiceMetrics
 from mlp_platform.serving.online_store import store_from_url
 from mlp_platform.serving.routing import RoutingFile, RoutingState
 from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
+from tests.servinglib import config_from_env
 
 NAMES = default_spec().feature_names
 
@@ -243,4 +244,4 @@ def test_a_missing_root_loads_nothing_and_the_default_root_is_the_services(setti
     assert result.decisions == 0 and result.directories == {}
     monkeypatch.delenv("MLP_DECISION_LOG_DIR", raising=False)
     monkeypatch.delenv("MLP_SERVING_WORKERS", raising=False)
-    assert default_log_root(settings) == ServingConfig.from_env(settings).decision_log_dir
+    assert default_log_root(settings) == config_from_env(settings).decision_log_dir

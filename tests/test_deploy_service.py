@@ -14,6 +14,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from mlp_platform.settings import PROJECT_ROOT, load_settings
+from tests.servinglib import config_from_env
 
 SERVICE_DIR = PROJECT_ROOT / "deploy" / "service"
 K8S = SERVICE_DIR / "k8s"
@@ -138,7 +139,6 @@ class _RecordingEnviron(dict):
 
 def test_every_environment_variable_of_the_deployment_is_read_by_the_service(tmp_path, monkeypatch):
     from mlp_platform.serving.fast_scorer import default_cache_dir
-    from mlp_platform.serving.service import ServingConfig
     from mlp_platform.serving.tracing import tracer_from_env
 
     scoring = container(manifests())
@@ -149,8 +149,8 @@ def test_every_environment_variable_of_the_deployment_is_read_by_the_service(tmp
     recorder = _RecordingEnviron({**os.environ, **resolved})
     monkeypatch.setattr(os, "environ", recorder)
     settings = load_settings()
-    config = ServingConfig.from_env(settings)
-    assert tracer_from_env() is None  # MLP_TRACING=off
+    config = config_from_env(settings)
+    assert tracer_from_env(os.environ) is None  # MLP_TRACING=off
     assert default_cache_dir() == Path(env["MLP_FAST_SCORER_CACHE"])  # the compiled-trees cache
     read = recorder.read | {"MLP_SERVING_FAST_PATH"}  # read by app_from_env
     for name in env:

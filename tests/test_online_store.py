@@ -370,7 +370,7 @@ def test_missing_entity_keys(make_store) -> None:
 
 
 def test_batch_values_as_of_the_day(make_store) -> None:
-    store = make_store()
+    store = make_store(late_grace=dt.timedelta(days=30))  # reads days out of order
     day = dt.date(2024, 3, 18)
     n = store.materialize_batch("merchant_risk", [
         {"merchant_id": "M_RISK", "as_of_date": day, "merchant_fraud_rate_1d": 0.5,
@@ -407,7 +407,8 @@ def test_batch_values_as_of_the_day(make_store) -> None:
 
 
 def test_batch_staleness_and_versions(make_store) -> None:
-    store = make_store(batch_max_staleness=dt.timedelta(days=1), batch_versions=2)
+    store = make_store(batch_max_staleness=dt.timedelta(days=1), batch_versions=2,
+                       late_grace=dt.timedelta(days=30))  # reads days out of order
     for i, day in enumerate([dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)]):
         store.materialize_batch("merchant_risk", [{"merchant_id": "M", "merchant_fraud_rate_1d": float(i),
                                                    "merchant_fraud_rate_7d": 0.0,
@@ -654,7 +655,8 @@ def test_redis_over_a_unix_socket(tmp_path) -> None:
 
         assert first["customer_txn_count_1h"] == 1
         assert asyncio.run(second())["customer_txn_count_1h"] == 2
-        assert len(redis.Redis(unix_socket_path=str(sock), db=2).keys("unixtest:*")) == 2
+        # the two histories and the store's watermark
+        assert len(redis.Redis(unix_socket_path=str(sock), db=2).keys("unixtest:*")) == 3
         assert redis.Redis(unix_socket_path=str(sock), db=0).keys("unixtest:*") == []
 
 
@@ -706,7 +708,9 @@ def test_redis_history_keys_expire_and_are_namespaced(redis_port) -> None:
                             dt.date(2024, 3, 10))
     keys = sorted(backend.client.keys("ttltest:*"))
     assert [k.split(":")[1:3] for k in keys] == [["b", "merchant_risk"], ["h", "customer_velocity"],
-                                                 ["h", "merchant_velocity"]]
+                                                 ["h", "merchant_velocity"], ["watermark"]]
+    assert backend.client.pttl("ttltest:watermark") == -1  # one key per store, kept
+    keys.remove("ttltest:watermark")
     day_ms = 86_400_000
     for k in keys:
         ttl = backend.client.pttl(k)

@@ -173,7 +173,7 @@ def test_the_online_store_over_rediss_from_both_clients(tls) -> None:
 
     assert first["customer_txn_count_1h"] == 1
     assert asyncio.run(second())["customer_txn_count_1h"] == 2
-    assert len(redis.Redis(port=port, db=2).keys("tlstest:*")) == 2
+    assert len(redis.Redis(port=port, db=2).keys("tlstest:*")) == 3  # two histories and the watermark
     store.close()
 
     untrusted = store_from_url(f"rediss://localhost:{endpoint.port}/2?prefix=tlstest&timeout=5")
@@ -189,4 +189,4 @@ def test_the_online_store_over_rediss_from_both_clients(tls) -> None:
     with pytest.raises(FeatureStoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
         asyncio.run(third())
     untrusted.close()
-    assert len(redis.Redis(port=port, db=2).keys("tlstest:*")) == 2  # nothing written without TLS trust
+    assert len(redis.Redis(port=port, db=2).keys("tlstest:*")) == 3  # nothing written without TLS trust

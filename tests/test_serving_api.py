@@ -24,6 +24,7 @@ from test_online_store import redis_server_process
 
 from mlp_platform import lifecycle
 from mlp_platform.features.spec import default_spec
+from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE
 from mlp_platform.serving.api_models import TransactionIn
 from mlp_platform.serving.app import create_app
 from mlp_platform.serving.decision_log import DecisionLog, verify_log
@@ -32,7 +33,8 @@ from mlp_platform.serving.online_store import store_from_url
 from mlp_platform.serving.routing import BUCKETS, RoutingFile, RoutingState, bucket, choose_arm
 from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
 from mlp_platform.settings import load_settings
-from mlp_platform.training.trainer import TrainingConfig, train_model
+from mlp_platform.training.trainer import TrainingConfig, matrix, train_model
+from tests.servinglib import HISTORY_REPLAY_ENV, config_from_env
 
 KEY, ADMIN = "score-key-123", "admin-key-456"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -54,11 +56,20 @@ def synthetic_training_frame(seed: int, n: int = 6000) -> pl.DataFrame:
 
 
 def register(settings, seed: int) -> str:
-    trained = train_model(synthetic_training_frame(seed), default_spec().feature_names,
-                          TrainingConfig(seed=seed, n_candidates=1, n_folds=2, max_rounds=60, search_max_rounds=30,
-                                         gap_days=2))
-    ref = lifecycle.registry_for(settings).log_training(trained, spec_hash=default_spec().spec_hash,
-                                                        code_version="test", operating_threshold=0.3)
+    """Train and register a version with its reference profile (the training population its reasons
+    and drift are judged against; a cheap calibration: the thresholds are not what these tests use)."""
+    from mlp_platform.monitoring.profile import build_reference_profile
+
+    frame = synthetic_training_frame(seed)
+    names = default_spec().feature_names
+    trained = train_model(frame, names, TrainingConfig(seed=seed, n_candidates=1, n_folds=2, max_rounds=60,
+                                                       search_max_rounds=30, gap_days=2))
+    registry = lifecycle.registry_for(settings)
+    ref = registry.log_training(trained, spec_hash=default_spec().spec_hash, code_version="test",
+                                operating_threshold=0.3)
+    profile = build_reference_profile(frame, names, trained.booster.predict(matrix(frame, names), num_threads=1),
+                                      n_boot=3, calibration_sizes=(1000,))
+    registry.log_text(ref.run_id, profile.to_json(), REFERENCE_PROFILE)
     return ref.version
 
 
@@ -84,7 +95,8 @@ def make_service(platform, tmp_path, store_url="memory://", **overrides) -> Scor
     metrics = ServiceMetrics()
     pool = ModelPool(registry_loader(settings), routing, metrics)
     assert pool.refresh()
-    return ScoringService(config, store_from_url(store_url), DecisionLog(config.decision_log_dir), pool, metrics)
+    return ScoringService(config, store_from_url(store_url, **config.store_options()), DecisionLog(config.decision_log_dir),
+                          pool, metrics)
 
 
 def txn(i: int, customer: str = "C1", **extra) -> dict:
@@ -408,7 +420,7 @@ def test_every_acknowledged_decision_survives_kill_9(platform, tmp_path):
     port = _free_port()
     decisions = tmp_path / "kill9"
     env = {**os.environ, "MLP_DATA_DIR": str(settings.data_dir), "MLP_API_KEYS": KEY,
-           "MLP_FEATURE_STORE_URL": "memory://", "MLP_DECISION_LOG_DIR": str(decisions)}
+           "MLP_FEATURE_STORE_URL": "memory://", "MLP_DECISION_LOG_DIR": str(decisions), **HISTORY_REPLAY_ENV}
     with (tmp_path / "server.log").open("wb") as server_log:  # the child has its own copy of the descriptor
         server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "mlp_platform.serving.app:app_from_env",
                                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
@@ -539,24 +551,24 @@ def test_drift_report_is_exported_as_gauges_and_a_bad_file_keeps_the_last_values
 
 
 def test_drift_report_path_defaults_to_the_monitoring_dir(platform, monkeypatch):
-    config = ServingConfig.from_env(platform["settings"])
+    config = config_from_env(platform["settings"])
     assert config.drift_report_path == platform["settings"].monitoring_dir / "drift_latest.json"
     monkeypatch.setenv("MLP_DRIFT_REPORT_PATH", "none")
-    assert ServingConfig.from_env(platform["settings"]).drift_report_path is None
+    assert config_from_env(platform["settings"]).drift_report_path is None
 
 
 def test_inline_commit_is_on_by_default_and_switched_off_by_the_environment(platform, monkeypatch):
     monkeypatch.delenv("MLP_DECISION_LOG_INLINE_COMMIT", raising=False)
-    assert ServingConfig.from_env(platform["settings"]).log_inline_commit is True
+    assert config_from_env(platform["settings"]).log_inline_commit is True
     monkeypatch.setenv("MLP_DECISION_LOG_INLINE_COMMIT", "0")
-    assert ServingConfig.from_env(platform["settings"]).log_inline_commit is False
+    assert config_from_env(platform["settings"]).log_inline_commit is False
 
 
 def test_decision_log_zero_fills_one_mib_ahead_unless_the_environment_says_otherwise(platform, monkeypatch):
     monkeypatch.delenv("MLP_DECISION_LOG_ZERO_AHEAD_BYTES", raising=False)
-    assert ServingConfig.from_env(platform["settings"]).log_zero_ahead_bytes == 1024 * 1024
+    assert config_from_env(platform["settings"]).log_zero_ahead_bytes == 1024 * 1024
     monkeypatch.setenv("MLP_DECISION_LOG_ZERO_AHEAD_BYTES", "0")
-    assert ServingConfig.from_env(platform["settings"]).log_zero_ahead_bytes == 0
+    assert config_from_env(platform["settings"]).log_zero_ahead_bytes == 0
 
 
 def _without_volatile(body: dict) -> dict:

@@ -114,7 +114,7 @@ OFF_SCRIPT = textwrap.dedent(r"""
                      RoutingFile(config.routing_path), metrics)
     pool.refresh()
     service = ScoringService(config, store_from_url("memory://"), DecisionLog(config.decision_log_dir), pool,
-                             metrics, tracer=tracer_from_env())
+                             metrics, tracer=tracer_from_env(__import__('os').environ))
     with TestClient(create_app(service)) as c:
         statuses = [c.post("/v1/score", headers={"X-API-Key": "k"}, json={
             "transaction_id": f"T{i}", "event_time": "2026-03-01T12:00:00", "customer_id": "C1",
@@ -173,7 +173,7 @@ def test_otlp_http_export_reaches_a_loopback_receiver(platform, tmp_path, monkey
     try:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
         monkeypatch.setenv("OTEL_SERVICE_NAME", "mlp-scoring-test")
-        tracer = tracer_from_env({"MLP_TRACING": "otlp"})
+        tracer = tracer_from_env({"MLP_TRACING": "otlp", "OTEL_SERVICE_NAME": "mlp-scoring-test"})
         service = make_service(platform, tmp_path)
         service.tracer = tracer
         with TestClient(create_app(service)) as c:  # leaving it closes the service: spans are flushed

@@ -95,7 +95,7 @@ class BatchScoringResult:
 
 def service_threshold_config() -> SimpleNamespace:
     """The two policy settings of the online service, read from the same variables with the same
-    defaults as :meth:`ServingConfig.from_env` (review: the version's operating threshold unless
+    defaults as :meth:`ServingConfig.from_settings` (review: the version's operating threshold unless
     ``MLP_REVIEW_THRESHOLD`` is set; decline: ``MLP_DECLINE_THRESHOLD``, default 0.9)."""
     review = os.environ.get("MLP_REVIEW_THRESHOLD")
     return SimpleNamespace(review_threshold=float(review) if review else None,

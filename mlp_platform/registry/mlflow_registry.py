@@ -24,6 +24,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 ROLES = ("champion", "challenger", "shadow", "previous_champion")
 EXPERIMENT = "fraud-training"
 
+#: The run artefact holding a version's reference profile (its training population; drift and reasons).
+REFERENCE_PROFILE = "reference_profile.json"
+
+
 
 @dataclass(frozen=True)
 class ModelVersionRef:

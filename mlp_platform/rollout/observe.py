@@ -58,7 +58,7 @@ MAX_PENDING = 200_000  # served decisions waiting for their shadow record
 
 def decision_log_root(settings) -> Path:
     """Where the service writes its decision log(s): ``MLP_DECISION_LOG_DIR`` or
-    ``<data>/serving/decisions`` (the convention of ``ServingConfig.from_env`` and ``mlp audit``)."""
+    ``<data>/serving/decisions`` (the convention of ``ServingConfig.from_settings`` and ``mlp audit``)."""
     return settings.decision_log_root
 
 

@@ -78,11 +78,19 @@ class TransactionIn(BaseModel):
 
 
 class ReasonOut(BaseModel):
-    code: str
+    """A feature that pushed the score up (see :mod:`mlp_platform.serving.reasons`)."""
+
+    code: str = Field(description="Stable code of the feature (R + its position in the feature spec)")
     feature: str
-    text: str
-    value: float | None
-    contribution: float
+    text: str = Field(description="The served value and the typical value, in words")
+    value: float | None = Field(description="The value served (null: missing)")
+    contribution: float = Field(description="TreeSHAP contribution to the log-odds of the score (> 0)")
+    direction: Literal["high", "low", "typical"] | None = Field(
+        description="The value against the training median (null: no training population, or missing value)")
+    typical: float | None = Field(description="The median of the feature in the model's training population")
+    percentile: float | None = Field(description="Share of the training population below the value (mid-rank)")
+    customer_typical: float | None = Field(
+        default=None, description="The customer's own 30-day mean of the same quantity, where the spec has one")
 
 
 class ModelUsed(BaseModel):
@@ -104,6 +112,9 @@ class ScoreOut(BaseModel):
     defaults_applied: list[str] = []
     degraded: bool = False
     latency_ms: float
+    #: True when this answer is the original decision returned to a retry (same transaction_id or
+    #: Idempotency-Key, same request) within the idempotency window: no new decision was taken.
+    replayed: bool = False
 
 
 class DecisionTrace(BaseModel):
@@ -111,3 +122,41 @@ class DecisionTrace(BaseModel):
     decision_id: str
     record: dict
     explanation: str
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="The field (dotted path) that is missing or invalid, e.g. event_time")
+    message: str
+
+
+class ValidationErrorOut(BaseModel):
+    """422: the request is not acceptable; every offending field is named."""
+
+    detail: list[FieldError]
+    fields: list[str]
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """401, 404, 409, 413, 503: what went wrong, in words."""
+
+    detail: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["alive"]
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    reason: str
+    champion: str | None
+    loaded: list[str]
+    routing_revision: int
+
+
+class ReloadOut(BaseModel):
+    changed: bool
+    champion: str | None
+    loaded: list[str]
+    error: str | None

@@ -16,18 +16,28 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from orjson import dumps as orjson_dumps
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from mlp_platform.serving.api_models import DecisionTrace, ScoreOut, TransactionIn
+from mlp_platform.serving.api_models import (
+    DecisionTrace,
+    ErrorOut,
+    HealthOut,
+    ReadyOut,
+    ReloadOut,
+    ScoreOut,
+    TransactionIn,
+    ValidationErrorOut,
+)
+from mlp_platform.serving.online_store import EventTimeRejected, IdempotencyConflict
 from mlp_platform.serving.service import ScoringService, key_matches
-from mlp_platform.settings import switched_on
 
 log = logging.getLogger("mlp.serving")
 
@@ -76,10 +86,26 @@ async def _send_413(send, limit: int) -> None:
     await _send_json_bytes(send, 413, body)
 
 
-async def _send_json_bytes(send, status: int, body: bytes) -> None:
+async def _send_json_bytes(send, status: int, body: bytes, extra_headers=()) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra_headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+#: An Idempotency-Key header: 1-128 printable ASCII characters.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def valid_idempotency_key(value: str) -> bool:
+    return _IDEMPOTENCY_KEY.match(value) is not None
+
+
+def event_time_error(err: EventTimeRejected) -> dict:
+    """The 422 body of an out-of-bounds event time (the shape of every 422: ValidationErrorOut)."""
+    return {"detail": [{"field": "event_time", "message": str(err)}], "fields": ["event_time"],
+            "message": f"invalid or missing: event_time ({err.bound} bound {err.limit.isoformat()} UTC)"}
 
 
 def _is_json_content_type(value: bytes | None) -> bool:
@@ -107,9 +133,11 @@ class ScoringFastPath:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        authorization = api_key = content_type = declared = None
+        authorization = api_key = content_type = declared = idempotency_key = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
+            if name == b"idempotency-key":
+                idempotency_key = value if idempotency_key is None else idempotency_key
+            elif name == b"authorization":
                 authorization = value if authorization is None else authorization
             elif name == b"x-api-key":
                 api_key = value if api_key is None else api_key
@@ -136,6 +164,10 @@ class ScoringFastPath:
                                    api_key.decode("latin-1") if api_key is not None else None)
         if not key_matches(presented, config.api_keys + config.admin_keys) or not _is_json_content_type(content_type):
             return await self._delegate(scope, receive, send, body)
+        if idempotency_key is not None:
+            idempotency_key = idempotency_key.decode("latin-1")
+            if not valid_idempotency_key(idempotency_key):
+                return await self._delegate(scope, receive, send, body)  # the route's 422 naming the header
         tracer = service.tracer
         span = tracer.root("score") if tracer is not None else None
         try:
@@ -154,13 +186,26 @@ class ScoringFastPath:
                 child.set_attribute("mlp.defaults_applied", len(defaults))
                 child.end()
             try:
-                result = await service.score_canonical(txn, defaults, span)
+                result = await service.score_canonical(txn, defaults, span, idempotency_key)
             except LookupError as err:
                 self._metrics.request("/v1/score", "503").inc()
                 if span is not None:
                     tracer.failed(span, "not ready")
                 return await _send_json_bytes(send, 503, orjson_dumps({"detail": f"not ready: {err}"}))
+            except EventTimeRejected as err:
+                self._metrics.request("/v1/score", "422").inc()
+                if span is not None:
+                    tracer.failed(span, "event_time out of bounds")
+                return await _send_json_bytes(send, 422, orjson_dumps(event_time_error(err)))
+            except IdempotencyConflict as err:
+                self._metrics.request("/v1/score", "409").inc()
+                if span is not None:
+                    tracer.failed(span, "idempotency conflict")
+                return await _send_json_bytes(send, 409, orjson_dumps({"detail": str(err)}),
+                                              [(b"retry-after", b"1")] if err.in_progress else ())
             self._metrics.request("/v1/score", "200").inc()
+            if result["replayed"]:
+                return await _send_json_bytes(send, 200, orjson_dumps(result), [(b"idempotent-replayed", b"true")])
             return await _send_json_bytes(send, 200, orjson_dumps(result))
         finally:
             if span is not None:
@@ -177,6 +222,27 @@ class ScoringFastPath:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+_401 = {"model": ErrorOut, "description": "Missing or invalid API key (Authorization: Bearer or X-API-Key)"}
+_413 = {"model": ErrorOut, "description": "Request body larger than the limit (64 KiB by default)"}
+_422 = {"model": ValidationErrorOut,
+        "description": "A critical field is missing or invalid, or event_time is out of bounds: every "
+                       "offending field is named"}
+SCORE_RESPONSES: dict = {
+    200: {"description": "The decision (``replayed`` true: the original decision of a retry)",
+          "headers": {"Idempotent-Replayed": {"description": "true when the answer is a replay of the original "
+                                                             "decision", "schema": {"type": "string"}}}},
+    401: _401, 413: _413, 422: _422,
+    409: {"model": ErrorOut, "description": "The transaction_id (or Idempotency-Key) was already used with a "
+                                            "different request, or its first request is still being decided "
+                                            "(then with Retry-After)"},
+    503: {"model": ErrorOut, "description": "No model loaded yet"},
+}
+DECISION_RESPONSES: dict = {401: _401, 404: {"model": ErrorOut, "description": "No decision with this id"},
+                            422: _422}
+METRICS_RESPONSES: dict = {200: {"description": "Prometheus text exposition format",
+                                 "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}}
 
 
 def create_app(service: ScoringService, fast_path: bool = True):
@@ -216,22 +282,34 @@ def create_app(service: ScoringService, fast_path: bool = True):
                                                       "message": f"invalid or missing: {', '.join(fields)}"})
 
     @app.post("/v1/score", response_model=ScoreOut, dependencies=[Depends(require_scoring_key)],
-              summary="Score one transaction and decide")
-    async def score(transaction: TransactionIn) -> ScoreOut:
+              summary="Score one transaction and decide", responses=SCORE_RESPONSES)
+    async def score(transaction: TransactionIn, response: Response,
+                    idempotency_key: str | None = Header(default=None, pattern=IDEMPOTENCY_KEY_PATTERN,
+                                                         description="Optional key of this request: a retry "
+                                                         "with the same key and body gets the original "
+                                                         "decision back (default key: the transaction_id)")):
         tracer = service.tracer
         span = tracer.root("score") if tracer is not None else None
         try:
-            out = await service.score(transaction, span)
+            out = await service.score(transaction, span, idempotency_key)
         except LookupError as err:
             metrics.requests.labels("/v1/score", "503").inc()
             raise HTTPException(503, f"not ready: {err}") from err
+        except EventTimeRejected as err:
+            metrics.requests.labels("/v1/score", "422").inc()
+            return JSONResponse(status_code=422, content=event_time_error(err))
+        except IdempotencyConflict as err:
+            metrics.requests.labels("/v1/score", "409").inc()
+            raise HTTPException(409, str(err), headers={"Retry-After": "1"} if err.in_progress else None) from err
         finally:
             if span is not None:
                 span.end()
         metrics.requests.labels("/v1/score", "200").inc()
+        if out.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
         return out
 
-    @app.get("/v1/decisions/{decision_id}", response_model=DecisionTrace,
+    @app.get("/v1/decisions/{decision_id}", response_model=DecisionTrace, responses=DECISION_RESPONSES,
              dependencies=[Depends(require_scoring_key)], summary="The stored decision trace, explained")
     async def decision(decision_id: str) -> DecisionTrace:
         found = service.explain(decision_id)
@@ -240,11 +318,12 @@ def create_app(service: ScoringService, fast_path: bool = True):
         record, text = found
         return DecisionTrace(decision_id=decision_id, record=record, explanation=text)
 
-    @app.get("/healthz", summary="The process is alive")
+    @app.get("/healthz", summary="The process is alive", response_model=HealthOut)
     async def healthz():
         return {"status": "alive"}
 
-    @app.get("/readyz", summary="A champion is loaded and the feature store answers")
+    @app.get("/readyz", summary="A champion is loaded and the feature store answers", response_model=ReadyOut,
+             responses={503: {"model": ReadyOut, "description": "Not ready (the reason says why)"}})
     async def readyz():
         ok, reason = service.ready()
         state, models = service.pool.snapshot
@@ -252,11 +331,13 @@ def create_app(service: ScoringService, fast_path: bool = True):
                 "routing_revision": state.revision}
         return JSONResponse(status_code=200 if ok else 503, content=body)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses=METRICS_RESPONSES)
     async def prometheus():
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/admin/reload", dependencies=[Depends(require_admin_key)],
+    @app.post("/v1/admin/reload", dependencies=[Depends(require_admin_key)], response_model=ReloadOut,
+              responses={401: {"model": ErrorOut, "description": "Missing or invalid admin key"}, 413: _413},
               summary="Re-read the routing state and load the models it names now")
     async def reload():
         changed = service.pool.refresh()
@@ -281,16 +362,17 @@ def build_service(settings=None) -> ScoringService:
     from mlp_platform.settings import load_settings
 
     settings = settings or load_settings()
-    config = ServingConfig.from_env(settings)
+    config = ServingConfig.from_settings(settings)
     metrics = ServiceMetrics()
     pool = ModelPool(registry_loader(settings), RoutingFile(config.routing_path), metrics)
     pool.refresh()
-    store = store_from_url(config.feature_store_url)
+    store = store_from_url(config.feature_store_url, **config.store_options())
     decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms,
                             zero_ahead_bytes=config.log_zero_ahead_bytes)
-    from mlp_platform.serving.tracing import tracer_from_env
+    from mlp_platform.serving.tracing import tracer_for
 
-    service = ScoringService(config, store, decisions, pool, metrics, tracer=tracer_from_env())
+    service = ScoringService(config, store, decisions, pool, metrics,
+                             tracer=tracer_for(settings.serving.tracing, settings.serving.otel_service_name))
     pool.on_tick = service.refresh_periodic
     pool.start(config.reload_interval_s)
     return service
@@ -298,10 +380,12 @@ def build_service(settings=None) -> ScoringService:
 
 def app_from_env():
     """uvicorn factory: `uvicorn --factory mlp_platform.serving.app:app_from_env`."""
+    from mlp_platform.settings import load_settings
+
     logging.basicConfig(level=logging.INFO)
-    fast_path = switched_on("MLP_SERVING_FAST_PATH")
-    service = build_service()
-    app = create_app(service, fast_path=fast_path)
+    settings = load_settings()
+    service = build_service(settings)
+    app = create_app(service, fast_path=settings.serving.fast_path)
     log.info("start-up heap frozen: %d objects kept out of full garbage collections", freeze_start_up_heap())
     return app
 

@@ -57,6 +57,14 @@ class ServiceMetrics:
         self.shadow_disagreements = Counter("mlp_shadow_disagreements_total",
                                             "Shadow decisions different from the served decision",
                                             ["model_version"], registry=r)
+        self.event_time_rejected = Counter("mlp_event_time_rejected_total",
+                                           "Requests refused because their event_time is out of bounds",
+                                           ["bound"], registry=r)
+        self.idempotent_replays = Counter("mlp_idempotent_replays_total",
+                                          "Retries answered with the original decision (no new record)", registry=r)
+        self.idempotency_conflicts = Counter("mlp_idempotency_conflicts_total",
+                                             "Requests refused (409) for an idempotency key in use",
+                                             ["reason"], registry=r)
         self.routing_revision = Gauge("mlp_routing_revision", "Revision of the routing state in use", registry=r)
         # drift and skew of the latest monitored day, read from the drift asset's summary file
         self.feature_drift = Gauge("mlp_feature_drift", "Drift statistic of a feature on the latest monitored day vs the champion's reference", ["feature", "statistic"], registry=r)  # noqa: E501

@@ -57,6 +57,8 @@ import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,8 +74,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "EmbeddedBackend",
+    "EventTimeRejected",
     "FeatureStoreError",
     "FeatureStoreUnavailable",
+    "IdempotencyConflict",
+    "IdempotentReplay",
     "OnlineFeatureStore",
     "OnlineFeatures",
     "store_from_url",
@@ -104,6 +109,51 @@ class FeatureStoreError(RuntimeError):
 class FeatureStoreUnavailable(FeatureStoreError):
     """The store's backend cannot be reached in time (connection error, timeout, server loading or
     read-only). The caller should fall back (e.g. a rules-only decision) rather than wait."""
+
+
+class EventTimeRejected(ValueError):
+    """A transaction's ``event_time`` lies outside the bounds the store (or the service) accepts; it
+    was neither recorded nor read. ``bound`` is ``"future"`` (ahead of the server clock by more than
+    the allowed skew), ``"late"`` (older than the newest accepted event minus the late grace: its
+    lookback may already be pruned) or ``"too_old"`` (older than the service's maximum age).
+    ``limit`` is the bound as a naive-UTC datetime; the message names the field and the bound."""
+
+    field = "event_time"
+
+    def __init__(self, bound: str, message: str, limit: dt.datetime) -> None:
+        super().__init__(message)
+        self.bound, self.limit = bound, limit
+
+
+class IdempotentReplay(Exception):  # noqa: N818 -- an outcome, not a failure
+    """The idempotency key was answered before with the same request: ``response`` is the original
+    answer (bytes, as stored by :meth:`OnlineFeatureStore.remember_response`). Nothing was recorded."""
+
+    def __init__(self, response: bytes) -> None:
+        super().__init__("idempotent replay")
+        self.response = response
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key is in use by a *different* request body (``in_progress`` False), or by the
+    same request still being decided (``in_progress`` True: retry shortly). Nothing was recorded."""
+
+    def __init__(self, message: str, in_progress: bool) -> None:
+        super().__init__(message)
+        self.in_progress = in_progress
+
+
+#: A pending idempotency entry (the first request is being decided) expires after this long, so a
+#: request that died before its answer was remembered does not block its retries for ever.
+IDEMPOTENCY_PENDING_US = 30 * 1_000_000
+
+
+def late_rejection(t: int, watermark: int, late_us: int) -> EventTimeRejected:
+    """The refusal of an event at ``t`` older than ``watermark - late_us`` (both backends)."""
+    limit = from_us(watermark - late_us)
+    return EventTimeRejected(
+        "late", f"event_time {from_us(t).isoformat()} is more than {late_us / 1_000_000:g} s older than the newest "
+        f"accepted event ({from_us(watermark).isoformat()} UTC); the bound is {limit.isoformat()}", limit)
 
 
 # --- time helpers ----------------------------------------------------------------------------------
@@ -506,7 +556,12 @@ class OnlineFeatureStore:
     ``batch_max_staleness``: how much older than the start of the transaction's day a batch version
     may be (default 0: exactly the day's version, as the offline table; e.g. one day to bridge a late
     daily materialisation). ``late_grace``: history is kept this much beyond the lookback so a
-    transaction arriving up to that late still sees its whole lookback.
+    transaction arriving up to that late still sees its whole lookback; an event older than the
+    newest accepted one by more than that is refused (:class:`EventTimeRejected`, bound ``late``),
+    since its lookback may already be pruned. ``max_future``: an event more than this far ahead of
+    ``clock`` (the server clock, seconds since the epoch) is refused (bound ``future``); history is
+    pruned relative to ``min(event time, clock)``, never to a client time ahead of the server clock.
+    ``idempotency_window``: how long :meth:`remember_response` keeps an answer for retries.
     """
 
     def __init__(
@@ -517,6 +572,9 @@ class OnlineFeatureStore:
         batch_max_staleness: dt.timedelta = dt.timedelta(0),
         late_grace: dt.timedelta = dt.timedelta(hours=1),
         batch_versions: int = 3,
+        max_future: dt.timedelta = dt.timedelta(minutes=5),
+        idempotency_window: dt.timedelta = dt.timedelta(minutes=15),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if spec is None:
             from mlp_platform.features.spec import default_spec
@@ -531,37 +589,75 @@ class OnlineFeatureStore:
         self._int_features = frozenset(f.name for f in spec.features if f.dtype == "int")
         self._streams, self._batches, self._on_demand = compile_spec(spec, int(late_grace.total_seconds()))
         self._staleness_us = int(batch_max_staleness.total_seconds() * US)
+        self._late_us = int(late_grace.total_seconds() * US)
+        self._max_future_us = int(max_future.total_seconds() * US)
+        self._idem_window_us = int(idempotency_window.total_seconds() * US)
+        self._clock = clock
         self._n = len(self.feature_names)
         self._stream_features = {
             p.name: frozenset(self.feature_names[op[0]] for op in p.ops) for p in self._streams
         }
         self.backend = backend
-        backend.bind(self._streams, self._batches, batch_versions)
+        backend.bind(self._streams, self._batches, batch_versions, late_grace_us=self._late_us)
 
     # -- the hot path --
 
-    def score_features(self, txn: dict) -> OnlineFeatures:
+    def score_features(self, txn: dict, idempotency: tuple[str, str] | None = None) -> OnlineFeatures:
         """Features of this transaction; records it in its entities' histories atomically with the
-        read (see the module docstring for the exact semantics)."""
-        t, tid, requests, batch_keys = self._requests(txn)
-        return self._features(txn, t, *self.backend.record_and_read(t, tid, requests, batch_keys))
+        read (see the module docstring for the exact semantics).
 
-    async def score_features_async(self, txn: dict) -> OnlineFeatures:
+        ``idempotency``: (key, request hash). When given, the key is checked atomically with the
+        recording: answered before with the same hash raises :class:`IdempotentReplay` (the stored
+        answer), with another hash or still being decided :class:`IdempotencyConflict`; otherwise the
+        key is marked pending until :meth:`remember_response` (or :meth:`forget_pending`).
+        An event time out of bounds raises :class:`EventTimeRejected`; nothing is recorded then."""
+        t, tid, requests, batch_keys, now = self._requests(txn)
+        idem = None if idempotency is None else (*idempotency, IDEMPOTENCY_PENDING_US)
+        return self._features(txn, t, *self.backend.record_and_read(t, tid, requests, batch_keys, now, idem))
+
+    async def score_features_async(self, txn: dict, idempotency: tuple[str, str] | None = None) -> OnlineFeatures:
         """:meth:`score_features` for an event loop: a backend with a network round trip (Redis)
         awaits it, so the loop serves other requests meanwhile; the embedded backend (no I/O wait)
         answers inline. Same values, same recording, same errors."""
-        t, tid, requests, batch_keys = self._requests(txn)
+        t, tid, requests, batch_keys, now = self._requests(txn)
+        idem = None if idempotency is None else (*idempotency, IDEMPOTENCY_PENDING_US)
         record_and_read = getattr(self.backend, "record_and_read_async", None)
         if record_and_read is None:
-            return self._features(txn, t, *self.backend.record_and_read(t, tid, requests, batch_keys))
-        return self._features(txn, t, *await record_and_read(t, tid, requests, batch_keys))
+            return self._features(txn, t, *self.backend.record_and_read(t, tid, requests, batch_keys, now, idem))
+        return self._features(txn, t, *await record_and_read(t, tid, requests, batch_keys, now, idem))
 
-    def _requests(self, txn: dict) -> tuple[int, str, list, list]:
-        """What the backend records and reads for this transaction (validated)."""
+    def remember_response(self, key: str, request_hash: str, response: bytes) -> None:
+        """Keep ``response`` as the answer to idempotency ``key`` for the idempotency window (a retry
+        with the same request hash gets it back through :class:`IdempotentReplay`)."""
+        now = int(self._clock() * US)
+        self.backend.remember(key, request_hash, response, now, now + self._idem_window_us)
+
+    async def remember_response_async(self, key: str, request_hash: str, response: bytes) -> None:
+        """:meth:`remember_response` for an event loop (a Redis round trip is awaited)."""
+        now = int(self._clock() * US)
+        remember = getattr(self.backend, "remember_async", None)
+        if remember is None:
+            self.backend.remember(key, request_hash, response, now, now + self._idem_window_us)
+        else:
+            await remember(key, request_hash, response, now, now + self._idem_window_us)
+
+    def forget_pending(self, key: str) -> None:
+        """Drop the pending mark of idempotency ``key`` (its request failed before an answer), so a
+        retry is decided afresh. A remembered answer is left alone."""
+        self.backend.forget_pending(key)
+
+    def _requests(self, txn: dict) -> tuple[int, str, list, list, int]:
+        """What the backend records and reads for this transaction (validated), and the server clock."""
         tid = txn["transaction_id"]
         if not isinstance(tid, str) or not tid or SEP in tid:
             raise ValueError(f"transaction_id must be a non-empty string without \\x1f, got {tid!r}")
         t = to_us(txn["event_time"])
+        now = int(self._clock() * US)
+        if t > now + self._max_future_us:
+            raise EventTimeRejected(
+                "future", f"event_time {from_us(t).isoformat()} is more than {self._max_future_us / US:g} s ahead "
+                f"of the server clock ({from_us(now).isoformat()} UTC); the bound is "
+                f"{from_us(now + self._max_future_us).isoformat()}", from_us(now + self._max_future_us))
         requests = []
         for plan in self._streams:
             entity = txn.get(plan.key)
@@ -575,7 +671,7 @@ class OnlineFeatureStore:
             requests.append((str(entity), tuple(payload)))
         batch_keys = [txn.get(plan.key) for plan in self._batches]
         batch_keys = [None if k is None else str(k) for k in batch_keys]
-        return t, tid, requests, batch_keys
+        return t, tid, requests, batch_keys, now
 
     def _features(self, txn: dict, t: int, snaps: list, versions: list, duplicate: bool) -> OnlineFeatures:
         """The feature values from what the backend read."""
@@ -757,13 +853,23 @@ class EmbeddedBackend:
         self._records = 0
         self._closed = False
         self._bound = False
+        self._late_us: int | None = None
+        #: The newest accepted event time, capped at the server clock (None: nothing recorded yet).
+        self._watermark: int | None = None
+        #: Idempotency key -> (request hash, answer or None while pending, expiry in us), oldest first.
+        self._idem: dict[str, tuple[str, bytes | None, int]] = {}
+        #: The newest server clock (us) a caller passed: expiry of kept answers at compaction is judged
+        #: on the store's clock (a test or replay clock may differ from the wall clock).
+        self._now_seen: int | None = None
 
     # -- set-up --
 
-    def bind(self, streams: list[StreamPlan], batches: list[BatchPlan], batch_versions: int) -> None:
+    def bind(self, streams: list[StreamPlan], batches: list[BatchPlan], batch_versions: int, *,
+             late_grace_us: int | None = None) -> None:
         if self._bound:
             raise FeatureStoreError("this backend is already bound to a feature store")
         self._bound = True
+        self._late_us = late_grace_us
         self._streams = list(streams)
         self._batch_plans = {p.name: p for p in batches}
         self._batch_versions = max(1, int(batch_versions))
@@ -792,6 +898,7 @@ class EmbeddedBackend:
 
     def _replay(self, journal: Path) -> None:
         plans = {p.name: p for p in self._streams}
+        now = time.time_ns() // 1000
         usable: set[str] = set()
         bad = 0
         with open(journal, encoding="utf-8") as fh:
@@ -816,16 +923,27 @@ class EmbeddedBackend:
                 kind = rec[0]
                 if kind == "T":
                     _, t, tid, per_view = rec
+                    ref = min(t, now)
+                    if self._watermark is None or ref > self._watermark:
+                        self._watermark = ref
                     for name, item in per_view.items():
                         if name in usable:
                             plan = plans[name]
-                            self._insert(plan, item[0], t, tid, tuple(item[1:]))
+                            self._insert(plan, item[0], t, tid, tuple(item[1:]), ref)
+                elif kind == "W":
+                    self._watermark = max(self._watermark or rec[1], min(rec[1], now))
+                elif kind == "I":  # kept whatever the wall clock says: a claim checks expiry on its clock
+                    _, key, digest, response, expires = rec
+                    self._idem.pop(key, None)
+                    self._idem[key] = (digest, response.encode(), expires)
                 elif kind == "H":
                     _, name, entity, times, tids, cols = rec
                     if name in usable:
                         h = _History(0)
                         h.times, h.tids, h.cols = times, tids, cols
                         self._hist[name][entity] = h
+                        if times:
+                            self._watermark = max(self._watermark or times[-1], min(times[-1], now))
                 elif kind == "B":
                     _, name, as_of, features, entries = rec
                     plan = self._batch_plans.get(name)
@@ -840,8 +958,10 @@ class EmbeddedBackend:
 
     # -- state changes (caller holds the lock) --
 
-    def _insert(self, plan: StreamPlan, entity: str, t: int, tid: str, payload: tuple) -> tuple[_History, int, bool]:
-        """Insert (t, tid, payload) at its place unless already there; prune; returns the history,
+    def _insert(self, plan: StreamPlan, entity: str, t: int, tid: str, payload: tuple,
+                ref: int) -> tuple[_History, int, bool]:
+        """Insert (t, tid, payload) at its place unless already there; prune what is older than
+        ``ref - prune`` (``ref``: the event time capped at the server clock); returns the history,
         the index of the event and whether it was a duplicate."""
         views = self._hist[plan.name]
         h = views.get(entity)
@@ -865,7 +985,7 @@ class EmbeddedBackend:
                 h.tids.insert(pos, tid)
                 for c, v in zip(h.cols, payload, strict=True):
                     c.insert(pos, v)
-        cutoff = t - plan.prune_us
+        cutoff = ref - plan.prune_us
         if times[0] <= cutoff:
             # Expired events are never read (every read starts at t - lookback), so a long history
             # is pruned in batches: deleting from the front of a list moves the whole list.
@@ -896,19 +1016,33 @@ class EmbeddedBackend:
 
     # -- the backend interface --
 
-    def record_and_read(self, t: int, tid: str, requests: list, batch_keys: list):
+    def record_and_read(self, t: int, tid: str, requests: list, batch_keys: list, now: int | None = None,
+                        idem: tuple[str, str, int] | None = None):
+        """Record and read one transaction (see :class:`OnlineFeatureStore`). ``now``: the server
+        clock in us (None: the event time); ``idem``: (key, request hash, pending lifetime in us)."""
         snaps: list = []
         n_dup = 0
         record: dict = {}
+        ref = t if now is None or t < now else now
         with self._lock:
             if self._closed:
                 raise FeatureStoreUnavailable("the embedded feature store is closed")
+            if now is not None:  # a transaction (not a bare batch read)
+                watermark = self._watermark
+                if watermark is not None and self._late_us is not None and t < watermark - self._late_us:
+                    raise late_rejection(t, watermark, self._late_us)
+                if self._now_seen is None or now > self._now_seen:
+                    self._now_seen = now
+                if idem is not None:
+                    self._claim(idem, now)
+                if watermark is None or ref > watermark:
+                    self._watermark = ref
             for plan, req in zip(self._streams, requests, strict=True):
                 if req is None:
                     snaps.append(None)
                     continue
                 entity, payload = req
-                h, pos, dup = self._insert(plan, entity, t, tid, payload)
+                h, pos, dup = self._insert(plan, entity, t, tid, payload, ref)
                 n_dup += dup
                 if not dup:
                     record[plan.name] = [entity, *payload]
@@ -926,6 +1060,44 @@ class EmbeddedBackend:
             if record and self._fh is not None:
                 self._write(["T", t, tid, record])
         return snaps, versions, n_dup > 0 and not record
+
+    def _claim(self, idem: tuple[str, str, int], now: int) -> None:
+        """Check idempotency key ``idem[0]`` and mark it pending (caller holds the lock)."""
+        key, digest, pending_us = idem
+        entries = self._idem
+        found = entries.get(key)
+        if found is not None and found[2] > now:
+            if found[0] != digest:
+                raise IdempotencyConflict("this transaction_id (or Idempotency-Key) was already used with a "
+                                          "different request body", in_progress=False)
+            if found[1] is None:
+                raise IdempotencyConflict("a request with this transaction_id (or Idempotency-Key) is still "
+                                          "being decided; retry shortly", in_progress=True)
+            raise IdempotentReplay(found[1])
+        if found is not None:
+            del entries[key]
+        entries[key] = (digest, None, now + pending_us)
+        # expired entries are dropped from the front (insertion order ~ expiry order), a few per call
+        for _ in range(2):
+            oldest = next(iter(entries))
+            if entries[oldest][2] > now:
+                break
+            del entries[oldest]
+
+    def remember(self, key: str, digest: str, response: bytes, now: int, expires: int) -> None:
+        with self._lock:
+            if self._closed:
+                raise FeatureStoreUnavailable("the embedded feature store is closed")
+            self._idem.pop(key, None)
+            self._idem[key] = (digest, response, expires)
+            if self._fh is not None:
+                self._write(["I", key, digest, response.decode(), expires])
+
+    def forget_pending(self, key: str) -> None:
+        with self._lock:
+            found = self._idem.get(key)
+            if found is not None and found[1] is None:
+                del self._idem[key]
 
     def write_batch(self, plan: BatchPlan, as_of: int, entries: dict[str, tuple]) -> None:
         with self._lock:
@@ -960,11 +1132,16 @@ class EmbeddedBackend:
     def _compact_locked(self) -> None:
         if self.path is None:
             return
-        newest = max((h.times[-1] for views in self._hist.values() for h in views.values() if h.times),
-                     default=None)
+        newest = self._watermark  # the newest accepted event, never ahead of the server clock
+        now = self._now_seen
         tmp = self.path / (_JOURNAL + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(self._header(), separators=(",", ":")) + "\n")
+            if newest is not None:
+                fh.write(json.dumps(["W", newest]) + "\n")
+            for key, (digest, response, expires) in list(self._idem.items()):
+                if response is not None and (now is None or expires > now):
+                    fh.write(json.dumps(["I", key, digest, response.decode(), expires], separators=(",", ":")) + "\n")
             for plan in self._streams:
                 views = self._hist[plan.name]
                 for entity in list(views):

@@ -47,6 +47,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -60,29 +62,57 @@ from mlp_platform.serving.online_store import (
     BatchPlan,
     FeatureStoreError,
     FeatureStoreUnavailable,
+    IdempotencyConflict,
+    IdempotentReplay,
     StreamPlan,
+    late_rejection,
     stream_kernel_for,
 )
 from mlp_platform.serving.resp_client import UNAVAILABLE_PREFIXES, RespClient, RespError, RespUnavailable
 
 __all__ = ["RedisBackend"]
 
+log = logging.getLogger(__name__)
+
 _RECORD_AND_READ = """
 -- Generated per feature specification: VIEWS holds, per streaming view, its mode ('F' full /
 -- 'C' counts), how far back events are kept (prune) and read (lookback), the key TTL in ms (0: none)
 -- and, for mode C, its windows -- all in microseconds.
--- KEYS: the history keys of the transaction's entities, then its batch keys.
--- ARGV: n_hist, tid, t, then per history key: its view's index in VIEWS and the member to add.
+-- KEYS: the history keys of the transaction's entities, then its batch keys, then the watermark key
+-- (the newest accepted event time, capped at the server clock), then the idempotency key if any.
+-- ARGV: n_hist, tid, t, ref (t capped at the server clock: pruning never goes beyond it), the late
+-- grace (-1: no check), the request hash ('' : no idempotency), the pending mark's lifetime in ms,
+-- n_batch, then per history key: its view's index in VIEWS and the member to add.
+-- A late event is refused with the error 'MLPLATE <watermark>'; a known idempotency key returns
+-- {its value} ('P' .. hash while pending, 'D' .. hash .. '\\031' .. answer) and records nothing.
 local VIEWS = {views}
 local n_hist = tonumber(ARGV[1])
 local t = ARGV[3]
 local tn = tonumber(t)
+local ref = tonumber(ARGV[4])
+local late = tonumber(ARGV[5])
+local n_batch = tonumber(ARGV[8])
+local wmkey = KEYS[n_hist + n_batch + 1]
+local wm_raw = redis.call('GET', wmkey)
+local wm = wm_raw and tonumber(wm_raw)
+if late >= 0 and wm and tn < wm - late then
+  return redis.error_reply('MLPLATE ' .. wm_raw)
+end
+if ARGV[6] ~= '' then
+  local ikey = KEYS[n_hist + n_batch + 2]
+  local cur = redis.call('GET', ikey)
+  if cur then return {cur} end
+  redis.call('SET', ikey, 'P' .. ARGV[6], 'PX', ARGV[7])
+end
 local prefix = ARGV[2] .. '\\031'
 local plen = string.len(prefix)
 local at_t = '\\031' .. t .. '\\031'
 local function us(x) return string.format('%.0f', x) end
+if late >= 0 and (not wm or ref > wm) then
+  redis.call('SET', wmkey, us(ref))
+end
 local out = {}
-local a = 4
+local a = 9
 for i = 1, n_hist do
   local key = KEYS[i]
   local view = VIEWS[tonumber(ARGV[a])]
@@ -105,7 +135,7 @@ for i = 1, n_hist do
   if dup == 0 then
     redis.call('ZADD', key, t, member)
   end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', us(tn - prune))
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', us(ref - prune))
   if ttl ~= 0 then
     redis.call('PEXPIRE', key, ttl)
   end
@@ -121,7 +151,7 @@ for i = 1, n_hist do
     out[i] = {dup, counts, read, prev}
   end
 end
-for k = n_hist + 1, #KEYS do
+for k = n_hist + 1, n_hist + n_batch do
   out[k] = redis.call('HGETALL', KEYS[k])
 end
 return out
@@ -145,6 +175,15 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+_FORGET_PENDING = """
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, 1) == 'P' then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+#: The script's refusal of a late event (its message carries the watermark).
+_LATE = re.compile(r"MLPLATE (-?[0-9]+)")
 
 _OWN_OPTIONS = ("timeout", "connect_timeout", "prefix", "retries", "ttl_margin_seconds", "batch_ttl_seconds")
 
@@ -218,13 +257,19 @@ class RedisBackend:
         self.batch_chunk = batch_chunk
         self._write = self.client.register_script(_WRITE_BATCH)
         self._bound = False
+        self._late_us: int | None = None
+        self._pending_t = 0  # the event time of the call being translated (for a late refusal's message)
 
     # -- set-up --
 
-    def bind(self, streams: list[StreamPlan], batches: list[BatchPlan], batch_versions: int) -> None:
+    def bind(self, streams: list[StreamPlan], batches: list[BatchPlan], batch_versions: int, *,
+             late_grace_us: int | None = None) -> None:
         if self._bound:
             raise FeatureStoreError("this backend is already bound to a feature store")
         self._bound = True
+        self._late_us = late_grace_us
+        self._watermark_key = f"{self.prefix}:watermark"
+        self._idem_prefix = f"{self.prefix}:idem:"
         self._streams = list(streams)
         self._batches = list(batches)
         self._batch_versions = max(1, int(batch_versions))
@@ -240,6 +285,7 @@ class RedisBackend:
         self._record_source = record_script(streams, self._ttl_ms)
         self._kernels = [stream_kernel_for(p) for p in streams]
         self._record = self.client.register_script(self._record_source)
+        self._forget = self.client.register_script(_FORGET_PENDING)
 
     def _call(self, script, keys: list[str], args: list):
         try:
@@ -249,7 +295,10 @@ class RedisBackend:
 
     def _translate(self, exc: BaseException) -> BaseException:
         """The store's error for a redis-py or RespClient error (FeatureStoreUnavailable: the caller
-        falls back)."""
+        falls back; EventTimeRejected: the script refused a late event)."""
+        late = _LATE.search(str(exc))
+        if late is not None and self._late_us is not None:
+            return late_rejection(self._pending_t, int(late.group(1)), self._late_us)
         if isinstance(exc, RespError):  # its message already names the server
             return (FeatureStoreUnavailable if isinstance(exc, RespUnavailable) else FeatureStoreError)(str(exc))
         if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | TimeoutError):
@@ -262,18 +311,21 @@ class RedisBackend:
 
     # -- the backend interface --
 
-    def record_and_read(self, t: int, tid: str, requests: list, batch_keys: list):
-        call = self._script_call(t, tid, requests, batch_keys)
+    def record_and_read(self, t: int, tid: str, requests: list, batch_keys: list, now: int | None = None,
+                        idem: tuple[str, str, int] | None = None):
+        call = self._script_call(t, tid, requests, batch_keys, now, idem)
         if call is None:
             return [None] * len(self._streams), [None] * len(self._batches), False
         keys, args, active, batch_active = call
-        return self._reply(self._call(self._record, keys, args), t, tid, active, batch_active)
+        self._pending_t = t
+        return self._reply(self._call(self._record, keys, args), t, tid, active, batch_active, idem)
 
-    async def record_and_read_async(self, t: int, tid: str, requests: list, batch_keys: list):
+    async def record_and_read_async(self, t: int, tid: str, requests: list, batch_keys: list,
+                                    now: int | None = None, idem: tuple[str, str, int] | None = None):
         """:meth:`record_and_read` on the event loop: the event loop is free during the round trip.
         It goes through :class:`~mlp_platform.serving.resp_client.RespClient`, one pipelined
         connection per event loop (its connection belongs to that loop)."""
-        call = self._script_call(t, tid, requests, batch_keys)
+        call = self._script_call(t, tid, requests, batch_keys, now, idem)
         if call is None:
             return [None] * len(self._streams), [None] * len(self._batches), False
         keys, args, active, batch_active = call
@@ -281,8 +333,30 @@ class RedisBackend:
         try:
             res = await client.evalsha(self._record.sha, self._record_source, keys, args)
         except RespError as exc:
+            self._pending_t = t
             raise self._translate(exc) from exc
-        return self._reply(res, t, tid, active, batch_active)
+        return self._reply(res, t, tid, active, batch_active, idem)
+
+    def remember(self, key: str, digest: str, response: bytes, now: int, expires: int) -> None:
+        try:
+            self.client.set(self._idem_prefix + key, "D" + digest + SEP + response.decode(),
+                            px=max(1, (expires - now) // 1000))
+        except redis.exceptions.RedisError as exc:
+            raise self._translate(exc) from exc
+
+    async def remember_async(self, key: str, digest: str, response: bytes, now: int, expires: int) -> None:
+        try:
+            await self._async_client().call("SET", self._idem_prefix + key, "D" + digest + SEP + response.decode(),
+                                            "PX", max(1, (expires - now) // 1000))
+        except RespError as exc:
+            raise self._translate(exc) from exc
+
+    def forget_pending(self, key: str) -> None:
+        """Delete the key only while it is still the pending mark (a script: atomic)."""
+        try:
+            self._call(self._forget, [self._idem_prefix + key], [])
+        except FeatureStoreError:
+            log.warning("could not drop the pending idempotency mark of a failed request; it expires by itself")
 
     def _async_client(self) -> RespClient:
         loop = asyncio.get_running_loop()
@@ -292,11 +366,14 @@ class RedisBackend:
                                                     connect_timeout=self._client_options["socket_connect_timeout"])
         return client
 
-    def _script_call(self, t: int, tid: str, requests: list, batch_keys: list):
+    def _script_call(self, t: int, tid: str, requests: list, batch_keys: list, now: int | None = None,
+                     idem: tuple[str, str, int] | None = None):
         """(keys, args, active stream indexes, batch presence) of the script call, None without keys."""
         ts = str(t)
         keys: list[str] = []
-        args: list = [0, tid, ts]
+        late = -1 if now is None or self._late_us is None else self._late_us
+        args: list = [0, tid, ts, ts if now is None or t < now else str(now), late,
+                      "" if idem is None else idem[1], 1 if idem is None else max(1, idem[2] // 1000), 0]
         active: list[int] = []
         for i, (plan, req) in enumerate(zip(self._streams, requests, strict=True)):
             if req is None:
@@ -324,11 +401,25 @@ class RedisBackend:
             batch_active.append(key is not None)
         if not keys:
             return None
+        args[7] = len(keys) - n_hist
+        keys.append(self._watermark_key)
+        if idem is not None:
+            keys.append(self._idem_prefix + idem[0])
         return keys, args, active, batch_active
 
-    def _reply(self, res: list, t: int, tid: str, active: list, batch_active: list):
+    def _reply(self, res: list, t: int, tid: str, active: list, batch_active: list, idem=None):
         """(snapshots, batch versions, duplicate) from the script's reply."""
         n_hist = len(active)
+        if idem is not None and res and isinstance(res[0], str):  # the idempotency key was known
+            state = res[0]
+            digest, _, answer = state[1:].partition(SEP)
+            if digest != idem[1]:
+                raise IdempotencyConflict("this transaction_id (or Idempotency-Key) was already used with a "
+                                          "different request body", in_progress=False)
+            if state[0] == "P":
+                raise IdempotencyConflict("a request with this transaction_id (or Idempotency-Key) is still "
+                                          "being decided; retry shortly", in_progress=True)
+            raise IdempotentReplay(answer.encode())
 
         snaps: list = [None] * len(self._streams)
         n_dup = 0

@@ -23,15 +23,24 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from orjson import OPT_SORT_KEYS
+from orjson import dumps as orjson_dumps
+from orjson import loads as orjson_loads
 
 from mlp_platform.features.spec import FeatureSpec, default_spec
 from mlp_platform.serving.api_models import ScoreOut, TransactionIn
 from mlp_platform.serving.decision_log import DecisionLog
 from mlp_platform.serving.metrics import ServiceMetrics
-from mlp_platform.serving.online_store import FeatureStoreUnavailable, OnlineFeatureStore
-from mlp_platform.serving.reasons import reason_catalogue, top_reasons
+from mlp_platform.serving.online_store import (
+    EventTimeRejected,
+    FeatureStoreUnavailable,
+    IdempotencyConflict,
+    IdempotentReplay,
+    OnlineFeatureStore,
+    from_us,
+)
+from mlp_platform.serving.reasons import Population, ReasonBook, populations_from_profile
 from mlp_platform.serving.routing import RoutingFile, RoutingState, choose_arm
-from mlp_platform.settings import switched_on
 
 log = logging.getLogger("mlp.serving")
 
@@ -67,42 +76,64 @@ class ServingConfig:
     #: The drift asset's latest summary, exported as drift/skew gauges (None: not exported).
     drift_report_path: Path | None = None
 
+    #: An event_time more than this far ahead of the server clock is a 422 (the store also refuses it).
+    event_time_max_future_s: float = 300.0
+    #: An event_time older than this (against the server clock) is a 422; None: no such bound.
+    event_time_max_age_s: float | None = None
+    #: The online store refuses an event older than its newest accepted one by more (a 422).
+    late_grace_s: float = 3600.0
+    #: A retry of a transaction (same transaction_id or Idempotency-Key, same body) within this long
+    #: gets the original answer back; 0 switches idempotency off.
+    idempotency_window_s: float = 900.0
+    #: The server clock (seconds since the epoch); tests pin it to the time of their data.
+    clock: Callable[[], float] = time.time
+
     @classmethod
-    def from_env(cls, settings) -> ServingConfig:
+    def from_settings(cls, settings, spec: FeatureSpec | None = None) -> ServingConfig:
+        """The service's configuration from :class:`mlp_platform.settings.Settings` (its ``serving``
+        knobs; nothing here reads the environment)."""
+        knobs = settings.serving
         serving = settings.data_dir / "serving"
         key_file = serving / "id_hash.key"
-        key = os.environ.get("MLP_ID_HASH_KEY", "").encode()
+        key = knobs.id_hash_key.encode()
         if not key:
             serving.mkdir(parents=True, exist_ok=True)
             if not key_file.exists():
                 key_file.write_bytes(secrets.token_bytes(32))
                 key_file.chmod(0o600)
             key = key_file.read_bytes()
-
-        def keys(name: str) -> tuple[str, ...]:
-            return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
-
-        review = os.environ.get("MLP_REVIEW_THRESHOLD")
         log_root = settings.decision_log_root
-        workers = int(os.environ.get("MLP_SERVING_WORKERS", "1"))
         # one writer per log: with several workers each gets its own chain under the root
-        log_dir = log_root / f"worker-{os.getpid()}" if workers > 1 else log_root
+        log_dir = log_root / f"worker-{os.getpid()}" if knobs.workers > 1 else log_root
+        max_age = knobs.event_time_max_age_s
+        if knobs.event_time_max_age_default:  # the longest lookback plus the label delay
+            spec = spec or default_spec()
+            max_age = max(v.lookback_seconds or 0 for v in spec.views) + settings.label_delay_days * 86_400
         return cls(
             feature_store_url=settings.feature_store_url,
-            decision_log_dir=log_dir, decision_log_root=log_root if workers > 1 else None,
+            decision_log_dir=log_dir, decision_log_root=log_root if knobs.workers > 1 else None,
             routing_path=serving / "routing.json",
-            api_keys=keys("MLP_API_KEYS"), admin_keys=keys("MLP_ADMIN_KEYS"), id_hash_key=key,
-            review_threshold=float(review) if review else None,
-            decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")),
-            degraded_decision=os.environ.get("MLP_DEGRADED_DECISION", "review"),
-            reload_interval_s=float(os.environ.get("MLP_RELOAD_INTERVAL_S", "5")),
-            log_group_commit_ms=float(os.environ.get("MLP_DECISION_LOG_GROUP_COMMIT_MS", "2")),
-            log_inline_commit=switched_on("MLP_DECISION_LOG_INLINE_COMMIT"),
-            log_zero_ahead_bytes=int(os.environ.get("MLP_DECISION_LOG_ZERO_AHEAD_BYTES", str(1024 * 1024))),
+            api_keys=knobs.api_keys, admin_keys=knobs.admin_keys, id_hash_key=key,
+            review_threshold=knobs.review_threshold,
+            decline_threshold=knobs.decline_threshold,
+            degraded_decision=knobs.degraded_decision,
+            reload_interval_s=knobs.reload_interval_s,
+            log_group_commit_ms=knobs.log_group_commit_ms,
+            log_inline_commit=knobs.log_inline_commit,
+            log_zero_ahead_bytes=knobs.log_zero_ahead_bytes,
             batch_snapshot_dir=settings.batch_snapshot_dir,
-            drift_report_path=_optional_path(os.environ.get("MLP_DRIFT_REPORT_PATH",
-                                                            str(settings.monitoring_dir / "drift_latest.json"))),
+            drift_report_path=_optional_path(knobs.drift_report_path or str(settings.monitoring_dir / "drift_latest.json")),
+            event_time_max_future_s=knobs.event_time_max_future_s,
+            event_time_max_age_s=max_age,
+            late_grace_s=knobs.late_grace_s,
+            idempotency_window_s=knobs.idempotency_window_s,
         )
+
+    def store_options(self) -> dict:
+        """The online store's options that follow from this configuration (bounds, clock, window)."""
+        return {"late_grace": dt.timedelta(seconds=self.late_grace_s),
+                "max_future": dt.timedelta(seconds=self.event_time_max_future_s),
+                "idempotency_window": dt.timedelta(seconds=self.idempotency_window_s), "clock": self.clock}
 
 
 def _optional_path(value: str) -> Path | None:
@@ -141,6 +172,7 @@ class _Clock:
 
 
 utc_now_iso = _Clock()
+_EPOCH = dt.datetime(1970, 1, 1)
 
 
 @dataclass
@@ -150,11 +182,14 @@ class LoadedModel:
     operating_threshold: float
     artifact_sha256: str
     feature_names: list[str]
+    #: The training population of each feature (from the version's reference profile; empty for a
+    #: version registered without one): the typical values and directions of its reasons.
+    populations: dict[str, Population] = field(default_factory=dict)
 
 
 def registry_loader(settings) -> Callable[[str], LoadedModel]:
     """Load a version from the MLflow registry through the serving scorer (schema checked)."""
-    from mlp_platform.registry.mlflow_registry import ModelRegistry
+    from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
     from mlp_platform.serving.fast_scorer import FastScorer
     from mlp_platform.serving.scorer import Scorer
 
@@ -170,7 +205,9 @@ def registry_loader(settings) -> Callable[[str], LoadedModel]:
             if path.is_file():
                 digest.update(path.read_bytes())
         threshold = float(registry.version_tags(version).get("operating_threshold", "0.5"))
-        return LoadedModel(version, fast, threshold, digest.hexdigest(), base.feature_names)
+        profile = registry.load_text(registry.ref(version).run_id, REFERENCE_PROFILE)
+        populations = {} if profile is None else populations_from_profile(orjson_loads(profile), base.feature_names)
+        return LoadedModel(version, fast, threshold, digest.hexdigest(), base.feature_names, populations)
 
     return load
 
@@ -279,7 +316,7 @@ class ScoringService:
         self._drift_mtime: int | None = None
         self._drift_problem_seen: tuple | None = None
         self.refresh_drift_report()
-        self._catalogue = reason_catalogue(self.spec)
+        self._reasons = ReasonBook(self.spec)
         self._names = self.spec.feature_names
         self._shadow_queue: queue.Queue = queue.Queue(maxsize=self.config.shadow_queue_max)
         self._shadow_thread = threading.Thread(target=self._shadow_worker, name="shadow", daemon=True)
@@ -384,10 +421,36 @@ class ScoringService:
             return "decline"
         return "review" if score >= thresholds["review"] else "approve"
 
-    async def score(self, request: TransactionIn, span=None) -> ScoreOut:
+    async def score(self, request: TransactionIn, span=None, idempotency_key: str | None = None) -> ScoreOut:
         """Score a validated request (the FastAPI route and in-process callers)."""
         txn, defaults = request.canonical()
-        return ScoreOut(**await self.score_canonical(txn, defaults, span))
+        return ScoreOut(**await self.score_canonical(txn, defaults, span, idempotency_key))
+
+    def check_event_time(self, event_time: dt.datetime) -> None:
+        """Refuse an event time too far ahead of the server clock or older than the maximum age
+        (:class:`EventTimeRejected`, counted by bound). The online store enforces the future bound
+        and its late grace as well; this check also covers decisions taken on fallback features."""
+        config = self.config
+        t = (event_time - _EPOCH).total_seconds()
+        now = config.clock()
+        if t > now + config.event_time_max_future_s:
+            limit = from_us(int((now + config.event_time_max_future_s) * 1e6))
+            self.metrics.event_time_rejected.labels("future").inc()
+            raise EventTimeRejected("future", f"event_time {event_time.isoformat()} is more than "
+                                    f"{config.event_time_max_future_s:g} s ahead of the server clock; the bound is "
+                                    f"{limit.isoformat()} UTC", limit)
+        max_age = config.event_time_max_age_s
+        if max_age is not None and t < now - max_age:
+            limit = from_us(int((now - max_age) * 1e6))
+            self.metrics.event_time_rejected.labels("too_old").inc()
+            raise EventTimeRejected("too_old", f"event_time {event_time.isoformat()} is older than the maximum age "
+                                    f"of {max_age:g} s (the longest feature window plus the label delay); the "
+                                    f"bound is {limit.isoformat()} UTC", limit)
+
+    @staticmethod
+    def request_hash(txn: dict) -> str:
+        """A digest of the canonical request: a retry must carry the same transaction to be replayed."""
+        return hashlib.sha256(orjson_dumps(txn, option=OPT_SORT_KEYS)).hexdigest()[:32]
 
     def _decision_id(self) -> str:
         """A fresh random 128-bit id (hex). Drawn from a pool filled 512 at a time from os.urandom:
@@ -422,16 +485,36 @@ class ScoringService:
     def _settled(self) -> None:
         self._inline_unsettled = False
 
-    async def score_canonical(self, txn: dict, defaults: list[str], span=None) -> dict:
+    async def score_canonical(self, txn: dict, defaults: list[str], span=None,
+                              idempotency_key: str | None = None) -> dict:
         """:meth:`_score_canonical`, counting the requests in flight (a lone request commits its own
-        decision record: :meth:`_lone`)."""
+        decision record: :meth:`_lone`).
+
+        Idempotent per ``transaction_id`` (or ``idempotency_key``, the Idempotency-Key header) within
+        ``idempotency_window_s``: a retry with the same canonical request returns the original answer
+        with ``replayed: true`` and writes no record; a different request under the same key raises
+        :class:`IdempotencyConflict` (409), as does a retry while the first is still being decided.
+        Out-of-bounds event times raise :class:`EventTimeRejected` (422)."""
         self._in_flight += 1
         try:
-            return await self._score_canonical(txn, defaults, span)
+            return await self._score_canonical(txn, defaults, span, idempotency_key)
+        except IdempotentReplay as replay:
+            self.metrics.idempotent_replays.inc()
+            answer = orjson_loads(replay.response)
+            answer["replayed"] = True
+            return answer
+        except IdempotencyConflict as conflict:
+            self.metrics.idempotency_conflicts.labels("in_progress" if conflict.in_progress else "different_body").inc()
+            raise
+        except EventTimeRejected as rejected:
+            if rejected.bound == "late":  # the store's bound (the service counts its own where it raises)
+                self.metrics.event_time_rejected.labels("late").inc()
+            raise
         finally:
             self._in_flight -= 1
 
-    async def _score_canonical(self, txn: dict, defaults: list[str], span=None) -> dict:
+    async def _score_canonical(self, txn: dict, defaults: list[str], span=None,
+                               idempotency_key: str | None = None) -> dict:
         """Score a canonical transaction: routing, online features (fallbacks when the store is down),
         champion score, policy, reason codes for review/decline, durable decision record, shadow work
         queued, metrics. Returns the response body (the fields of :class:`ScoreOut`, in its order).
@@ -449,15 +532,46 @@ class ScoringService:
         if model is None:
             raise LookupError("no model loaded")
         m = self._bound_metrics
+        self.check_event_time(txn["event_time"])
+        idem = None
+        digest = self.request_hash(txn)
+        if self.config.idempotency_window_s > 0:
+            idem = ("k:" + idempotency_key if idempotency_key is not None else "t:" + txn["transaction_id"], digest)
         child = tracer.child(span, "feature_fetch") if tracer else None
         degraded = False
         try:
-            features = await self.store.score_features_async(txn)
+            features = await self.store.score_features_async(txn, idem)
         except FeatureStoreUnavailable as err:
             degraded = True
+            idem = None  # nothing was claimed: a decision on fallbacks is not deduplicated
             m.error("feature_store_unavailable").inc()
             log.warning("feature store unavailable, serving fallbacks: %s", err)
             features = self.store.fallback_features(txn)
+        except EventTimeRejected:
+            if child is not None:
+                child.end()
+            raise
+        if idem is None:
+            return await self._decide(txn, defaults, span, started, state, models, arm, version, model,
+                                      features, degraded, digest, child)
+        try:
+            answer = await self._decide(txn, defaults, span, started, state, models, arm, version, model,
+                                        features, degraded, digest, child)
+        except BaseException:
+            self.store.forget_pending(idem[0])  # a retry is decided afresh
+            raise
+        try:
+            await self.store.remember_response_async(idem[0], digest, orjson_dumps(answer))
+        except Exception:  # the decision stands (it is logged); retries wait for the pending mark to expire
+            self.metrics.errors.labels("idempotency_store").inc()
+            log.exception("could not keep the answer for retries")
+        return answer
+
+    async def _decide(self, txn: dict, defaults: list[str], span, started: float, state, models, arm: str,
+                      version: str, model: LoadedModel, features, degraded: bool, digest: str, child) -> dict:
+        """From the features on: score, policy, reasons, durable record, shadows, metrics, answer."""
+        m = self._bound_metrics
+        tracer = self.tracer if span is not None else None
         t1 = time.perf_counter()
         m.store_latency.observe(t1 - started)
         if child is not None:
@@ -477,8 +591,8 @@ class ScoringService:
         reasons = []
         if decision != "approve":  # TreeSHAP (~1 ms) runs off the event loop (the C call releases the GIL)
             contributions = list(await asyncio.to_thread(model.scorer.contributions, row))
-            reasons = [r.__dict__ for r in top_reasons(self._catalogue, self._names, features.values,
-                                                       contributions, self.config.reasons)]
+            reasons = [r.__dict__ for r in self._reasons.reasons(features.values, contributions, model.populations,
+                                                                 self.config.reasons)]
         if child is not None:
             child.set_attribute("mlp.model_version", version)
             child.set_attribute("mlp.arm", arm)
@@ -500,7 +614,7 @@ class ScoringService:
             "features": dict(zip(self._names, [None if v != v else v for v in features.values], strict=True)),
             "fallbacks": fallbacks, "defaults_applied": defaults, "degraded": degraded,
             "score": score, "thresholds": thresholds, "policy_version": policy_version, "decision": decision,
-            "reasons": reasons,
+            "reasons": reasons, "request_sha256": digest,
         }
         if self._lone():
             await self.decisions.append_async(record, trusted=True, inline=True)  # str keys only
@@ -531,7 +645,7 @@ class ScoringService:
             "policy_version": policy_version, "thresholds": thresholds,
             "model": {"arm": arm, "version": version, "score": score}, "reasons": reasons,
             "fallbacks": fallbacks, "defaults_applied": defaults, "degraded": degraded,
-            "latency_ms": latency * 1000.0,
+            "latency_ms": latency * 1000.0, "replayed": False,
         }
 
     def _submit_shadow(self, model: LoadedModel, row: np.ndarray, decision_id: str, served: str) -> None:
@@ -632,8 +746,8 @@ class ScoringService:
             if model is not None:  # contributions computed on demand from the features as served
                 values = [np.nan if record["features"][n] is None else record["features"][n] for n in self._names]
                 contributions = list(model.scorer.contributions(np.asarray(values, dtype=np.float64)))
-                reasons = [r.__dict__ for r in top_reasons(self._catalogue, self._names, values, contributions,
-                                                           self.config.reasons)]
+                reasons = [r.__dict__ for r in self._reasons.reasons(values, contributions, model.populations,
+                                                                     self.config.reasons)]
         return record, explanation_text(record, reasons)
 
     async def close(self) -> None:

@@ -22,7 +22,6 @@ in-memory exporter with :func:`request_tracer`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,25 +65,30 @@ def request_tracer(exporter: Any, *, batch: bool = True, service_name: str | Non
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "mlp-scoring"
+    name = service_name or "mlp-scoring"
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     return RequestTracer(provider, provider.get_tracer("mlp_platform.serving"))
 
 
-def tracer_from_env(environ: Mapping[str, str] | None = None) -> RequestTracer | None:
-    """The tracer ``MLP_TRACING`` asks for, or None when tracing is off (see the module docstring).
-    An unknown value is an error naming it (a typo must not silently disable tracing)."""
-    environ = os.environ if environ is None else environ
-    mode = environ.get("MLP_TRACING", "").strip().lower()
+def tracer_from_env(environ: Mapping[str, str]) -> RequestTracer | None:
+    """The tracer an environment mapping's ``MLP_TRACING`` asks for (tests; the service goes through
+    the settings module and :func:`tracer_for`)."""
+    return tracer_for(environ.get("MLP_TRACING", ""), environ.get("OTEL_SERVICE_NAME") or None)
+
+
+def tracer_for(mode: str, service_name: str | None = None) -> RequestTracer | None:
+    """The tracer ``mode`` (``MLP_TRACING``) asks for, or None when tracing is off (see the module
+    docstring). An unknown value is an error naming it (a typo must not silently disable tracing)."""
+    mode = mode.strip().lower()
     if mode in OFF_VALUES:
         return None
     if mode == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return request_tracer(OTLPSpanExporter())
+        return request_tracer(OTLPSpanExporter(), service_name=service_name)
     if mode == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        return request_tracer(ConsoleSpanExporter())
+        return request_tracer(ConsoleSpanExporter(), service_name=service_name)
     raise ValueError(f"MLP_TRACING={mode!r}: expected one of {', '.join(MODES)} (or unset/off to disable)")
