@@ -19,9 +19,10 @@ import logging
 import re
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from orjson import dumps as orjson_dumps
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -42,10 +43,20 @@ from mlp_platform.serving.service import ScoringService, key_matches
 log = logging.getLogger("mlp.serving")
 
 
+#: The two ways to present a key, declared as the document's security schemes (either one suffices).
+_BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer <key>")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <key>")
+
+
 def _presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
     if authorization and authorization.lower().startswith("bearer "):
         return authorization[7:].strip()
     return x_api_key
+
+
+def _credentials(bearer: HTTPAuthorizationCredentials | None, x_api_key: str | None) -> str | None:
+    """The key FastAPI's security schemes found (the fast path reads the same headers itself)."""
+    return bearer.credentials.strip() if bearer is not None else x_api_key
 
 
 class BodyLimit:
@@ -258,15 +269,15 @@ def create_app(service: ScoringService, fast_path: bool = True):
     app = FastAPI(title="mlp-platform scoring API", version="1", lifespan=lifespan,
                   description="Real-time fraud scoring: decision, score, model version, reason codes.")
 
-    async def require_scoring_key(authorization: str | None = Header(default=None),
-                            x_api_key: str | None = Header(default=None)) -> None:
-        if not key_matches(_presented_key(authorization, x_api_key), config.api_keys + config.admin_keys):
+    async def require_scoring_key(bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                                  x_api_key: str | None = Security(_API_KEY)) -> None:
+        if not key_matches(_credentials(bearer, x_api_key), config.api_keys + config.admin_keys):
             metrics.errors.labels("unauthorized").inc()
             raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
-    async def require_admin_key(authorization: str | None = Header(default=None),
-                          x_api_key: str | None = Header(default=None)) -> None:
-        if not key_matches(_presented_key(authorization, x_api_key), config.admin_keys):
+    async def require_admin_key(bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                                x_api_key: str | None = Security(_API_KEY)) -> None:
+        if not key_matches(_credentials(bearer, x_api_key), config.admin_keys):
             metrics.errors.labels("unauthorized_admin").inc()
             raise HTTPException(401, "missing or invalid admin key", headers={"WWW-Authenticate": "Bearer"})
 
