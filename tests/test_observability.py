@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlp_platform.serving.metrics import LoopCounter, LoopHistogram, ServiceMetrics
+from mlp_platform.serving.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS = ROOT / "deploy" / "observability"
@@ -205,16 +205,14 @@ def exported_labels() -> dict[str, set[str]]:
     each got one child (a labelled metric without children exports nothing)."""
     metrics = ServiceMetrics()
     for metric in vars(metrics).values():
-        if isinstance(metric, LoopCounter | LoopHistogram):  # the event loop's own (lock-free) metrics
-            labelnames = metric.labelnames
-        elif isinstance(metric, Counter | Gauge | Histogram):
+        if isinstance(metric, Counter | Gauge | Histogram):
             labelnames = metric._labelnames
         else:
             continue
         child = metric.labels(*["probe"] * len(labelnames)) if labelnames else metric
-        if isinstance(metric, Histogram | LoopHistogram):
+        if isinstance(metric, Histogram):
             child.observe(0.001)
-        elif isinstance(metric, Counter | LoopCounter):
+        elif isinstance(metric, Counter):
             child.inc()
         else:
             child.set(1)
@@ -635,48 +633,3 @@ def test_grafana_provisioning():
     [provider] = dashboards["providers"]
     assert provider["type"] == "file" and provider["options"]["path"]
     assert provider["options"]["path"] in README.read_text(), "README must say where to mount the dashboards"
-
-
-def test_loop_metrics_export_exactly_what_prometheus_client_exports() -> None:
-    """The service's lock-free counters and histograms against prometheus_client's own on the same
-    updates (bucket edges, +Inf, labelled and not): the same samples, names, labels and values."""
-    import random
-
-    from prometheus_client import CollectorRegistry
-
-    from mlp_platform.serving.metrics import LATENCY_BUCKETS
-
-    def samples(registry) -> list[tuple]:
-        return sorted((s.name, tuple(sorted(s.labels.items())), s.value) for family in registry.collect()
-                      for s in family.samples if not s.name.endswith("_created"))
-
-    ours, theirs = CollectorRegistry(), CollectorRegistry()
-    pairs = [
-        (LoopHistogram("h", "doc", ["a"], registry=ours, buckets=LATENCY_BUCKETS),
-         Histogram("h", "doc", ["a"], registry=theirs, buckets=LATENCY_BUCKETS)),
-        (LoopHistogram("u", "doc", registry=ours), Histogram("u", "doc", registry=theirs, buckets=LATENCY_BUCKETS)),
-        (LoopCounter("c_total", "doc", ["a", "b"], registry=ours), Counter("c_total", "doc", ["a", "b"], registry=theirs)),
-        (LoopCounter("n_total", "doc", registry=ours), Counter("n_total", "doc", registry=theirs)),
-    ]
-    assert samples(ours) == samples(theirs)  # unlabelled metrics are exported from the start
-    rng = random.Random(5)
-    edges = [*LATENCY_BUCKETS, 0.0, 2.0, 1e-9]
-    for _ in range(3000):
-        for mine, reference in pairs:
-            labels = [rng.choice(["x", "y", "z"]) for _ in mine.labelnames]
-            a = mine.labels(*labels) if labels else mine
-            b = reference.labels(*labels) if labels else reference
-            if isinstance(mine, LoopHistogram):
-                value = rng.choice(edges) if rng.random() < 0.5 else rng.uniform(0, 1.5)
-                a.observe(value)
-                b.observe(value)
-            else:
-                step = rng.choice([1, 2.5])
-                a.inc(step)
-                b.inc(step)
-    assert samples(ours) == samples(theirs)
-    assert len(samples(ours)) > 40
-    with pytest.raises(ValueError):
-        pairs[2][0].labels("x", "y").inc(-1)
-    with pytest.raises(ValueError):
-        pairs[2][0].labels("x")
