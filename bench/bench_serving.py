@@ -1041,6 +1041,12 @@ def main() -> int:
                     help="do not measure the redis store through the server's unix socket")
     ap.add_argument("--skip-route-only", action="store_true",
                     help="do not measure the service with the raw-ASGI fast path switched off")
+    ap.add_argument("--with-redispy", action="store_true",
+                    help="also run the redis full path with redis.asyncio on the event loop (full_redis_redispy): "
+                         "the peer the hand-written RESP client must beat by 15%%")
+    ap.add_argument("--with-idempotency-off", action="store_true",
+                    help="also run the embedded and redis full paths with idempotency off (MLP_IDEMPOTENCY_WINDOW_S=0): "
+                         "what idempotent retries cost")
     ap.add_argument("--with-appending-log", action="store_true",
                     help="also run the redis full path with the decision log appending instead of writing over "
                          "space zero-filled ahead (MLP_DECISION_LOG_ZERO_AHEAD_BYTES=0)")
@@ -1169,6 +1175,9 @@ def main() -> int:
             full("full_embedded_reasons", "full path, embedded store, review=0",
                  f"embedded://{tmp / 'store_embedded_reasons'}", "0"),
         ]
+        if args.with_idempotency_off:
+            targets.append(full("full_embedded_noidem", "full path, embedded store, idempotency off",
+                                f"embedded://{tmp / 'store_embedded_noidem'}", None, MLP_IDEMPOTENCY_WINDOW_S="0"))
         if not args.skip_route_only:  # the same service with POST /v1/score through FastAPI (no fast path)
             targets.append(full("full_embedded_route", "full path, embedded store, FastAPI route (no fast path)",
                                 f"embedded://{tmp / 'store_embedded_route'}", None, MLP_SERVING_FAST_PATH="0"))
@@ -1183,6 +1192,12 @@ def main() -> int:
             if args.with_twin:  # A/A: the same server as full_redis, its own keys and log
                 targets.append(full("full_redis_twin", "full path, redis, identical twin of full_redis (A/A)",
                                     f"{redis_url}?prefix=bench:e", None))
+            if args.with_redispy:  # the peer of the hand-written RESP client: redis.asyncio on the event loop
+                targets.append(full("full_redis_redispy", "full path, redis, redis.asyncio client (peer of RespClient)",
+                                    f"{redis_url}?prefix=bench:f&async_client=redis-py", None))
+            if args.with_idempotency_off:  # what idempotent retries cost: the same server without them
+                targets.append(full("full_redis_noidem", "full path, redis, idempotency off",
+                                    f"{redis_url}?prefix=bench:g", None, MLP_IDEMPOTENCY_WINDOW_S="0"))
             if args.with_appending_log:  # what-if: the decision log appends (no zero-filled space ahead)
                 targets.append(full("full_redis_append", "full path, redis, what-if: decision log appending",
                                     f"{redis_url}?prefix=bench:d", None, MLP_DECISION_LOG_ZERO_AHEAD_BYTES="0"))
@@ -1253,7 +1268,8 @@ def main() -> int:
                       + wrk1)
 
         # throughput ratios in short paired bursts (see paired_rounds)
-        paired_names = ("full_embedded", "full_redis", "full_redis_twin", "full_redis_unix", "full_redis_append")
+        paired_names = ("full_embedded", "full_redis", "full_redis_twin", "full_redis_unix", "full_redis_append",
+                        "full_redis_redispy", "full_redis_noidem", "full_embedded_noidem")
         paired_full = [t for t in targets if t.name in paired_names]
         bare_t = next((t for t in targets if t.name == "bare"), None)
         paired = None
@@ -1273,12 +1289,16 @@ def main() -> int:
                       + (f" | 1 conn{' approve' if row.get('approve') else ''} p50 {lat['p50_ms']:.2f} ms "
                          f"p99 {lat['p99_ms']:.2f} ms (n={lat['n']})" if lat else "")
                       + f" | {row['errors']} err / {row['requests']:,}")
-            if "full_redis_twin" in paired["servers"] and "full_redis" in paired["servers"]:
-                aa = [a / b for a, b in zip(paired["servers"]["full_redis_twin"]["ratio_to_bare"],
-                                            paired["servers"]["full_redis"]["ratio_to_bare"], strict=True)]
-                paired["twin_over_full_redis"] = aa
-                print(f"  A/A: full_redis_twin / full_redis per round: median {med(aa):.3f} "
-                      f"(min {min(aa):.3f}, max {max(aa):.3f})")
+            for other, base, what in (("full_redis_twin", "full_redis", "A/A"),
+                                      ("full_redis", "full_redis_redispy", "RespClient vs redis.asyncio"),
+                                      ("full_redis", "full_redis_noidem", "idempotency on vs off, redis"),
+                                      ("full_embedded", "full_embedded_noidem", "idempotency on vs off, embedded")):
+                if other in paired["servers"] and base in paired["servers"]:
+                    per_round = [a / b for a, b in zip(paired["servers"][other]["ratio_to_bare"],
+                                                       paired["servers"][base]["ratio_to_bare"], strict=True)]
+                    paired[f"{other}_over_{base}"] = per_round
+                    print(f"  {what}: {other} / {base} per round: median {med(per_round):.3f} "
+                          f"(min {min(per_round):.3f}, max {max(per_round):.3f})")
 
         # the servers' own view: requests by status, errors, decisions, shadow scorings
         time.sleep(1.0)

@@ -44,12 +44,13 @@ def redis_port(tmp_path_factory) -> Iterator[int]:
         yield port
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "redis-py"])  # redis-py: redis.asyncio on the event loop
 def store_url(request, tmp_path) -> str:
     if request.param == "embedded":
         return f"embedded://{tmp_path / 'store'}"
     port = request.getfixturevalue("redis_port")
-    return f"redis://127.0.0.1:{port}/0?timeout=5&prefix=idem{uuid.uuid4().hex[:8]}"
+    client = "&async_client=redis-py" if request.param == "redis-py" else ""
+    return f"redis://127.0.0.1:{port}/0?timeout=5{client}&prefix=idem{uuid.uuid4().hex[:8]}"
 
 
 def _records_of(service, transaction_id: str) -> list[dict]:

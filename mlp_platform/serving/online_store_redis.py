@@ -24,6 +24,10 @@ its id, its time and, per entity, the view and the event to add.
 
 Two clients: redis-py for synchronous callers and batch writes, and on an event loop (the scoring
 service) :class:`~mlp_platform.serving.resp_client.RespClient`, one pipelined connection per loop.
+The URL option ``async_client=redis-py`` puts ``redis.asyncio`` there instead: the peer the
+hand-written client is measured against on the full request path (``bench/bench_serving.py``,
+server ``full_redis_redispy``; the figure is in ``docs/benchmarks.md``), and a fallback should
+the hand-written client ever be in doubt.
 
 Atomicity: Redis runs a script without interleaving any other command, so the append and the read
 of every entity of the transaction happen at one instant: two concurrent transactions of a customer
@@ -185,7 +189,38 @@ return 0
 #: The script's refusal of a late event (its message carries the watermark).
 _LATE = re.compile(r"MLPLATE (-?[0-9]+)")
 
-_OWN_OPTIONS = ("timeout", "connect_timeout", "prefix", "retries", "ttl_margin_seconds", "batch_ttl_seconds")
+_OWN_OPTIONS = ("timeout", "connect_timeout", "prefix", "retries", "ttl_margin_seconds", "batch_ttl_seconds",
+                "async_client")
+ASYNC_CLIENTS = ("resp", "redis-py")
+
+
+class RedisPyLoopClient:
+    """``redis.asyncio`` behind :class:`RespClient`'s two calls (``evalsha``, ``call``), for one
+    event loop. Errors are redis-py's (the backend translates both kinds)."""
+
+    def __init__(self, url: str, timeout: float, connect_timeout: float):
+        import redis.asyncio as aredis
+
+        self._redis = aredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
+                                            decode_responses=True)
+        self._loop = asyncio.get_running_loop()
+        self._scripts: dict[str, Any] = {}
+
+    async def evalsha(self, sha: str, source: str, keys: list[str], args: list):
+        script = self._scripts.get(sha)
+        if script is None:
+            script = self._scripts[sha] = self._redis.register_script(source)
+        return await script(keys=keys, args=args)
+
+    async def call(self, *command):
+        return await self._redis.execute_command(*command)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    def close_soon(self) -> None:
+        """Close from any thread, on the client's own event loop."""
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._redis.aclose()))
 
 
 def record_script(streams: list[StreamPlan], ttl_ms: list[str]) -> str:
@@ -238,6 +273,9 @@ class RedisBackend:
         connect_timeout = float(own.get("connect_timeout", connect_timeout or timeout))
         self.prefix = own.get("prefix", prefix)
         retries = int(own.get("retries", retries))
+        self.async_client_kind = own.get("async_client", "resp")
+        if self.async_client_kind not in ASYNC_CLIENTS:
+            raise FeatureStoreError(f"async_client must be one of {ASYNC_CLIENTS}, not {self.async_client_kind!r}")
         if "ttl_margin_seconds" in own:
             ttl_margin_seconds = None if own["ttl_margin_seconds"] in ("", "none") else float(own["ttl_margin_seconds"])
         if "batch_ttl_seconds" in own:
@@ -332,7 +370,7 @@ class RedisBackend:
         client = self._async_client()
         try:
             res = await client.evalsha(self._record.sha, self._record_source, keys, args)
-        except RespError as exc:
+        except (RespError, redis.exceptions.RedisError) as exc:
             self._pending_t = t
             raise self._translate(exc) from exc
         return self._reply(res, t, tid, active, batch_active, idem)
@@ -348,7 +386,7 @@ class RedisBackend:
         try:
             await self._async_client().call("SET", self._idem_prefix + key, "D" + digest + SEP + response.decode(),
                                             "PX", max(1, (expires - now) // 1000))
-        except RespError as exc:
+        except (RespError, redis.exceptions.RedisError) as exc:
             raise self._translate(exc) from exc
 
     def forget_pending(self, key: str) -> None:
@@ -358,12 +396,13 @@ class RedisBackend:
         except FeatureStoreError:
             log.warning("could not drop the pending idempotency mark of a failed request; it expires by itself")
 
-    def _async_client(self) -> RespClient:
+    def _async_client(self) -> RespClient | RedisPyLoopClient:
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            client = self._async[loop] = RespClient(self.url, timeout=self.timeout,
-                                                    connect_timeout=self._client_options["socket_connect_timeout"])
+            kind = RespClient if self.async_client_kind == "resp" else RedisPyLoopClient
+            client = self._async[loop] = kind(self.url, timeout=self.timeout,
+                                              connect_timeout=self._client_options["socket_connect_timeout"])
         return client
 
     def _script_call(self, t: int, tid: str, requests: list, batch_keys: list, now: int | None = None,
