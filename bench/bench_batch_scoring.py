@@ -187,7 +187,7 @@ def main() -> None:
     from mlp_platform.batch.scoring import read_day_features, score_day
     from mlp_platform.features.spec import default_spec
     from mlp_platform.registry.mlflow_registry import ModelRegistry
-    from mlp_platform.serving.service import registry_loader
+    from mlp_platform.runtime.loading import registry_loader
     from mlp_platform.settings import load_settings
 
     settings = load_settings()
@@ -209,7 +209,7 @@ def main() -> None:
     pyfunc = mlflow.pyfunc.load_model(uri)
     load_peer = time.perf_counter() - t0
     booster = lgb.Booster(model_file=str(registry.model_dir(version) / "model.lgb"))
-    from mlp_platform.serving.fast_scorer import FastScorer
+    from mlp_platform.runtime.fast_scorer import FastScorer
 
     rows_scorer = FastScorer(ours.scorer.booster, ours.scorer.feature_names, batch_kernel="rows")
     print(f"batch kernel: {ours.scorer.info.get('batch_kernel')} (simd {ours.scorer.info.get('batch_simd')}, "

@@ -210,7 +210,7 @@ def peer_worker(spec_path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - reported in the table
         out["notes"].append(f"lleaves not run: {type(exc).__name__}: {exc}")
     try:
-        from mlp_platform.serving.fast_scorer import FastScorer
+        from mlp_platform.runtime.fast_scorer import FastScorer
 
         fast = FastScorer.from_model_file(spec["model_file"], cache_dir=spec["cache_dir"])
         fns["FastScorer.score (control, peer process)"] = fast.score
@@ -261,7 +261,7 @@ def main() -> None:
     import lightgbm as lgb
     import pandas as pd  # the naive path only; the serving code never imports it
 
-    from mlp_platform.serving.fast_scorer import FastScorer
+    from mlp_platform.runtime.fast_scorer import FastScorer
 
     info = machine_info()
     info["lightgbm"] = lgb.__version__
@@ -269,7 +269,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_scorer_"))
     cache_dir = args.cache_dir or tmp / "cache"
     if args.model_dir:
-        from mlp_platform.serving.scorer import Scorer
+        from mlp_platform.runtime.scorer import Scorer
 
         scorer = Scorer.from_model_dir(args.model_dir)
         booster, names = scorer.booster, scorer.feature_names

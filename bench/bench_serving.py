@@ -558,7 +558,7 @@ def register_models(settings, seed_rows: int = 20000) -> tuple[str, str, dict]:
 
 def rows_from_store(n: int, warm: int, customers: int, merchants: int) -> list[list[float | None]]:
     from mlp_platform.serving.api_models import TransactionIn
-    from mlp_platform.serving.online_store import store_from_url
+    from mlp_platform.serving.store_url import store_from_url
 
     store = store_from_url("memory://")
     traffic = Traffic("rows", 99, customers, merchants)
@@ -727,13 +727,14 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
 
     import httpx
 
+    from mlp_platform.runtime.loading import registry_loader
     from mlp_platform.serving.api_models import ScoreOut, TransactionIn
     from mlp_platform.serving.app import create_app
     from mlp_platform.serving.decision_log import DecisionLog, canonical_json, canonical_json_bytes
     from mlp_platform.serving.metrics import ServiceMetrics
-    from mlp_platform.serving.online_store import store_from_url
     from mlp_platform.serving.routing import RoutingFile, RoutingState
-    from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
+    from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig
+    from mlp_platform.serving.store_url import store_from_url
 
     def stats(values_ns: list[int]) -> dict:
         arr = np.asarray(values_ns) / 1000.0
@@ -1082,9 +1083,9 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
 
     from mlp_platform.registry.mlflow_registry import ModelRegistry
+    from mlp_platform.runtime.loading import registry_loader
+    from mlp_platform.runtime.scorer import Scorer
     from mlp_platform.serving.routing import RoutingFile, RoutingState
-    from mlp_platform.serving.scorer import Scorer
-    from mlp_platform.serving.service import registry_loader
     from mlp_platform.settings import load_settings
 
     servers: list[Server] = []

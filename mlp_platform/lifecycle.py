@@ -25,11 +25,11 @@ from mlp_platform.evaluation.gates import (
 from mlp_platform.evaluation.metrics import threshold_for_fpr
 from mlp_platform.evaluation.model_card import render_html, render_markdown
 from mlp_platform.features.spec import default_spec
-from mlp_platform.registry.audit import AuditLog
 from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry, ModelVersionRef, git_sha
 from mlp_platform.registry.promotion import GateResult, PromotionOutcome, promote, rollback
-from mlp_platform.serving.routing import RoutingFile, RoutingState
-from mlp_platform.serving.scorer import Scorer
+from mlp_platform.registry.roles import audit_for, registry_for, sync_routing  # noqa: F401 -- part of this module's API
+from mlp_platform.rollout import RolloutConfig, start_rollout
+from mlp_platform.runtime.scorer import Scorer
 from mlp_platform.settings import Settings
 from mlp_platform.training.splits import select_days
 from mlp_platform.training.trainer import TrainedModel, TrainingConfig, matrix, train_model
@@ -53,14 +53,6 @@ class Evaluation:
     @property
     def passed(self) -> bool:
         return bool(self.gates) and all(g.passed for g in self.gates)
-
-
-def registry_for(settings: Settings) -> ModelRegistry:
-    return ModelRegistry.from_settings(settings)
-
-
-def audit_for(settings: Settings) -> AuditLog:
-    return AuditLog(settings.audit_dir / "model_events.jsonl")
 
 
 def load_training_set(settings: Settings) -> pl.DataFrame:
@@ -254,24 +246,6 @@ def evaluate_candidate(settings: Settings, candidate: ModelVersionRef, training:
     return evaluation
 
 
-def sync_routing(settings: Settings, updated_by: str, challenger_share: float | None = None) -> RoutingState:
-    """Write the serving layer's routing state from the registry roles (a promotion in Dagster
-    changes live traffic with no deploy). A challenger keeps its traffic share while it stays the
-    same version; a new challenger starts at 0 (the staged rollout raises it). An explicit
-    ``challenger_share`` (the staged rollout's canary step) replaces that rule."""
-    registry = registry_for(settings)
-    routing = RoutingFile(settings.routing_path)
-    previous = routing.read() if settings.routing_path.exists() else RoutingState()
-    challenger = registry.alias("challenger")
-    shadow = registry.alias("shadow")
-    state = RoutingState(
-        champion=registry.alias("champion"), challenger=challenger,
-        challenger_share=(challenger_share if challenger_share is not None
-                          else previous.challenger_share if challenger and challenger == previous.challenger else 0.0),
-        shadows=(shadow,) if shadow else (), policy_version=previous.policy_version, updated_by=updated_by)
-    return routing.write(state)
-
-
 def promote_candidate(settings: Settings, evaluation: Evaluation, run_id: str, policy: str = "champion") -> PromotionOutcome:
     """Promote a gated candidate. ``champion``: at once; ``challenger``: the challenger role only;
     ``staged``: a staged rollout starts (shadow, then canary stages, then champion, driven by the
@@ -291,8 +265,6 @@ def promote_candidate(settings: Settings, evaluation: Evaluation, run_id: str, p
 
 def _start_staged_rollout(settings: Settings, registry: ModelRegistry, evaluation: Evaluation,
                           run_id: str) -> PromotionOutcome:
-    from mlp_platform.rollout import RolloutConfig, start_rollout  # the rollout machine imports this module
-
     champion = registry.alias("champion")
     outcome = start_rollout(settings, evaluation.candidate.version, run_id,
                             RolloutConfig.from_dict(settings.rollout_config), actor="dagster")

@@ -39,6 +39,22 @@ def switched_on(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
+def c_compiler_candidates() -> tuple[str, ...]:
+    """C compilers to try, in order, for compiled trees and the stream kernel (``$CC`` first)."""
+    cc = os.environ.get("CC")
+    return ((cc,) if cc else ()) + ("cc", "gcc", "clang")
+
+
+def compiled_code_cache_dir() -> Path:
+    """Where compiled model code is cached: ``$MLP_FAST_SCORER_CACHE``, else the user's cache
+    directory (``$XDG_CACHE_HOME`` or ``~/.cache``) / mlp_platform / fast_scorer."""
+    explicit = os.environ.get("MLP_FAST_SCORER_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlp_platform" / "fast_scorer"
+
+
 def _env_int(name: str, default: int) -> int:
     raw = _env(name, str(default))
     try:

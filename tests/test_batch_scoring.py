@@ -19,8 +19,8 @@ from mlp_platform.batch import scoring
 from mlp_platform.batch.scoring import BatchScoringError, decide_many, decision_thresholds, score_day
 from mlp_platform.features.spec import default_spec
 from mlp_platform.registry.mlflow_registry import ModelRegistry
+from mlp_platform.runtime.fast_scorer import FastScorer
 from mlp_platform.serving.batch_push import CUSTOMER_BATCH_RISK, SnapshotLoader, read_entity_values
-from mlp_platform.serving.fast_scorer import FastScorer
 from mlp_platform.serving.online_store import OnlineFeatureStore
 from mlp_platform.serving.service import ScoringService
 from mlp_platform.training.splits import TimeSplit

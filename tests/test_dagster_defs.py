@@ -126,7 +126,7 @@ def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
                                "where as_of_date = '2026-02-10'").fetchall()
     assert len(rows) == len(expected) > 0
     from mlp_platform.serving.batch_push import SnapshotLoader
-    from mlp_platform.serving.online_store import store_from_url
+    from mlp_platform.serving.store_url import store_from_url
 
     merchant, rate = max(expected, key=lambda r: r[1])
     with store_from_url("memory://") as store:

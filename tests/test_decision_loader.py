@@ -17,12 +17,13 @@ from test_serving_api import register
 
 from mlp_platform.batch.decisions import DecisionChainBroken, default_log_root, load_decisions
 from mlp_platform.features.spec import default_spec
+from mlp_platform.runtime.loading import registry_loader
 from mlp_platform.serving.api_models import TransactionIn
 from mlp_platform.serving.decision_log import DecisionLog, canonical_json, segment_name
 from mlp_platform.serving.metrics import ServiceMetrics
-from mlp_platform.serving.online_store import store_from_url
 from mlp_platform.serving.routing import RoutingFile, RoutingState
-from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
+from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig
+from mlp_platform.serving.store_url import store_from_url
 from tests.servinglib import config_from_env
 
 NAMES = default_spec().feature_names

@@ -138,7 +138,7 @@ class _RecordingEnviron(dict):
 
 
 def test_every_environment_variable_of_the_deployment_is_read_by_the_service(tmp_path, monkeypatch):
-    from mlp_platform.serving.fast_scorer import default_cache_dir
+    from mlp_platform.runtime.fast_scorer import default_cache_dir
     from mlp_platform.serving.tracing import tracer_from_env
 
     scoring = container(manifests())
@@ -172,9 +172,9 @@ def app_without_models(tmp_path):
     from mlp_platform.serving.app import create_app
     from mlp_platform.serving.decision_log import DecisionLog
     from mlp_platform.serving.metrics import ServiceMetrics
-    from mlp_platform.serving.online_store import store_from_url
     from mlp_platform.serving.routing import RoutingFile
     from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig
+    from mlp_platform.serving.store_url import store_from_url
 
     config = ServingConfig(feature_store_url="memory://", decision_log_dir=tmp_path / "d",
                            routing_path=tmp_path / "routing.json", api_keys=("k",), admin_keys=(),

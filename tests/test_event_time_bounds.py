@@ -33,6 +33,7 @@ from mlp_platform.features.spec import default_spec
 from mlp_platform.serving.app import create_app
 from mlp_platform.serving.online_store import EmbeddedBackend, EventTimeRejected, OnlineFeatureStore
 from mlp_platform.serving.online_store_redis import RedisBackend
+from mlp_platform.serving.store_url import store_from_url
 from tests import test_serving_api
 from tests.feature_oracle import compute_features
 from tests.featurelib import feature_mismatches
@@ -123,7 +124,7 @@ def test_too_old_and_too_late_event_times_are_422s_naming_the_bound(api):
 
 def test_history_is_pruned_relative_to_the_server_clock_not_a_client_time_ahead_of_it(store_url) -> None:
     now = dt.datetime(2026, 3, 1, 12)
-    store = OnlineFeatureStore(store_url, max_future=dt.timedelta(days=10), clock=lambda: _seconds(now))
+    store = store_from_url(store_url, max_future=dt.timedelta(days=10), clock=lambda: _seconds(now))
     try:
         def event(tid: str, t: dt.datetime) -> dict:
             return {"transaction_id": tid, "event_time": t, "customer_id": "C", "merchant_id": "M", "amount": 1.0}

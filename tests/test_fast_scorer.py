@@ -12,8 +12,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from mlp_platform.serving import fast_scorer as fs_mod
-from mlp_platform.serving.fast_scorer import K_ZERO_THRESHOLD, FastScorer, FastScorerError
+from mlp_platform.runtime import fast_scorer as fs_mod
+from mlp_platform.runtime.fast_scorer import K_ZERO_THRESHOLD, FastScorer, FastScorerError
 
 N_FEATURES = 16
 TOL = 1e-12
@@ -335,7 +335,7 @@ def test_close_frees_handles_and_refuses_further_calls(booster, rows, cache_dir)
 
 def test_serving_import_adds_no_heavy_modules():
     code = ("import sys, numpy, lightgbm; before = set(sys.modules); "
-            "import mlp_platform.serving.fast_scorer; "
+            "import mlp_platform.runtime.fast_scorer; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "bad = new & {'pandas', 'polars', 'dagster', 'dbt'}; "
             "assert not bad, bad; "

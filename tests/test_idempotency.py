@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 
 from mlp_platform.serving.api_models import TransactionIn
 from mlp_platform.serving.app import create_app
-from mlp_platform.serving.online_store import IdempotencyConflict, store_from_url
+from mlp_platform.serving.online_store import IdempotencyConflict
+from mlp_platform.serving.store_url import store_from_url
 from tests import test_serving_api
 from tests.test_online_store import redis_server_process
 from tests.test_serving_api import AUTH, make_service, txn

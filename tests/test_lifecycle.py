@@ -15,7 +15,7 @@ from mlp_platform.data.warehouse import DuckDBWarehouse
 from mlp_platform.evaluation.gates import GateConfig, consistency_gate, latency_gate
 from mlp_platform.features.spec import default_spec
 from mlp_platform.registry.audit import verify_chain
-from mlp_platform.serving.scorer import ModelSchemaError, Scorer
+from mlp_platform.runtime.scorer import ModelSchemaError, Scorer
 from mlp_platform.settings import load_settings
 from mlp_platform.training.trainer import TrainingConfig, matrix
 
@@ -203,7 +203,7 @@ def test_a_fresh_process_loads_the_champion_through_the_registry(world):
     import sys
 
     code = ("from mlp_platform.settings import load_settings\n"
-            "from mlp_platform.serving.service import registry_loader\n"
+            "from mlp_platform.runtime.loading import registry_loader\n"
             f"m = registry_loader(load_settings())('{world['v1'].version}')\n"
             "print(m.version, len(m.feature_names), len(m.artifact_sha256))\n")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}

@@ -33,9 +33,9 @@ from mlp_platform.serving.online_store import (
     FeatureStoreError,
     FeatureStoreUnavailable,
     OnlineFeatureStore,
-    store_from_url,
 )
 from mlp_platform.serving.online_store_redis import RedisBackend
+from mlp_platform.serving.store_url import store_from_url
 from tests.feature_oracle import compute_features
 from tests.featurelib import feature_mismatches
 

@@ -18,8 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlp_platform.features.spec import default_spec
+from mlp_platform.runtime.loading import Population, populations_from_profile
 from mlp_platform.serving.app import create_app
-from mlp_platform.serving.reasons import Population, ReasonBook, populations_from_profile, reason_text
+from mlp_platform.serving.reasons import ReasonBook, reason_text
 from tests import test_serving_api
 from tests.test_serving_api import AUTH, make_service, txn
 

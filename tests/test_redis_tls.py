@@ -20,8 +20,9 @@ import pytest
 import redis
 from test_online_store import redis_server_process, tx
 
-from mlp_platform.serving.online_store import FeatureStoreUnavailable, store_from_url
+from mlp_platform.serving.online_store import FeatureStoreUnavailable
 from mlp_platform.serving.resp_client import RespClient, RespUnavailable
+from mlp_platform.serving.store_url import store_from_url
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from mlp_platform.evaluation.replay import decide, decline_threshold_of, replay
-from mlp_platform.serving.scorer import Scorer
+from mlp_platform.runtime.scorer import Scorer
 
 NAMES = ["f_amount", "f_count"]
 

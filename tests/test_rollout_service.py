@@ -15,12 +15,13 @@ from mlp_platform.registry.audit import verify_chain
 from mlp_platform.rollout import RolloutConfig, apply_rollout_decision, evaluate_rollout, start_rollout
 from mlp_platform.rollout.guardrails import NOT_EVALUATED, PASS
 from mlp_platform.rollout.observe import decision_log_root
+from mlp_platform.runtime.loading import registry_loader
 from mlp_platform.serving.app import create_app
 from mlp_platform.serving.decision_log import DecisionLog
 from mlp_platform.serving.metrics import ServiceMetrics
-from mlp_platform.serving.online_store import store_from_url
 from mlp_platform.serving.routing import RoutingFile
-from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
+from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig
+from mlp_platform.serving.store_url import store_from_url
 from mlp_platform.settings import load_settings
 
 #: Plumbing, not model quality: limits wide enough for two small models trained on random features.

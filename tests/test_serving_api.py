@@ -25,13 +25,14 @@ from test_online_store import redis_server_process
 from mlp_platform import lifecycle
 from mlp_platform.features.spec import default_spec
 from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE
+from mlp_platform.runtime.loading import registry_loader
 from mlp_platform.serving.api_models import TransactionIn
 from mlp_platform.serving.app import create_app
 from mlp_platform.serving.decision_log import DecisionLog, verify_log
 from mlp_platform.serving.metrics import ServiceMetrics
-from mlp_platform.serving.online_store import store_from_url
 from mlp_platform.serving.routing import BUCKETS, RoutingFile, RoutingState, bucket, choose_arm
-from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig, registry_loader
+from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig
+from mlp_platform.serving.store_url import store_from_url
 from mlp_platform.settings import load_settings
 from mlp_platform.training.trainer import TrainingConfig, matrix, train_model
 from tests.servinglib import HISTORY_REPLAY_ENV, config_from_env

@@ -86,9 +86,10 @@ OFF_SCRIPT = textwrap.dedent(r"""
     from mlp_platform.serving.app import create_app
     from mlp_platform.serving.decision_log import DecisionLog
     from mlp_platform.serving.metrics import ServiceMetrics
-    from mlp_platform.serving.online_store import store_from_url
+    from mlp_platform.serving.store_url import store_from_url
     from mlp_platform.serving.routing import RoutingFile, RoutingState
-    from mlp_platform.serving.service import LoadedModel, ModelPool, ScoringService, ServingConfig
+    from mlp_platform.runtime.loading import LoadedModel
+    from mlp_platform.serving.service import ModelPool, ScoringService, ServingConfig
     from mlp_platform.serving.tracing import tracer_from_env
 
     tmp = sys.argv[1]

@@ -166,7 +166,7 @@ def _load_version(settings, version: str):
     from mlflow.exceptions import MlflowException
 
     from mlp_platform.registry.mlflow_registry import ModelRegistry
-    from mlp_platform.serving.service import registry_loader
+    from mlp_platform.runtime.loading import registry_loader
 
     if not isinstance(version, str) or not version.strip() or version.strip().lower() == "latest":
         raise BatchScoringError(f"batch scoring needs an explicit registered model version, got {version!r}")

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from mlp_platform.registry.promotion import GateResult
-from mlp_platform.serving.scorer import Scorer
+from mlp_platform.runtime.scorer import Scorer
 
 
 @dataclass(frozen=True)

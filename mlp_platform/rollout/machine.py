@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlp_platform import lifecycle
+from mlp_platform.registry import roles
 from mlp_platform.registry.promotion import GateResult, promote
 from mlp_platform.rollout.guardrails import FAIL, NOT_EVALUATED, WAIT, GuardrailResult, RolloutConfig, judge
 from mlp_platform.rollout.observe import decision_log_root, observe, parse_metrics
@@ -151,8 +151,8 @@ def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, ac
 
     now = _now(now)
     version = str(version)
-    registry = lifecycle.registry_for(settings)
-    audit = lifecycle.audit_for(settings)
+    registry = roles.registry_for(settings)
+    audit = roles.audit_for(settings)
     files = RolloutStateFile(settings.rollout_path)
     try:
         ref = registry.ref(version)
@@ -184,7 +184,7 @@ def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, ac
                     policy="champion", actor=actor)
             if registry.alias("shadow") == version:
                 registry.clear_alias("shadow")
-            routing = lifecycle.sync_routing(settings, updated_by=f"{updated_by}: v{version} champion",
+            routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} champion",
                                              challenger_share=0.0)
             state = files.write(served_directly(version, run_id, now, config.to_dict(), why))
             record = audit.append("rollout_completed", model=ref.name, version=version, baseline_champion=None,
@@ -196,7 +196,7 @@ def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, ac
             registry.clear_alias("challenger")
         registry.set_alias("shadow", version)
         registry.set_version_tag(version, "promotion", "rollout:shadow")
-        routing = lifecycle.sync_routing(settings, updated_by=f"{updated_by}: v{version} shadow")
+        routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} shadow")
         state = files.write(begin(version, champion, run_id, now, config.to_dict(), snapshot))
         reason = f"staged rollout of v{version} against champion v{champion} starts in shadow"
         record = audit.append("rollout_started", model=ref.name, version=version, baseline_champion=champion,
@@ -224,7 +224,7 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
     base = {"candidate": state.candidate, "baseline_champion": state.baseline_champion,
             "from_stage": state.stage, "from_share": state.share, "stage_started_at": state.stage_started_at,
             "evaluated_at": at}
-    champion = lifecycle.registry_for(settings).alias("champion")
+    champion = roles.registry_for(settings).alias("champion")
     if champion == state.candidate and state.stage == CANARY:
         return RolloutDecision("complete", f"v{state.candidate} is already champion: a completion was interrupted "
                                "before the rollout state was written; finishing it", to_stage=COMPLETED,
@@ -291,8 +291,8 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
             where = "no rollout" if state is None else f"{state.position}"
             return RolloutOutcome(False, decision.action, f"stale decision not applied: taken on {decision.position}, "
                                   f"the rollout is now at {where}", state)
-        registry = lifecycle.registry_for(settings)
-        audit = lifecycle.audit_for(settings)
+        registry = roles.registry_for(settings)
+        audit = roles.audit_for(settings)
         version = state.candidate
         guardrails = [g.to_dict() for g in decision.guardrails]
         updated_by = f"rollout run {run_id} ({actor})"
@@ -308,7 +308,7 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                 if registry.alias(role) == version:
                     registry.clear_alias(role)
             registry.set_version_tag(version, "promotion", "rolled_back")
-            routing = lifecycle.sync_routing(settings, updated_by=f"{updated_by}: v{version} rolled back",
+            routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} rolled back",
                                              challenger_share=0.0)
             new = files.write(step(state, ROLLED_BACK, 0.0, now, decision.reason, run_id, guardrails, snapshot))
             record = audit.append("rollout_rolled_back", **common, stage_to=ROLLED_BACK, share_to=0.0,
@@ -329,7 +329,7 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                 raise RolloutError(f"v{version} no longer holds the challenger role (now "
                                    f"{registry.alias('challenger')}): abort the rollout")
             registry.set_version_tag(version, "promotion", f"rollout:canary {share:g}")
-            routing = lifecycle.sync_routing(settings, updated_by=f"{updated_by}: v{version} canary {share:g}",
+            routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} canary {share:g}",
                                              challenger_share=share)
             new = files.write(step(state, CANARY, share, now, decision.reason, run_id, guardrails, snapshot,
                                    reference_doc))
@@ -345,7 +345,7 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
         for role in ("shadow", "challenger"):
             if registry.alias(role) == version:
                 registry.clear_alias(role)
-        routing = lifecycle.sync_routing(settings, updated_by=f"{updated_by}: v{version} champion",
+        routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} champion",
                                          challenger_share=0.0)
         new = files.write(step(state, COMPLETED, 1.0, now, decision.reason, run_id, guardrails, snapshot,
                                reference_doc))

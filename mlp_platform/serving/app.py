@@ -365,11 +365,12 @@ def create_app(service: ScoringService, fast_path: bool = True):
 
 def build_service(settings=None) -> ScoringService:
     """The service on the configured store, decision log and registry (used by `mlp serve`)."""
+    from mlp_platform.runtime.loading import registry_loader
     from mlp_platform.serving.decision_log import DecisionLog
     from mlp_platform.serving.metrics import ServiceMetrics
-    from mlp_platform.serving.online_store import store_from_url
     from mlp_platform.serving.routing import RoutingFile
-    from mlp_platform.serving.service import ModelPool, ServingConfig, registry_loader
+    from mlp_platform.serving.service import ModelPool, ServingConfig
+    from mlp_platform.serving.store_url import store_from_url
     from mlp_platform.settings import load_settings
 
     settings = settings or load_settings()

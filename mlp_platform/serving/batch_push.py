@@ -58,7 +58,7 @@ def push_batch(store_url: str, snapshot_dir: Path, view: str, as_of: dt.date, ro
     path = write_snapshot(snapshot_dir, view, as_of, rows)
     pushed = 0
     if store_url.startswith(("redis://", "rediss://", "unix://")):
-        from mlp_platform.serving.online_store import store_from_url
+        from mlp_platform.serving.store_url import store_from_url
 
         with store_from_url(store_url) as store:
             pushed = store.materialize_batch(view, rows, as_of)

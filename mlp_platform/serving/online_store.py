@@ -62,7 +62,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
 
 from orjson import OPT_APPEND_NEWLINE
 from orjson import dumps as orjson_dumps
@@ -81,7 +80,6 @@ __all__ = [
     "IdempotentReplay",
     "OnlineFeatureStore",
     "OnlineFeatures",
-    "store_from_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -583,7 +581,8 @@ class OnlineFeatureStore:
         if backend is None:
             backend = EmbeddedBackend()
         elif isinstance(backend, str):
-            backend = _backend_from_url(backend)
+            raise TypeError("OnlineFeatureStore takes a backend; for a URL use "
+                            "mlp_platform.serving.store_url.store_from_url")
         self.spec = spec
         self.feature_names: list[str] = list(spec.feature_names)
         self._int_features = frozenset(f.name for f in spec.features if f.dtype == "int")
@@ -1216,39 +1215,3 @@ class EmbeddedBackend:
             out.update({f"{v}.events": sum(len(x.times) for x in h.values()) for v, h in self._hist.items()})
             out.update({f"{v}.entities": len(b) for v, b in self._batch.items()})
         return out
-
-
-# --- URLs ------------------------------------------------------------------------------------------
-
-
-def _backend_from_url(url: str):
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    options = dict(parse_qsl(parts.query))
-    if scheme in ("embedded", "memory"):
-        path = (parts.netloc + parts.path) or None
-        if scheme == "memory":
-            path = None
-        kwargs: dict[str, Any] = {}
-        if "durability" in options:
-            kwargs["durability"] = options.pop("durability")
-        if "compact_every" in options:
-            kwargs["compact_every"] = int(options.pop("compact_every"))
-        if options:
-            raise ValueError(f"{url}: unknown option(s) {sorted(options)}")
-        return EmbeddedBackend(path, **kwargs)
-    if scheme in ("redis", "rediss", "unix"):
-        from mlp_platform.serving.online_store_redis import RedisBackend
-
-        return RedisBackend(url)
-    raise ValueError(f"{url}: expected embedded:///path/to/dir, memory://, redis://host:port/db, "
-                     f"rediss://... or unix:///path/to/socket")
-
-
-def store_from_url(url: str, spec: FeatureSpec | None = None, **options: Any) -> OnlineFeatureStore:
-    """The online store at ``url``: ``embedded:///path/to/dir`` (persisted embedded store; query
-    options ``durability=flush|fsync|none``, ``compact_every=N``), ``memory://`` (embedded, not
-    persisted), ``redis://host:port/db`` / ``rediss://`` / ``unix:///socket?db=0`` (query options
-    ``timeout`` seconds, ``connect_timeout``, ``prefix``, ``retries``, ``max_connections`` and
-    redis-py's own). ``options`` go to :class:`OnlineFeatureStore`."""
-    return OnlineFeatureStore(_backend_from_url(url), spec, **options)

@@ -19,52 +19,15 @@ fallback, never a made-up typical value.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from mlp_platform.features.spec import Feature, FeatureSpec
+from mlp_platform.runtime.loading import Population
 
 _WINDOW = {"1h": "the last hour", "1d": "the last 24 hours", "7d": "the last 7 days", "30d": "the last 30 days"}
 _WHO = {"customer": "the card", "merchant": "the merchant", "transaction": "the transaction"}
 _OWNER = {"customer": "the card's", "merchant": "the merchant's", "transaction": "the transaction's"}
-
-
-@dataclass(frozen=True)
-class Population:
-    """One feature in the training population: its sorted non-missing sample and median."""
-
-    sorted_values: np.ndarray
-
-    @classmethod
-    def of(cls, values: Sequence[float | None]) -> Population | None:
-        arr = np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
-        arr = np.sort(arr[~np.isnan(arr)])
-        return cls(arr) if arr.size else None
-
-    @property
-    def median(self) -> float:
-        return float(np.median(self.sorted_values))
-
-    def percentile(self, value: float) -> float:
-        """Share of the population strictly below ``value`` plus half of the ties (mid-rank), in [0, 1]."""
-        lo = np.searchsorted(self.sorted_values, value, side="left")
-        hi = np.searchsorted(self.sorted_values, value, side="right")
-        return float((lo + hi) / 2 / self.sorted_values.size)
-
-
-def populations_from_profile(profile: Mapping, feature_names: Sequence[str]) -> dict[str, Population]:
-    """The training populations of ``feature_names`` from a reference profile's JSON (its joint row
-    sample: ``profile["sample"][name]``, missing as null). Features absent from it get none."""
-    sample = profile.get("sample") or {}
-    out = {}
-    for name in feature_names:
-        pop = Population.of(sample[name]) if name in sample else None
-        if pop is not None:
-            out[name] = pop
-    return out
 
 
 @dataclass(frozen=True)

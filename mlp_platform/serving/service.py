@@ -28,6 +28,7 @@ from orjson import dumps as orjson_dumps
 from orjson import loads as orjson_loads
 
 from mlp_platform.features.spec import FeatureSpec, default_spec
+from mlp_platform.runtime.loading import LoadedModel
 from mlp_platform.serving.api_models import ScoreOut, TransactionIn
 from mlp_platform.serving.decision_log import DecisionLog
 from mlp_platform.serving.metrics import ServiceMetrics
@@ -39,7 +40,7 @@ from mlp_platform.serving.online_store import (
     OnlineFeatureStore,
     from_us,
 )
-from mlp_platform.serving.reasons import Population, ReasonBook, populations_from_profile
+from mlp_platform.serving.reasons import ReasonBook
 from mlp_platform.serving.routing import RoutingFile, RoutingState, choose_arm
 
 log = logging.getLogger("mlp.serving")
@@ -173,43 +174,6 @@ class _Clock:
 
 utc_now_iso = _Clock()
 _EPOCH = dt.datetime(1970, 1, 1)
-
-
-@dataclass
-class LoadedModel:
-    version: str
-    scorer: object  # FastScorer or Scorer: score(row) / contributions(row)
-    operating_threshold: float
-    artifact_sha256: str
-    feature_names: list[str]
-    #: The training population of each feature (from the version's reference profile; empty for a
-    #: version registered without one): the typical values and directions of its reasons.
-    populations: dict[str, Population] = field(default_factory=dict)
-
-
-def registry_loader(settings) -> Callable[[str], LoadedModel]:
-    """Load a version from the MLflow registry through the serving scorer (schema checked)."""
-    from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
-    from mlp_platform.serving.fast_scorer import FastScorer
-    from mlp_platform.serving.scorer import Scorer
-
-    registry = ModelRegistry.from_settings(settings)
-    spec = default_spec()
-
-    def load(version: str) -> LoadedModel:
-        model_dir = registry.model_dir(version)
-        base = Scorer.from_model_dir(model_dir, spec.feature_names, version=version)
-        fast = FastScorer.from_booster(base.booster, base.feature_names)
-        digest = hashlib.sha256()
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_file():
-                digest.update(path.read_bytes())
-        threshold = float(registry.version_tags(version).get("operating_threshold", "0.5"))
-        profile = registry.load_text(registry.ref(version).run_id, REFERENCE_PROFILE)
-        populations = {} if profile is None else populations_from_profile(orjson_loads(profile), base.feature_names)
-        return LoadedModel(version, fast, threshold, digest.hexdigest(), base.feature_names, populations)
-
-    return load
 
 
 class ModelPool:

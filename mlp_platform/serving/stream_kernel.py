@@ -54,7 +54,7 @@ def enabled() -> bool:
 
 def build(cache_dir: Path | None = None):
     """Compile (or take from the cache) and import the kernel module. Raises when it cannot."""
-    from mlp_platform.serving.fast_scorer import compile_library
+    from mlp_platform.runtime.fast_scorer import compile_library
 
     include = sysconfig.get_paths()["include"]
     if not Path(include, "Python.h").exists():

@@ -1,0 +1,89 @@
+"""Loading a registered version for scoring: the artefact checked against the feature spec, its
+trees compiled (:class:`~mlp_platform.runtime.fast_scorer.FastScorer`), its digest, operating
+threshold and training population (from its reference profile: the typical values of reasons).
+Used by the scoring service and by whoever scores rows the way the service does."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from orjson import loads as orjson_loads
+
+from mlp_platform.features.spec import default_spec
+
+
+@dataclass(frozen=True)
+class Population:
+    """One feature in the training population: its sorted non-missing sample and median."""
+
+    sorted_values: np.ndarray
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Population | None:
+        arr = np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+        arr = np.sort(arr[~np.isnan(arr)])
+        return cls(arr) if arr.size else None
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.sorted_values))
+
+    def percentile(self, value: float) -> float:
+        """Share of the population strictly below ``value`` plus half of the ties (mid-rank), in [0, 1]."""
+        lo = np.searchsorted(self.sorted_values, value, side="left")
+        hi = np.searchsorted(self.sorted_values, value, side="right")
+        return float((lo + hi) / 2 / self.sorted_values.size)
+
+
+def populations_from_profile(profile: Mapping, feature_names: Sequence[str]) -> dict[str, Population]:
+    """The training populations of ``feature_names`` from a reference profile's JSON (its joint row
+    sample: ``profile["sample"][name]``, missing as null). Features absent from it get none."""
+    sample = profile.get("sample") or {}
+    out = {}
+    for name in feature_names:
+        pop = Population.of(sample[name]) if name in sample else None
+        if pop is not None:
+            out[name] = pop
+    return out
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    scorer: object  # FastScorer or Scorer: score(row) / contributions(row)
+    operating_threshold: float
+    artifact_sha256: str
+    feature_names: list[str]
+    #: The training population of each feature (from the version's reference profile; empty for a
+    #: version registered without one): the typical values and directions of its reasons.
+    populations: dict[str, Population] = field(default_factory=dict)
+
+
+def registry_loader(settings) -> Callable[[str], LoadedModel]:
+    """Load a version from the MLflow registry through the runtime scorer (schema checked), with its
+    training population when the version has a reference profile."""
+    from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
+    from mlp_platform.runtime.fast_scorer import FastScorer
+    from mlp_platform.runtime.scorer import Scorer
+
+    registry = ModelRegistry.from_settings(settings)
+    spec = default_spec()
+
+    def load(version: str) -> LoadedModel:
+        model_dir = registry.model_dir(version)
+        base = Scorer.from_model_dir(model_dir, spec.feature_names, version=version)
+        fast = FastScorer.from_booster(base.booster, base.feature_names)
+        digest = hashlib.sha256()
+        for path in sorted(model_dir.rglob("*")):
+            if path.is_file():
+                digest.update(path.read_bytes())
+        threshold = float(registry.version_tags(version).get("operating_threshold", "0.5"))
+        profile = registry.load_text(registry.ref(version).run_id, REFERENCE_PROFILE)
+        populations = {} if profile is None else populations_from_profile(orjson_loads(profile), base.feature_names)
+        return LoadedModel(version, fast, threshold, digest.hexdigest(), base.feature_names, populations)
+
+    return load
