@@ -1045,6 +1045,9 @@ def main() -> int:
     ap.add_argument("--with-redispy", action="store_true",
                     help="also run the redis full path with redis.asyncio on the event loop (full_redis_redispy): "
                          "the peer the hand-written RESP client must beat by 15%%")
+    ap.add_argument("--with-python-kernel", action="store_true",
+                    help="also run the redis full path with the stream kernel in Python (MLP_STREAM_KERNEL=0): the "
+                         "peer the compiled kernel must beat by 15%%")
     ap.add_argument("--with-idempotency-off", action="store_true",
                     help="also run the embedded and redis full paths with idempotency off (MLP_IDEMPOTENCY_WINDOW_S=0): "
                          "what idempotent retries cost")
@@ -1196,6 +1199,9 @@ def main() -> int:
             if args.with_redispy:  # the peer of the hand-written RESP client: redis.asyncio on the event loop
                 targets.append(full("full_redis_redispy", "full path, redis, redis.asyncio client (peer of RespClient)",
                                     f"{redis_url}?prefix=bench:f&async_client=redis-py", None))
+            if args.with_python_kernel:  # the compiled stream kernel against the same code in Python
+                targets.append(full("full_redis_pykernel", "full path, redis, stream kernel in Python",
+                                    f"{redis_url}?prefix=bench:h", None, MLP_STREAM_KERNEL="0"))
             if args.with_idempotency_off:  # what idempotent retries cost: the same server without them
                 targets.append(full("full_redis_noidem", "full path, redis, idempotency off",
                                     f"{redis_url}?prefix=bench:g", None, MLP_IDEMPOTENCY_WINDOW_S="0"))
@@ -1270,7 +1276,7 @@ def main() -> int:
 
         # throughput ratios in short paired bursts (see paired_rounds)
         paired_names = ("full_embedded", "full_redis", "full_redis_twin", "full_redis_unix", "full_redis_append",
-                        "full_redis_redispy", "full_redis_noidem", "full_embedded_noidem")
+                        "full_redis_redispy", "full_redis_noidem", "full_embedded_noidem", "full_redis_pykernel")
         paired_full = [t for t in targets if t.name in paired_names]
         bare_t = next((t for t in targets if t.name == "bare"), None)
         paired = None
@@ -1293,6 +1299,7 @@ def main() -> int:
             for other, base, what in (("full_redis_twin", "full_redis", "A/A"),
                                       ("full_redis", "full_redis_redispy", "RespClient vs redis.asyncio"),
                                       ("full_redis", "full_redis_noidem", "idempotency on vs off, redis"),
+                                      ("full_redis", "full_redis_pykernel", "compiled vs Python stream kernel"),
                                       ("full_embedded", "full_embedded_noidem", "idempotency on vs off, embedded")):
                 if other in paired["servers"] and base in paired["servers"]:
                     per_round = [a / b for a, b in zip(paired["servers"][other]["ratio_to_bare"],
