@@ -684,38 +684,6 @@ def paired_rounds(targets: list[Target], bare: Target, rounds: int, burst: float
 # --------------------------------------------------------------------------------------------- profiling
 
 
-def profile_stream_kernel(store, txns: list[dict]) -> dict:
-    """The customer view's features from the packed history Redis returns (histories the store holds,
-    read back with ZRANGEBYSCORE as the script reads them, for the customers of ``txns``), one
-    transaction at a time: the compiled stream kernel against the Python reference (parse_packed +
-    compute_stream), same input."""
-    from mlp_platform.serving.online_store import SEP, compute_stream, to_us
-
-    backend = store.backend
-    i = next(i for i, p in enumerate(backend._streams) if p.full)
-    plan, kernel = backend._streams[i], backend._kernels[i]
-    cases = []
-    for txn in txns:
-        t = to_us(txn["event_time"])
-        members = backend.client.zrangebyscore(backend._hist_prefix[i] + txn[plan.key], f"({t - plan.lookback_us}", t)
-        cases.append((t, txn, SEP.join(members)))
-    sizes = [packed.count(SEP) // (2 + len(plan.columns)) + 1 for _, _, packed in cases if packed]
-    out: dict = {}
-    variants = [("Python reference", None)] + ([("compiled stream kernel", kernel)] if kernel else [])
-    for label, k in variants:
-        times = []
-        for t, txn, packed in cases:
-            row = [None] * 64
-            t0 = time.perf_counter_ns()
-            compute_stream(plan, t, txn, ("P", packed, txn["transaction_id"], k), row)
-            times.append(time.perf_counter_ns() - t0)
-        arr = np.asarray(times) / 1000.0
-        out[f"customer view from the packed history, {label} (median {statistics.median(sizes or [0]):.0f} "
-            f"events)"] = {"p50_us": float(np.percentile(arr, 50)), "p99_us": float(np.percentile(arr, 99)),
-                           "mean_us": float(arr.mean())}
-    return out
-
-
 def profile_score_path(settings, champion: str, shadow: str, workdir: Path, customers: int, merchants: int,
                        redis_url: str | None, n: int = 2000) -> dict:
     """Where the time of one full-path request goes, in-process, one request at a time, no server running:
@@ -789,10 +757,6 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
             result["feature_store.score_features_async (redis, RespClient)"] = stats(
                 asyncio.run(timed_async(store, again)))
         store.close()
-    if redis_url:  # on the histories the full_redis server built under load (bench:a)
-        loaded = store_from_url(redis_url.split("?")[0] + "?prefix=bench:a")
-        result.update(profile_stream_kernel(loaded, txns[-1000:]))
-        loaded.close()
     result["champion score (FastScorer, compiled)"] = timed(model.scorer.score, rows)
     result["shadow score (FastScorer, off the critical path)"] = timed(shadow_model.scorer.score, rows)
     result["contributions (TreeSHAP, reasons only)"] = timed(model.scorer.contributions, rows)
@@ -1045,9 +1009,12 @@ def main() -> int:
     ap.add_argument("--with-redispy", action="store_true",
                     help="also run the redis full path with redis.asyncio on the event loop (full_redis_redispy): "
                          "the peer the hand-written RESP client must beat by 15%%")
-    ap.add_argument("--with-python-kernel", action="store_true",
-                    help="also run the redis full path with the stream kernel in Python (MLP_STREAM_KERNEL=0): the "
-                         "peer the compiled kernel must beat by 15%%")
+    ap.add_argument("--with-lightgbm-scorer", action="store_true",
+                    help="also run the redis full path with LightGBM's own single-row predict instead of the compiled "
+                         "trees (MLP_SCORER_BACKEND=lightgbm): the peer the compiled trees must beat by 15%%")
+    ap.add_argument("--baseline-tree", type=Path,
+                    help="a checkout of another commit (git worktree add DIR COMMIT): its embedded and redis full "
+                         "paths run beside this tree's in the paired bursts (full_embedded_base, full_redis_base)")
     ap.add_argument("--with-idempotency-off", action="store_true",
                     help="also run the embedded and redis full paths with idempotency off (MLP_IDEMPOTENCY_WINDOW_S=0): "
                          "what idempotent retries cost")
@@ -1179,6 +1146,10 @@ def main() -> int:
             full("full_embedded_reasons", "full path, embedded store, review=0",
                  f"embedded://{tmp / 'store_embedded_reasons'}", "0"),
         ]
+        if args.baseline_tree:
+            targets.append(full("full_embedded_base", f"full path, embedded store, code of {args.baseline_tree}",
+                                f"embedded://{tmp / 'store_embedded_base'}", None,
+                                PYTHONPATH=str(args.baseline_tree.resolve())))
         if args.with_idempotency_off:
             targets.append(full("full_embedded_noidem", "full path, embedded store, idempotency off",
                                 f"embedded://{tmp / 'store_embedded_noidem'}", None, MLP_IDEMPOTENCY_WINDOW_S="0"))
@@ -1199,9 +1170,12 @@ def main() -> int:
             if args.with_redispy:  # the peer of the hand-written RESP client: redis.asyncio on the event loop
                 targets.append(full("full_redis_redispy", "full path, redis, redis.asyncio client (peer of RespClient)",
                                     f"{redis_url}?prefix=bench:f&async_client=redis-py", None))
-            if args.with_python_kernel:  # the compiled stream kernel against the same code in Python
-                targets.append(full("full_redis_pykernel", "full path, redis, stream kernel in Python",
-                                    f"{redis_url}?prefix=bench:h", None, MLP_STREAM_KERNEL="0"))
+            if args.with_lightgbm_scorer:  # the compiled trees against LightGBM's single-row fast path
+                targets.append(full("full_redis_lgbscorer", "full path, redis, LightGBM scorer (peer of the compiled trees)",
+                                    f"{redis_url}?prefix=bench:i", None, MLP_SCORER_BACKEND="lightgbm"))
+            if args.baseline_tree:  # the same server from another commit, for a before/after in one run
+                targets.append(full("full_redis_base", f"full path, redis, code of {args.baseline_tree}",
+                                    f"{redis_url}?prefix=bench:j", None, PYTHONPATH=str(args.baseline_tree.resolve())))
             if args.with_idempotency_off:  # what idempotent retries cost: the same server without them
                 targets.append(full("full_redis_noidem", "full path, redis, idempotency off",
                                     f"{redis_url}?prefix=bench:g", None, MLP_IDEMPOTENCY_WINDOW_S="0"))
@@ -1276,7 +1250,8 @@ def main() -> int:
 
         # throughput ratios in short paired bursts (see paired_rounds)
         paired_names = ("full_embedded", "full_redis", "full_redis_twin", "full_redis_unix", "full_redis_append",
-                        "full_redis_redispy", "full_redis_noidem", "full_embedded_noidem", "full_redis_pykernel")
+                        "full_redis_redispy", "full_redis_noidem", "full_embedded_noidem", "full_redis_lgbscorer",
+                        "full_embedded_base", "full_redis_base")
         paired_full = [t for t in targets if t.name in paired_names]
         bare_t = next((t for t in targets if t.name == "bare"), None)
         paired = None
@@ -1299,7 +1274,9 @@ def main() -> int:
             for other, base, what in (("full_redis_twin", "full_redis", "A/A"),
                                       ("full_redis", "full_redis_redispy", "RespClient vs redis.asyncio"),
                                       ("full_redis", "full_redis_noidem", "idempotency on vs off, redis"),
-                                      ("full_redis", "full_redis_pykernel", "compiled vs Python stream kernel"),
+                                      ("full_redis", "full_redis_lgbscorer", "compiled trees vs LightGBM scorer"),
+                                      ("full_redis", "full_redis_base", "this tree vs the baseline tree, redis"),
+                                      ("full_embedded", "full_embedded_base", "this tree vs the baseline tree, embedded"),
                                       ("full_embedded", "full_embedded_noidem", "idempotency on vs off, embedded")):
                 if other in paired["servers"] and base in paired["servers"]:
                     per_round = [a / b for a, b in zip(paired["servers"][other]["ratio_to_bare"],

@@ -40,7 +40,7 @@ def switched_on(name: str) -> bool:
 
 
 def c_compiler_candidates() -> tuple[str, ...]:
-    """C compilers to try, in order, for compiled trees and the stream kernel (``$CC`` first)."""
+    """C compilers to try, in order, for compiled trees (``$CC`` first)."""
     cc = os.environ.get("CC")
     return ((cc,) if cc else ()) + ("cc", "gcc", "clang")
 
@@ -166,11 +166,12 @@ class ServingSettings:
     late_grace_s: float = 3600.0
     #: MLP_IDEMPOTENCY_WINDOW_S: how long a decision is replayed to a retry of the same transaction.
     idempotency_window_s: float = 900.0
+    #: MLP_SCORER_BACKEND: how a loaded version evaluates its trees: auto (compiled C code, LightGBM's
+    #: own single-row path where no compiler is found), compiled (required) or lightgbm (the peer).
+    scorer_backend: str = "auto"
     #: MLP_TRACING (off, console, otlp) and OTEL_SERVICE_NAME: request tracing.
     tracing: str = ""
     otel_service_name: str = "mlp-scoring"
-    # MLP_STREAM_KERNEL (0: the Python reference instead of the compiled streaming-feature kernel) is
-    # read by mlp_platform.serving.stream_kernel through switched_on(), at its first use.
 
 
 def load_serving_settings() -> ServingSettings:
@@ -196,6 +197,7 @@ def load_serving_settings() -> ServingSettings:
         event_time_max_age_default=age_raw == "",
         late_grace_s=_env_float("MLP_EVENT_TIME_LATE_GRACE_S", 3600.0),
         idempotency_window_s=_env_float("MLP_IDEMPOTENCY_WINDOW_S", 900.0),
+        scorer_backend=_choice("MLP_SCORER_BACKEND", "auto", ("auto", "compiled", "lightgbm")),
         tracing=os.environ.get("MLP_TRACING", "").strip().lower(),
         otel_service_name=_env("OTEL_SERVICE_NAME", "mlp-scoring"),
     )

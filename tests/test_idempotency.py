@@ -181,6 +181,29 @@ def test_replays_survive_a_restart_of_the_embedded_store(platform, tmp_path):
         assert client.post("/v1/score", json=txn(7), headers=AUTH).json()["decision_id"] == first["decision_id"]
 
 
+def test_the_journal_on_disk_holds_an_answered_transaction_and_a_failed_ones(tmp_path):
+    """With a claim, the transaction's record goes to the OS with its answer (one write system call
+    per decision): read from the file, not through the store, an answered transaction and its answer
+    are there (a kill -9 after the answer loses neither), and so is a transaction whose decision
+    failed (``forget_pending``). Reverted (``forget_pending`` not committing the buffered record) the
+    failed transaction is missing from the file until some later record."""
+    store = store_from_url(f"embedded://{tmp_path / 'store'}", clock=_clock())
+    journal = tmp_path / "store" / "journal.jsonl"
+    answered = TransactionIn.model_validate(txn(1)).canonical()[0]
+    store.score_features(answered, ("t:" + answered["transaction_id"], "h1"))
+    store.remember_response("t:" + answered["transaction_id"], "h1", b'{"decision_id":"d1"}')
+    on_disk = journal.read_bytes()
+    assert answered["transaction_id"].encode() in on_disk and b'decision_id' in on_disk
+    failed = TransactionIn.model_validate(txn(2)).canonical()[0]
+    store.score_features(failed, ("t:" + failed["transaction_id"], "h2"))
+    store.forget_pending("t:" + failed["transaction_id"])
+    assert failed["transaction_id"].encode() in journal.read_bytes()
+    unclaimed = TransactionIn.model_validate(txn(3)).canonical()[0]
+    store.score_features(unclaimed)
+    assert unclaimed["transaction_id"].encode() in journal.read_bytes()
+    store.close()
+
+
 def test_two_workers_on_one_redis_share_the_answers(platform, tmp_path, redis_port):
     url = f"redis://127.0.0.1:{redis_port}/0?timeout=5&prefix=idem{uuid.uuid4().hex[:8]}"
     a = make_service(platform, tmp_path / "a", store_url=url, clock=_clock())

@@ -8,7 +8,7 @@ with as_of_date = D are materialised as of D, then D's transactions are scored. 
 every transaction is compared with ``features.transaction_features`` (ints and flags exactly,
 floats within 1e-9 relative, nulls in the same places), in particular those of the last two days,
 scored after more than 30 days of history (the longest lookback), on both backends: embedded and
-a real Redis server (its replies read by the compiled stream kernel, and by the Python reference).
+a real Redis server (its packed replies read by the same Python code).
 """
 
 from __future__ import annotations
@@ -55,21 +55,15 @@ def redis_port(tmp_path_factory) -> Iterator[int]:
         yield port
 
 
-@pytest.fixture(params=["embedded", "redis", "redis-python"])
-def store(request, tmp_path, monkeypatch) -> Iterator[OnlineFeatureStore]:
-    """The embedded backend; Redis with the customer history read by the compiled stream kernel; Redis
-    with the kernel switched off (the Python reference)."""
+@pytest.fixture(params=["embedded", "redis"])
+def store(request, tmp_path) -> Iterator[OnlineFeatureStore]:
+    """The embedded backend; Redis (the Lua script's packed replies)."""
     if request.param == "embedded":
         backend = EmbeddedBackend(tmp_path / "store")
     else:
-        if request.param == "redis-python":
-            monkeypatch.setenv("MLP_STREAM_KERNEL", "0")
         port = request.getfixturevalue("redis_port")
         backend = RedisBackend(f"redis://127.0.0.1:{port}/0", prefix=f"parity:{uuid.uuid4().hex[:8]}", timeout=5)
     with OnlineFeatureStore(backend) as s:
-        if request.param != "embedded":  # the path under test is the one named
-            kernels = [k is not None for k in backend._kernels]
-            assert kernels == [p.full and request.param == "redis" for p in backend._streams]
         yield s
 
 

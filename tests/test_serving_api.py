@@ -714,3 +714,20 @@ def test_requests_ready_together_share_commits_even_without_awaiting_before_the_
     assert service._in_flight == 0
     asyncio.run(service.close())
     assert verify_log(tmp_path / "decisions").ok
+
+
+def test_the_scorer_backend_setting_reaches_the_loaded_model(platform, monkeypatch):
+    """MLP_SCORER_BACKEND=lightgbm (the measured peer of the compiled trees) loads the version on
+    LightGBM's own single-row path, with the same scores; reverted (registry_loader not handing the
+    backend to FastScorer) the backend stays "compiled"."""
+    import numpy as np
+
+    from mlp_platform.settings import load_settings
+    monkeypatch.setenv("MLP_SCORER_BACKEND", "lightgbm")
+    settings = load_settings()
+    assert settings.serving.scorer_backend == "lightgbm"
+    peer = registry_loader(settings, settings.serving.scorer_backend)(platform["v1"])
+    compiled = registry_loader(settings)(platform["v1"])
+    assert peer.scorer.backend == "lightgbm" and compiled.scorer.backend == "compiled"
+    rows = np.random.default_rng(3).uniform(0, 50, size=(64, len(peer.feature_names)))
+    assert [peer.scorer.score(r) for r in rows] == [compiled.scorer.score(r) for r in rows]

@@ -30,6 +30,7 @@ def test_handbook_range(platform_env, monkeypatch):
     ("MLP_SYNTH_DRIFT_START", "next tuesday", "MLP_SYNTH_DRIFT_START"),
     ("MLP_ENV", "staging-ish", "MLP_ENV"),
     ("MLP_LABEL_DELAY_DAYS", "-1", "label delays"),
+    ("MLP_SCORER_BACKEND", "numba", "MLP_SCORER_BACKEND"),
 ])
 def test_bad_settings_name_the_variable(platform_env, monkeypatch, var, value, message):
     monkeypatch.setenv(var, value)

@@ -63,9 +63,10 @@ class LoadedModel:
     populations: dict[str, Population] = field(default_factory=dict)
 
 
-def registry_loader(settings) -> Callable[[str], LoadedModel]:
+def registry_loader(settings, scorer_backend: str = "auto") -> Callable[[str], LoadedModel]:
     """Load a version from the MLflow registry through the runtime scorer (schema checked), with its
-    training population when the version has a reference profile."""
+    training population when the version has a reference profile. ``scorer_backend``: the
+    :class:`~mlp_platform.runtime.fast_scorer.FastScorer` backend (auto, compiled, lightgbm)."""
     from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
     from mlp_platform.runtime.fast_scorer import FastScorer
     from mlp_platform.runtime.scorer import Scorer
@@ -76,7 +77,7 @@ def registry_loader(settings) -> Callable[[str], LoadedModel]:
     def load(version: str) -> LoadedModel:
         model_dir = registry.model_dir(version)
         base = Scorer.from_model_dir(model_dir, spec.feature_names, version=version)
-        fast = FastScorer.from_booster(base.booster, base.feature_names)
+        fast = FastScorer.from_booster(base.booster, base.feature_names, backend=scorer_backend)
         digest = hashlib.sha256()
         for path in sorted(model_dir.rglob("*")):
             if path.is_file():

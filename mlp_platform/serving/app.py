@@ -376,7 +376,8 @@ def build_service(settings=None) -> ScoringService:
     settings = settings or load_settings()
     config = ServingConfig.from_settings(settings)
     metrics = ServiceMetrics()
-    pool = ModelPool(registry_loader(settings), RoutingFile(config.routing_path), metrics)
+    pool = ModelPool(registry_loader(settings, settings.serving.scorer_backend), RoutingFile(config.routing_path),
+                     metrics)
     pool.refresh()
     store = store_from_url(config.feature_store_url, **config.store_options())
     decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms,

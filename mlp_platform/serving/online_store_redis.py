@@ -16,9 +16,7 @@ prunes events older than the lookback plus the late grace, refreshes the key's T
 the features need -- the events inside the lookback for views that aggregate payload columns, or
 just the window counts and the previous event time for count-only views (a busy merchant costs
 O(log n), not its whole history) -- plus the batch hashes. The features of a view read in full are
-computed from the reply as it comes, by the compiled stream kernel (:mod:`~mlp_platform.serving.stream_kernel`,
-one C call, checked against the Python reference when the backend is bound) or, without a compiler,
-by the same Python code as the embedded backend. The script is generated from the feature specification (the
+computed from the reply by the same Python code as the embedded backend's. The script is generated from the feature specification (the
 views' lookbacks, windows and TTLs are constants in it), so a call carries only the transaction:
 its id, its time and, per entity, the view and the event to add.
 
@@ -70,7 +68,6 @@ from mlp_platform.serving.online_store import (
     IdempotentReplay,
     StreamPlan,
     late_rejection,
-    stream_kernel_for,
 )
 from mlp_platform.serving.resp_client import UNAVAILABLE_PREFIXES, RespClient, RespError, RespUnavailable
 
@@ -321,7 +318,6 @@ class RedisBackend:
         ]
         self._batch_ttl_ms = "0" if self.batch_ttl_seconds is None else str(int(self.batch_ttl_seconds * 1000))
         self._record_source = record_script(streams, self._ttl_ms)
-        self._kernels = [stream_kernel_for(p) for p in streams]
         self._record = self.client.register_script(self._record_source)
         self._forget = self.client.register_script(_FORGET_PENDING)
 
@@ -466,8 +462,8 @@ class RedisBackend:
             plan = self._streams[i]
             item = res[j]
             n_dup += item[0]
-            if plan.full:  # parsed by the compiled kernel, or in Python (compute_stream)
-                snaps[i] = ("P", item[1], tid, self._kernels[i])
+            if plan.full:  # parsed by compute_stream (parse_packed)
+                snaps[i] = ("P", item[1], tid)
             else:
                 _, counts, ties, prev = item
                 later = earlier = 0

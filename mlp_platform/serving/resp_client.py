@@ -3,7 +3,11 @@ packed and replies parsed in C (hiredis), concurrent calls pipelined on that con
 
 Why not ``redis.asyncio``: per call it checks a connection out of a pool, wraps the round trip in a
 retry object and an ``asyncio.timeout`` and walks several layers of Python; on the scoring path that
-was about a quarter of the event loop's time (measured with py-spy under load). Here a call is: pack
+was about a quarter of the event loop's time (measured with py-spy under load). Kept by the 15% rule:
+in paired bursts of one run (bench run 35, 2026-12-06, 12 rounds) the full path with this client
+served a median **1.48x** (1.31-1.58x) the requests of the same server on ``redis.asyncio`` with
+hiredis (``async_client=redis-py``, the peer, which stays selectable); CPU per request 268 against
+383 us. Here a call is: pack
 the command (C), write it to the connection, arm one timer, await one future. Concurrent calls are
 in flight together on the one connection (pipelining); each is still its own command (its own
 atomic script run). A command is written at once rather than gathered with the others of the same
