@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from mlp_platform.monitoring import ReferenceProfile, build_reference_profile, compute_drift
-from mlp_platform.monitoring.drift import PSI_EPSILON, SortedColumn, ks_statistic, wasserstein1
+from mlp_platform.monitoring.statistics import PSI_EPSILON, SortedColumn, ks_statistic, wasserstein1
 
 FEATURES = ["amount", "amount_mean_7d", "count_1h", "count_1d", "ratio", "is_new_device", "hour", "gap"]
 

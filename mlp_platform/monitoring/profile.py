@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlp_platform.monitoring.drift import (
+from mlp_platform.monitoring.statistics import (
     PREDICTION,
     SortedColumn,
     bin_proportions,

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from mlp_platform.evaluation.metrics import to_jsonable
-from mlp_platform.monitoring.drift import numeric_columns
+from mlp_platform.monitoring.statistics import numeric_columns
 
 
 @dataclass
