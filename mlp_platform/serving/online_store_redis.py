@@ -16,8 +16,9 @@ prunes events older than the lookback plus the late grace, refreshes the key's T
 the features need -- the events inside the lookback for views that aggregate payload columns, or
 just the window counts and the previous event time for count-only views (a busy merchant costs
 O(log n), not its whole history) -- plus the batch hashes. The features of a view read in full are
-computed from the reply by the same Python code as the embedded backend's. The script is generated from the feature specification (the
-views' lookbacks, windows and TTLs are constants in it), so a call carries only the transaction:
+computed from the reply by the same Python code as the embedded backend's. The script is generated
+from the feature specification (the views' lookbacks, windows and TTLs are constants in it), so a
+call carries only the transaction:
 its id, its time and, per entity, the view and the event to add.
 
 Two clients: redis-py for synchronous callers and batch writes, and on an event loop (the scoring
