@@ -44,6 +44,8 @@ bare endpoint's in the same round (shadow drain counted); the median over the ro
 quartiles. The machine's slow stretches last tens of seconds to minutes, so both sides of a pair see the
 same machine. Each round also times requests at one connection per server, pooled over the rounds.
 ``--with-twin`` adds a second server identical to the Redis one: the A/A pair shows the run's own noise.
+``--with-no-shadow`` adds an embedded-store server whose routing names the champion alone (what a shadow
+stage costs; the bare endpoint scores one model too).
 Errors (non-200, socket errors, timeouts) are counted everywhere and must be 0; after the run the servers'
 own counters are read (``/metrics``) and each decision log is verified (hash chain, record count).
 Finally the score path is profiled in-process (component timings and cProfile), with no server running.
@@ -373,6 +375,7 @@ class Target:
     path: str
     bodies: list[bytes] = field(default_factory=list)  # rows mode
     traffic_seed: int = 0
+    shadow: bool = True  # a full path whose routing names a shadow model (its scorings drain after a burst)
     results: dict = field(default_factory=lambda: {"throughput": [], "latency": [], "latency_wrk": []})
 
 
@@ -651,7 +654,7 @@ def paired_rounds(targets: list[Target], bare: Target, rounds: int, burst: float
             seed = 500_000 + 100 * rnd + i
             cpu0 = server_cpu_s(t, redis_pid)
             r = load_run(t, connections, burst, 10**9, f"{t.name}-pair{rnd}", seed, customers, merchants, workdir)
-            drain_s = shadow_drain(t.server.port)[1] if t.kind == "full" else 0.0
+            drain_s = shadow_drain(t.server.port)[1] if t.kind == "full" and t.shadow else 0.0
             cpu1 = server_cpu_s(t, redis_pid)
             p = per[t.name]
             p["rps"].append(r["requests"] / (r["duration_us"] / 1e6 + drain_s))
@@ -1021,6 +1024,9 @@ def main() -> int:
     ap.add_argument("--with-appending-log", action="store_true",
                     help="also run the redis full path with the decision log appending instead of writing over "
                          "space zero-filled ahead (MLP_DECISION_LOG_ZERO_AHEAD_BYTES=0)")
+    ap.add_argument("--with-no-shadow", action="store_true",
+                    help="also run the embedded full path with routing that names no shadow model "
+                         "(full_embedded_noshadow): what scoring and logging a shadow costs")
     ap.add_argument("--with-twin", action="store_true",
                     help="also run a second, identical redis full-path server (full_redis_twin): an A/A pair whose "
                          "difference is the run's own noise")
@@ -1153,6 +1159,13 @@ def main() -> int:
         if args.with_idempotency_off:
             targets.append(full("full_embedded_noidem", "full path, embedded store, idempotency off",
                                 f"embedded://{tmp / 'store_embedded_noidem'}", None, MLP_IDEMPOTENCY_WINDOW_S="0"))
+        if args.with_no_shadow:  # its own data dir (a routing file with the champion alone), the same registry
+            solo_dir = tmp / "data_noshadow"
+            RoutingFile(solo_dir / "serving" / "routing.json").write(RoutingState(champion=v1, updated_by="bench"))
+            targets.append(full("full_embedded_noshadow", "full path, embedded store, no shadow model",
+                                f"embedded://{tmp / 'store_embedded_noshadow'}", None, MLP_DATA_DIR=str(solo_dir),
+                                MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri))
+            targets[-1].shadow = False
         if not args.skip_route_only:  # the same service with POST /v1/score through FastAPI (no fast path)
             targets.append(full("full_embedded_route", "full path, embedded store, FastAPI route (no fast path)",
                                 f"embedded://{tmp / 'store_embedded_route'}", None, MLP_SERVING_FAST_PATH="0"))
@@ -1221,7 +1234,7 @@ def main() -> int:
                 cpu0 = server_cpu_s(t, redis_pid)
                 thr = load_run(t, args.connections, args.duration, args.max_requests, f"{t.name}-r{rep}-load", seed,
                                args.customers, args.merchants, tmp)
-                if t.kind == "full":  # shadow scorings still queued when the load stops; wait for them to drain
+                if t.kind == "full" and t.shadow:  # shadow scorings still queued when the load stops; wait for them to drain
                     thr["shadow_backlog"], thr["shadow_drain_s"] = shadow_drain(t.server.port)
                 # server CPU per request, shadow drain included (+ redis-server's, only one target runs at a time)
                 cpu1 = server_cpu_s(t, redis_pid)
@@ -1251,7 +1264,7 @@ def main() -> int:
         # throughput ratios in short paired bursts (see paired_rounds)
         paired_names = ("full_embedded", "full_redis", "full_redis_twin", "full_redis_unix", "full_redis_append",
                         "full_redis_redispy", "full_redis_noidem", "full_embedded_noidem", "full_redis_lgbscorer",
-                        "full_embedded_base", "full_redis_base")
+                        "full_embedded_base", "full_redis_base", "full_embedded_noshadow")
         paired_full = [t for t in targets if t.name in paired_names]
         bare_t = next((t for t in targets if t.name == "bare"), None)
         paired = None
@@ -1277,7 +1290,8 @@ def main() -> int:
                                       ("full_redis", "full_redis_lgbscorer", "compiled trees vs LightGBM scorer"),
                                       ("full_redis", "full_redis_base", "this tree vs the baseline tree, redis"),
                                       ("full_embedded", "full_embedded_base", "this tree vs the baseline tree, embedded"),
-                                      ("full_embedded", "full_embedded_noidem", "idempotency on vs off, embedded")):
+                                      ("full_embedded", "full_embedded_noidem", "idempotency on vs off, embedded"),
+                                      ("full_embedded", "full_embedded_noshadow", "with vs without a shadow, embedded")):
                 if other in paired["servers"] and base in paired["servers"]:
                     per_round = [a / b for a, b in zip(paired["servers"][other]["ratio_to_bare"],
                                                        paired["servers"][base]["ratio_to_bare"], strict=True)]
