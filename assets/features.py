@@ -14,6 +14,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from assets.partitions import daily_partitions, partition_days
 from assets.resources import PlatformSettingsResource, dbt_environment, dbt_project
+from mlp_platform.deciders.declaration import load_decider
 from mlp_platform.settings import Settings
 
 _GROUPS = {"staging": "staging", "features": "features", "training": "training"}
@@ -44,9 +45,9 @@ class PlatformDbtTranslator(DagsterDbtTranslator):
 
 
 def dbt_vars(settings: Settings, first_day=None, end_day=None) -> dict[str, object]:
-    """dbt vars for a run: partition days (inclusive) plus delays from the settings."""
-    out: dict[str, object] = {"label_delay_days": settings.label_delay_days,
-                              "label_maturity_days": settings.label_maturity_days}
+    """dbt vars for a run: partition days (inclusive) plus the decider's label delays (its declaration)."""
+    labels = load_decider(settings.deciders_dir).labels
+    out: dict[str, object] = {"label_delay_days": labels.delay_days, "label_maturity_days": labels.maturity_days}
     if first_day is not None:
         out["min_day"] = first_day.isoformat()
         out["max_day"] = (end_day.fromordinal(end_day.toordinal() - 1)).isoformat()

@@ -2,11 +2,15 @@
 (blocking asset checks), promote it, and keep a model card per version. Versions are passed
 explicitly from asset to asset; nothing "loads the latest"."""
 
+import dataclasses
+
 import dagster as dg
 from dagster import AssetExecutionContext
 
 from assets.resources import PlatformSettingsResource
 from mlp_platform import lifecycle
+from mlp_platform.deciders.declaration import load_decider
+from mlp_platform.deciders.validate import gate_config
 from mlp_platform.evaluation.gates import GateConfig
 from mlp_platform.registry.mlflow_registry import ModelVersionRef
 from mlp_platform.training.trainer import TrainingConfig
@@ -23,21 +27,29 @@ class TrainingRunConfig(dg.Config):
 
 
 class EvaluationConfig(dg.Config):
-    """Gate settings (defaults: mlp_platform.evaluation.gates.GateConfig). Tolerances are absolute
-    losses the paired 95% interval must exclude; small windows give wide intervals."""
+    """Per-run overrides of the decider's declared gates (``deciders/<name>.yaml``, section ``gates``);
+    a field left empty keeps the declared value. Tolerances are absolute losses the paired 95% interval
+    must exclude; small windows give wide intervals."""
 
-    ap_tolerance: float = 0.02
-    alert_budget_tolerance: float = 0.02
-    recall_tolerance: float = 0.03
-    latency_p99_budget_us: float = 2000.0
-    require_bias_segments: bool = False
+    ap_tolerance: float | None = None
+    alert_budget_tolerance: float | None = None
+    recall_tolerance: float | None = None
+    latency_p99_budget_us: float | None = None
+    require_bias_segments: bool | None = None
 
-    def gate_config(self) -> GateConfig:
-        return GateConfig(tolerances=(("average_precision", self.ap_tolerance),
-                                      ("alert_budget_precision", self.alert_budget_tolerance),
-                                      ("recall_at_fpr", self.recall_tolerance)),
-                          latency_p99_budget_us=self.latency_p99_budget_us,
-                          require_bias_segments=self.require_bias_segments)
+    def gate_config(self, declared: GateConfig) -> GateConfig:
+        tolerances = dict(declared.tolerances)
+        for metric, value in (("average_precision", self.ap_tolerance),
+                              ("alert_budget_precision", self.alert_budget_tolerance),
+                              ("recall_at_fpr", self.recall_tolerance)):
+            if value is not None:
+                tolerances[metric] = value
+        changes: dict = {"tolerances": tuple(tolerances.items())}
+        if self.latency_p99_budget_us is not None:
+            changes["latency_p99_budget_us"] = self.latency_p99_budget_us
+        if self.require_bias_segments is not None:
+            changes["require_bias_segments"] = self.require_bias_segments
+        return dataclasses.replace(declared, **changes)
 
 
 class PromotionConfig(dg.Config):
@@ -74,7 +86,7 @@ def candidate_model(context: AssetExecutionContext, config: TrainingRunConfig,
     settings = platform.get()
     training = lifecycle.load_training_set(settings)
     train_config = TrainingConfig(seed=config.seed, n_candidates=config.n_candidates, n_folds=config.n_folds,
-                                  max_rounds=config.max_rounds, gap_days=settings.label_delay_days)
+                                  max_rounds=config.max_rounds, gap_days=load_decider(settings.deciders_dir).labels.delay_days)
     ref, trained, threshold = lifecycle.train_candidate(settings, training, train_config, log=context.log.info)
     return dg.Output(ref, metadata={
         "model_version": ref.version, "mlflow_run_id": ref.run_id, "operating_threshold": threshold,
@@ -94,7 +106,8 @@ def candidate_evaluation(context: AssetExecutionContext, config: EvaluationConfi
                          platform: PlatformSettingsResource) -> dg.Output[lifecycle.Evaluation]:
     settings = platform.get()
     training = lifecycle.load_training_set(settings)
-    evaluation = lifecycle.evaluate_candidate(settings, candidate_model, training, config.gate_config())
+    evaluation = lifecycle.evaluate_candidate(
+        settings, candidate_model, training, config.gate_config(gate_config(load_decider(settings.deciders_dir))))
     return dg.Output(evaluation, metadata={
         "candidate_version": candidate_model.version,
         "champion_version": evaluation.champion_version or "none",

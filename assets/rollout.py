@@ -8,14 +8,16 @@ import datetime as dt
 import dagster as dg
 
 from assets.resources import PlatformSettingsResource
+from mlp_platform.deciders.declaration import load_decider
+from mlp_platform.deciders.validate import rollout_config as deciders_rollout_config
 from mlp_platform.rollout import RolloutConfig, abort_rollout, apply_rollout_decision, evaluate_rollout
 from mlp_platform.rollout.observe import fetch_metrics_text
 from mlp_platform.settings import Settings
 
 
 def rollout_config(settings: Settings) -> RolloutConfig:
-    """The rollout config of this environment (MLP_ROLLOUT_CONFIG overrides the defaults)."""
-    return RolloutConfig.from_dict(settings.rollout_config)
+    """The decider's declared rollout config, MLP_ROLLOUT_CONFIG (an operator's overrides) on top."""
+    return deciders_rollout_config(load_decider(settings.deciders_dir), settings.rollout_config)
 
 
 def service_metrics(settings: Settings, log=None) -> str | None:

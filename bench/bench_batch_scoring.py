@@ -175,8 +175,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     os.environ["MLP_DATA_DIR"] = str(tmp / "data")
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLP_WAREHOUSE", "MLP_ENV", "MLP_REVIEW_THRESHOLD",
-                "MLP_DECLINE_THRESHOLD"):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLP_WAREHOUSE", "MLP_ENV", "MLP_DECIDERS_DIR"):
         os.environ.pop(var, None)
     os.environ["MLP_FAST_SCORER_CACHE"] = str(tmp / "cc")
 
@@ -202,7 +201,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ours = registry_loader(settings)(version)
     load_ours = time.perf_counter() - t0
-    uri = f"models:/{settings.model_name}/{version}"
+    uri = f"models:/{registry.model_name}/{version}"
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     t0 = time.perf_counter()

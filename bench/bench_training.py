@@ -72,7 +72,7 @@ from bench_features import (  # noqa: E402  (the same dbt invocation as the feat
 
 SEEDS = (7, 8)
 PLATFORM_ENV_KEYS = ("MLP_SOURCE", "MLP_ENV", "MLP_WAREHOUSE", "MLFLOW_TRACKING_URI", "MLP_HANDBOOK_PATH",
-                     "MLP_DATA_DIR", "MLP_MODEL_NAME")
+                     "MLP_DATA_DIR", "MLP_DECIDERS_DIR")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,6 +122,7 @@ def dbt_build(settings, vars_json: str, select: list[str], dirs: TargetDirs, nam
 def build_warehouse(settings, work: Path) -> dict:
     from mlp_platform.data.ingest import ingest_days
     from mlp_platform.data.warehouse import DuckDBWarehouse
+    from mlp_platform.deciders.declaration import load_decider
 
     first, end = settings.source_days()
     last = end - dt.timedelta(days=1)
@@ -129,11 +130,10 @@ def build_warehouse(settings, work: Path) -> dict:
     result = ingest_days(settings, DuckDBWarehouse(settings.duckdb_path), first, end)
     ingest_s = time.perf_counter() - t
     dirs = TargetDirs(work / "dbt", None)
+    labels = load_decider(settings.deciders_dir).labels
     vars_days = json.dumps({"min_day": first.isoformat(), "max_day": last.isoformat(),
-                            "label_delay_days": settings.label_delay_days,
-                            "label_maturity_days": settings.label_maturity_days})
-    vars_training = json.dumps({"label_delay_days": settings.label_delay_days,
-                                "label_maturity_days": settings.label_maturity_days})
+                            "label_delay_days": labels.delay_days, "label_maturity_days": labels.maturity_days})
+    vars_training = json.dumps({"label_delay_days": labels.delay_days, "label_maturity_days": labels.maturity_days})
     features = dbt_build(settings, vars_days, ["path:models/staging", "path:models/features"], dirs, "features")
     training = dbt_build(settings, vars_training, ["path:models/training"], dirs, "training")
     import duckdb
@@ -634,8 +634,12 @@ def run_dataset(name: str, source: str, dataset: Path, repeats: int, config_kwar
     if training.height != warehouse["training_rows"]:
         fail(f"load_training_set returned {training.height} rows, the warehouse has {warehouse['training_rows']}")
 
+    from mlp_platform.deciders.declaration import load_decider
+
+    gap_days = load_decider(base.deciders_dir).labels.delay_days
+
     def config_for(seed: int) -> TrainingConfig:
-        return TrainingConfig(seed=seed, gap_days=base.label_delay_days, **config_kwargs)
+        return TrainingConfig(seed=seed, gap_days=gap_days, **config_kwargs)
 
     runs = []
     for i in range(repeats):

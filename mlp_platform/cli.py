@@ -17,8 +17,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
+from mlp_platform.deciders.declaration import DeciderError, load_decider
 from mlp_platform.features.dbt_codegen import spec_macro_in_sync, write_spec_macro
 from mlp_platform.features.spec import default_spec
 from mlp_platform.settings import Settings, SettingsError
@@ -29,6 +30,8 @@ spec_app = typer.Typer(help="The feature specification.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 model_app = typer.Typer(help="Registered models: roles, rollback, model cards, audit trail.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+deciders_app = typer.Typer(help="The deciders: one declaration file each (deciders/*.yaml).", no_args_is_help=True)
+app.add_typer(deciders_app, name="deciders")
 console = Console()
 
 PARTITIONED_GROUPS = "group:ingest or group:staging or group:features"
@@ -271,6 +274,26 @@ def audit_verify(directory: Path = typer.Option(None, help="Decision log directo
         raise typer.Exit(1)
 
 
+@deciders_app.command("check")
+def deciders_check() -> None:
+    """Validate every decider declaration whole (structure, feature spec, gates, rollout); list them."""
+    from mlp_platform.deciders.validate import validate_deciders
+
+    settings = load_settings()
+    try:
+        deciders = validate_deciders(settings.deciders_dir)
+    except DeciderError as err:
+        console.print(f"[red]invalid decider declaration:[/red] {err}", markup=True, highlight=False)
+        raise typer.Exit(1) from err
+    # the names are what a reader greps for: never wrapped, whatever the terminal's width
+    table = Table(Column("decider", no_wrap=True), "entity", Column("registered model", no_wrap=True),
+                  "actions", "features", "label delay", title=f"deciders in {settings.deciders_dir}")
+    for name, decl in deciders.items():
+        table.add_row(name, decl.entity.name, decl.model_name, " < ".join(decl.policy.actions),
+                      str(len(decl.spec.features)), f"{decl.labels.delay_days} d")
+    console.print(table)
+
+
 @spec_app.command("show")
 def spec_show() -> None:
     """List the features the specification defines."""
@@ -359,7 +382,7 @@ def model_card(version: str, html: Path = typer.Option(None, help="Also write th
     markdown = lifecycle.write_model_card(settings, version)
     console.print(markdown, markup=False, highlight=False)
     if html:
-        html.write_text(render_html(markdown, f"{settings.model_name} v{version}"))
+        html.write_text(render_html(markdown, f"{load_decider(settings.deciders_dir).model_name} v{version}"))
 
 
 @model_app.command("audit")

@@ -13,6 +13,8 @@ import numpy as np
 import polars as pl
 
 from mlp_platform.data.warehouse import warehouse_for
+from mlp_platform.deciders.declaration import load_decider
+from mlp_platform.deciders.validate import gate_config, rollout_config
 from mlp_platform.evaluation.backtest import prepare_window, run_backtest
 from mlp_platform.evaluation.gates import (
     GateConfig,
@@ -28,7 +30,7 @@ from mlp_platform.features.spec import default_spec
 from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry, ModelVersionRef, git_sha
 from mlp_platform.registry.promotion import GateResult, PromotionOutcome, promote, rollback
 from mlp_platform.registry.roles import audit_for, registry_for, sync_routing  # noqa: F401 -- part of this module's API
-from mlp_platform.rollout import RolloutConfig, start_rollout
+from mlp_platform.rollout import start_rollout
 from mlp_platform.runtime.scorer import Scorer
 from mlp_platform.settings import Settings
 from mlp_platform.training.splits import select_days
@@ -127,7 +129,7 @@ def train_candidate(settings: Settings, training: pl.DataFrame, config: Training
                     log=None) -> tuple[ModelVersionRef, TrainedModel, float]:
     """Train on the training set, log everything to MLflow and register a new version."""
     spec = default_spec()
-    config = config or TrainingConfig(gap_days=settings.label_delay_days)
+    config = config or TrainingConfig(gap_days=load_decider(settings.deciders_dir).labels.delay_days)
     trained = train_model(training, spec.feature_names, config, log=log)
     valid = select_days(training, trained.split.valid)
     threshold = threshold_for_fpr(valid["label"].to_numpy(), trained.booster.predict(matrix(valid, spec.feature_names)),
@@ -152,7 +154,7 @@ def train_candidate(settings: Settings, training: pl.DataFrame, config: Training
     registry.log_json(ref.run_id, {"split": trained.split.as_dict(), "data_fingerprint": trained.data_fingerprint,
                                    "search": trained.search, "params": trained.params, "config": trained.config,
                                    "metrics": trained.metrics, "operating_threshold": threshold,
-                                   "label_maturity_days": settings.label_maturity_days},
+                                   "label_maturity_days": load_decider(settings.deciders_dir).labels.maturity_days},
                       "training_record.json")
     return ref, trained, threshold
 
@@ -192,7 +194,7 @@ def evaluate_candidate(settings: Settings, candidate: ModelVersionRef, training:
                        config: GateConfig | None = None, seed: int = 0) -> Evaluation:
     """Backtest the candidate against the current champion on the candidate's out-of-time window and
     run every gate. Records backtest, gates and model card with the version; refusals are audited."""
-    config = config or GateConfig()
+    config = config or gate_config(load_decider(settings.deciders_dir))
     registry = registry_for(settings)
     spec = default_spec()
     record = registry.load_json(candidate.run_id, "training_record.json")
@@ -267,7 +269,7 @@ def _start_staged_rollout(settings: Settings, registry: ModelRegistry, evaluatio
                           run_id: str) -> PromotionOutcome:
     champion = registry.alias("champion")
     outcome = start_rollout(settings, evaluation.candidate.version, run_id,
-                            RolloutConfig.from_dict(settings.rollout_config), actor="dagster")
+                            rollout_config(load_decider(settings.deciders_dir), settings.rollout_config), actor="dagster")
     write_model_card(settings, evaluation.candidate.version)
     return PromotionOutcome(outcome.applied, evaluation.candidate.version, "shadow" if outcome.applied else None,
                             champion, outcome.message, outcome.audit_seq if outcome.audit_seq is not None else -1)

@@ -128,8 +128,8 @@ def _keys(name: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class ServingSettings:
     """Every knob of the scoring service, in one place (each from the environment variable named in
-    its comment; ``mlp serve`` and the uvicorn factory read nothing else). What belongs to a model's
-    decision policy stays with the model version (its operating threshold) unless overridden here.
+    its comment; ``mlp serve`` and the uvicorn factory read nothing else). The decision policy
+    (bands, thresholds, the degraded decision, reasons) belongs to the decider: its declaration.
     """
 
     #: MLP_API_KEYS / MLP_ADMIN_KEYS: comma-separated scoring and admin keys (secrets; admin keys may score).
@@ -137,12 +137,6 @@ class ServingSettings:
     admin_keys: tuple[str, ...] = ()
     #: MLP_ID_HASH_KEY: the key of the pseudonyms in the decision log (secret); empty: a key file under data_dir.
     id_hash_key: str = ""
-    #: MLP_REVIEW_THRESHOLD: overrides the model version's operating threshold (None: the version's).
-    review_threshold: float | None = None
-    #: MLP_DECLINE_THRESHOLD.
-    decline_threshold: float = 0.9
-    #: MLP_DEGRADED_DECISION: the least a decision on fallback features can be (approve, review, decline).
-    degraded_decision: str = "review"
     #: MLP_RELOAD_INTERVAL_S: how often the routing state, batch snapshots and drift summary are polled.
     reload_interval_s: float = 5.0
     #: MLP_SERVING_WORKERS: uvicorn worker processes (more than one needs the Redis store).
@@ -177,14 +171,9 @@ class ServingSettings:
 def load_serving_settings() -> ServingSettings:
     """The scoring service's knobs from the environment (see :class:`ServingSettings`)."""
     age_raw = os.environ.get("MLP_EVENT_TIME_MAX_AGE_S", "").strip()
-    degraded = _choice("MLP_DEGRADED_DECISION", "review", ("approve", "review", "decline"))
-    review = _env_optional_float("MLP_REVIEW_THRESHOLD", None)
     out = ServingSettings(
         api_keys=_keys("MLP_API_KEYS"), admin_keys=_keys("MLP_ADMIN_KEYS"),
         id_hash_key=os.environ.get("MLP_ID_HASH_KEY", ""),
-        review_threshold=review,
-        decline_threshold=_env_float("MLP_DECLINE_THRESHOLD", 0.9),
-        degraded_decision=degraded,
         reload_interval_s=_env_float("MLP_RELOAD_INTERVAL_S", 5.0),
         workers=_env_int("MLP_SERVING_WORKERS", 1),
         fast_path=switched_on("MLP_SERVING_FAST_PATH"),
@@ -218,14 +207,11 @@ class Settings:
     handbook_label_delay_days: float = 7.0
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
     warehouse: WarehouseKind = "duckdb"
-    #: Label-delayed features (merchant fraud rates) only use transactions at least this old.
-    label_delay_days: int = 7
-    #: A transaction enters the training set once its label had this long to arrive.
-    label_maturity_days: int = 14
     #: Share of rows that may receive a non-critical default before the contract check warns.
     contract_default_warn_share: float = 0.05
-    #: Registered model name in the MLflow registry.
-    model_name: str = "fraud-detector"
+    #: MLP_DECIDERS_DIR: the decider declarations (one file each). What belongs to a decider (its
+    #: model name, policy, label delay, gates, rollout) is declared there, not here.
+    deciders_dir: Path = PROJECT_ROOT / "deciders"
     #: MLflow tracking/registry URI; empty means the embedded SQLite store under data_dir.
     mlflow_uri: str = ""
     #: Drift sensor: consecutive days against the champion before a retrain, cool-down, severity.
@@ -337,10 +323,8 @@ def load_settings() -> Settings:
         warehouse=_choice(  # type: ignore[arg-type]
             "MLP_WAREHOUSE", "snowflake" if env == "production" else "duckdb", ("duckdb", "snowflake")
         ),
-        label_delay_days=_env_int("MLP_LABEL_DELAY_DAYS", 7),
-        label_maturity_days=_env_int("MLP_LABEL_MATURITY_DAYS", 14),
         contract_default_warn_share=_env_float("MLP_CONTRACT_DEFAULT_WARN_SHARE", 0.05),
-        model_name=_env("MLP_MODEL_NAME", "fraud-detector"),
+        deciders_dir=Path(_env("MLP_DECIDERS_DIR", str(root / "deciders"))).resolve(),
         mlflow_uri=_env("MLFLOW_TRACKING_URI", ""),
         retrain_min_days=_env_int("MLP_RETRAIN_MIN_DAYS", 2),
         retrain_cooldown_hours=_env_float("MLP_RETRAIN_COOLDOWN_HOURS", 24.0),
@@ -354,6 +338,6 @@ def load_settings() -> Settings:
     )
     if settings.retrain_min_days < 1 or settings.retrain_cooldown_hours < 0:
         raise SettingsError("MLP_RETRAIN_MIN_DAYS must be >= 1 and MLP_RETRAIN_COOLDOWN_HOURS >= 0")
-    if settings.handbook_label_delay_days < 0 or settings.label_delay_days < 0:
-        raise SettingsError("label delays must be >= 0 days")
+    if settings.handbook_label_delay_days < 0:
+        raise SettingsError("MLP_HANDBOOK_LABEL_DELAY_DAYS must be >= 0 days")
     return settings

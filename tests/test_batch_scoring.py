@@ -17,15 +17,15 @@ from test_online_store import redis_server_process
 
 from mlp_platform.batch import scoring
 from mlp_platform.batch.scoring import BatchScoringError, decide_many, decision_thresholds, score_day
+from mlp_platform.deciders.declaration import default_decider, load_decider, write_variant
 from mlp_platform.features.spec import default_spec
 from mlp_platform.registry.mlflow_registry import ModelRegistry
 from mlp_platform.runtime.fast_scorer import FastScorer
 from mlp_platform.serving.batch_push import CUSTOMER_BATCH_RISK, SnapshotLoader, read_entity_values
 from mlp_platform.serving.online_store import OnlineFeatureStore
-from mlp_platform.serving.service import ScoringService
+from mlp_platform.serving.service import ScoringService, ServingConfig
 from mlp_platform.training.splits import TimeSplit
 from mlp_platform.training.trainer import TrainedModel
-from tests.servinglib import config_from_env
 
 DAY1, DAY2 = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
 NULLABLE = ("customer_seconds_since_previous", "customer_amount_to_mean_30d", "customer_amount_mean_1h")
@@ -92,7 +92,7 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLP_DATA_DIR", str(tmp / "data"))
         for var in ("MLP_SOURCE", "MLP_ENV", "MLP_WAREHOUSE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
-                    "MLP_REVIEW_THRESHOLD", "MLP_DECLINE_THRESHOLD", "MLP_FEATURE_STORE_URL"):
+                    "MLP_DECIDERS_DIR", "MLP_FEATURE_STORE_URL"):
             mp.delenv(var, raising=False)
         from mlp_platform.settings import load_settings
 
@@ -125,7 +125,8 @@ def test_scores_equal_lightgbm_and_decisions_follow_the_service_policy(world):
     assert np.max(np.abs(rows["score"].to_numpy() - expected)) <= 1e-12
     # the service's thresholds (review = the version's operating threshold, decline 0.9) and decide()
     assert result.thresholds == {"review": 0.3, "decline": 0.9}
-    assert rows["decision"].to_list() == [ScoringService.decide(s, result.thresholds) for s in expected]
+    policy = default_decider().policy
+    assert rows["decision"].to_list() == [policy.decide(s, result.thresholds) for s in expected]
     assert sum(result.decisions.values()) == 3000 and set(result.decisions) == {"approve", "review", "decline"}
     assert result.decisions["review"] > 0 and result.decisions["approve"] > 0
     assert result.approval_rate == pytest.approx(result.decisions["approve"] / 3000)
@@ -138,18 +139,24 @@ def test_scores_equal_lightgbm_and_decisions_follow_the_service_policy(world):
     assert result.scorer_backend == "compiled"
 
 
-def test_thresholds_are_the_online_services(world, monkeypatch):
-    monkeypatch.setenv("MLP_REVIEW_THRESHOLD", "0.42")
-    monkeypatch.setenv("MLP_DECLINE_THRESHOLD", "0.8")
-    config = config_from_env(world["settings"])
+def test_thresholds_are_the_online_services(world, tmp_path):
+    # a decider declared with other bounds: batch scoring and the service read the same declaration
+    deciders = write_variant(default_decider(), tmp_path / "deciders", {"policy": {"bands": [
+        {"action": "review", "min_score": 0.42}, {"action": "decline", "min_score": 0.8}]}})
+    settings = dataclasses.replace(world["settings"], deciders_dir=deciders)
+    config = ServingConfig.from_settings(settings)
     service_like = dataclasses.make_dataclass("S", ["config"])(config)
     model_like = dataclasses.make_dataclass("M", ["operating_threshold"])(0.3)
-    assert decision_thresholds(0.3) == ScoringService.thresholds(service_like, model_like) == \
+    policy = load_decider(deciders).policy
+    assert decision_thresholds(0.3, policy) == ScoringService.thresholds(service_like, model_like) == \
         {"review": 0.42, "decline": 0.8}
     scores = np.concatenate([np.linspace(0, 1, 1001), [0.42, np.nextafter(0.42, 0), 0.8, np.nextafter(0.8, 0)]])
     got = decide_many(scores, {"review": 0.42, "decline": 0.8})
-    assert [scoring.DECISIONS[i] for i in got] == [ScoringService.decide(s, {"review": 0.42, "decline": 0.8})
-                                                   for s in scores]
+    assert [policy.actions[i] for i in got] == [policy.decide(s, {"review": 0.42, "decline": 0.8}) for s in scores]
+    assert [scoring.DECISIONS[i] for i in got] == [policy.actions[i] for i in got]
+    # and a day scored under that declaration carries its bounds
+    result = score_day(settings, world["v1"], DAY2, push_to_store=False)
+    assert result.thresholds == {"review": 0.42, "decline": 0.8}
 
 
 def test_rerunning_a_day_replaces_it_and_leaves_other_days(world):

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from assets.definitions import build_definitions
 from mlp_platform import lifecycle
 from mlp_platform.data.synthetic import SyntheticConfig, generate_day
+from mlp_platform.deciders.declaration import default_decider, write_variant
 from mlp_platform.registry.audit import verify_chain
 from mlp_platform.serving.app import build_service, create_app
 from mlp_platform.serving.routing import RoutingFile
@@ -53,7 +54,9 @@ ROLLOUT = {"shadow_soak_s": 0, "canary_soak_s": 0, "shadow_min_observations": 15
 def loop_env(tmp_path, monkeypatch):
     env = {"MLP_DATA_DIR": str(tmp_path / "data"), "MLP_SYNTH_CUSTOMERS": "250", "MLP_SYNTH_MERCHANTS": "80",
            "MLP_SYNTH_DAYS": str((LAST_DAY - START).days + 1), "MLP_SYNTH_DRIFT_START": DRIFT_START.isoformat(),
-           "MLP_LABEL_DELAY_DAYS": "2", "MLP_LABEL_MATURITY_DAYS": "3", "MLP_RETRAIN_MIN_DAYS": "2",
+           "MLP_DECIDERS_DIR": str(write_variant(default_decider(), tmp_path / "deciders",
+                                                 {"labels": {"delay_days": 2, "maturity_days": 3}})),
+           "MLP_RETRAIN_MIN_DAYS": "2",
            "MLP_RETRAIN_COOLDOWN_HOURS": "24", "MLP_ROLLOUT_CONFIG": json.dumps(ROLLOUT),
            "MLP_RETRAIN_RUN_CONFIG": json.dumps(RETRAIN_RUN_CONFIG), "MLP_API_KEYS": API_KEY,
            "MLP_ADMIN_KEYS": "loop-admin-key-0123456789", "MLP_RELOAD_INTERVAL_S": "3600",
@@ -61,7 +64,7 @@ def loop_env(tmp_path, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for var in ("MLP_SOURCE", "MLP_ENV", "MLP_WAREHOUSE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
-                "MLP_FEATURE_STORE_URL", "MLP_DECISION_LOG_DIR", "MLP_SERVICE_METRICS_URL", "MLP_REVIEW_THRESHOLD"):
+                "MLP_FEATURE_STORE_URL", "MLP_DECISION_LOG_DIR", "MLP_SERVICE_METRICS_URL"):
         monkeypatch.delenv(var, raising=False)
     from mlp_platform.settings import load_settings
 

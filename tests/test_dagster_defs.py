@@ -13,6 +13,7 @@ import pytest
 from assets.definitions import build_definitions
 from assets.resources import resources_for
 from conftest import HANDBOOK
+from mlp_platform.deciders.declaration import load_decider
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
 MODEL_KEYS = {"candidate_model", "candidate_evaluation", "model_promotion", "model_card"}
@@ -117,7 +118,7 @@ def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
         train = con.execute("select count(*), max(event_time) from training.training_set").fetchone()
     assert feats == (raw, 45)
     # training rows are only those whose label matured (14 days) before the newest event
-    newest_mature = dt.datetime(2026, 2, 15) - dt.timedelta(days=settings.label_maturity_days)
+    newest_mature = dt.datetime(2026, 2, 15) - dt.timedelta(days=load_decider(settings.deciders_dir).labels.maturity_days)
     assert 0 < train[0] < raw and train[1] <= newest_mature
     snapshot = settings.batch_snapshot_dir / "merchant_risk" / "2026-02-10.json"
     rows = json.loads(snapshot.read_text())["rows"]

@@ -113,8 +113,20 @@ def test_the_dockerfile_agrees_with_the_manifests_and_its_factory_imports():
     for needed in ("pyproject.toml", "uv.lock", "README.md", "mlp_platform/**"):
         assert f"!{needed}" in ignore
     copied = " ".join(a for kw, a in instructions if kw == "COPY")
-    for needed in ("pyproject.toml", "uv.lock", "README.md", "mlp_platform"):
+    for needed in ("pyproject.toml", "uv.lock", "README.md", "mlp_platform", "deciders"):
         assert needed in copied and (PROJECT_ROOT / needed).exists()
+    assert "!deciders/**" in ignore
+    # the runtime stage's layout: the declarations and the spec at the relative path they name
+    env = dict(a.split("=", 1) for kw, args in instructions if kw == "ENV" for a in args.split() if "=" in a)
+    placed = {dst: src for kw, args in instructions if kw == "COPY" and "--from" not in args
+              for src, dst in [args.split()[-2:]]}
+    deciders_dir = Path(env["MLP_DECIDERS_DIR"])
+    assert placed[deciders_dir.as_posix()] == "deciders"
+    for path in sorted((PROJECT_ROOT / "deciders").glob("*.yaml")):
+        relative = yaml.safe_load(path.read_text())["feature_spec"]
+        in_image = os.path.normpath(deciders_dir / relative)
+        assert in_image in placed, f"{path.name}: its spec {relative} is not at {in_image} in the image"
+        assert (PROJECT_ROOT / placed[in_image]).resolve() == (path.parent / relative).resolve()
 
 
 class _RecordingEnviron(dict):

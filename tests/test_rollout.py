@@ -43,7 +43,7 @@ from mlp_platform.settings import load_settings
 FEATURES = ["f0", "f1", "f2"]
 REVIEW, DECLINE = 0.3, 0.6
 FAST = RolloutConfig(shadow_soak_s=0, canary_soak_s=0, shadow_min_observations=300, canary_min_observations=100)
-MLFLOW_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLP_DECISION_LOG_DIR", "MLP_MODEL_NAME")
+MLFLOW_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLP_DECISION_LOG_DIR", "MLP_DECIDERS_DIR")
 
 
 def _tiny_trained(seed: int) -> SimpleNamespace:

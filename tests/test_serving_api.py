@@ -131,12 +131,12 @@ def test_score_and_explain_a_decision(client, platform):
     assert record["customer_hash"] != "C1" and "C1" not in str(record)  # no raw identifier stored
     assert "fraud score" in trace.json()["explanation"]
     # review/decline decisions carry reason codes with readable text
-    client.service.config = dataclasses.replace(client.service.config, review_threshold=0.0)
+    client.service.config = dataclasses.replace(client.service.config, threshold_overrides=(("review", 0.0),))
     flagged = client.post("/v1/score", json=txn(2), headers=AUTH).json()
     assert flagged["decision"] in ("review", "decline") and 1 <= len(flagged["reasons"]) <= 3
     assert all(reason["contribution"] > 0 and reason["code"].startswith("R") for reason in flagged["reasons"])
     # an approve has no inline reasons: the trace computes them on demand
-    client.service.config = dataclasses.replace(client.service.config, review_threshold=1.0, decline_threshold=1.0)
+    client.service.config = dataclasses.replace(client.service.config, threshold_overrides=(("review", 1.0), ("decline", 1.0)))
     approved = client.post("/v1/score", json=txn(3, amount=5000.0), headers=AUTH).json()
     assert approved["decision"] == "approve" and approved["reasons"] == []
     explained = client.get(f"/v1/decisions/{approved['decision_id']}", headers=AUTH).json()["explanation"]
@@ -586,7 +586,7 @@ def test_fast_path_answers_exactly_as_the_fastapi_route(platform, tmp_path):
             out = bodies[fast] = []
             out.append(c.post("/v1/score", json=txn(1), headers=AUTH))
             out.append(c.post("/v1/score", json=txn(2, channel="carrier-pigeon", currency=None), headers=AUTH))
-            service.config = dataclasses.replace(service.config, review_threshold=0.0)
+            service.config = dataclasses.replace(service.config, threshold_overrides=(("review", 0.0),))
             out.append(c.post("/v1/score", json=txn(3, amount=900.0), headers=AUTH))  # review/decline + reasons
             out.append(c.post("/v1/score", json={**txn(4), "amount": "lots"}, headers=AUTH))
             out.append(c.post("/v1/score", json={k: v for k, v in txn(5).items() if k != "merchant_id"},
@@ -651,7 +651,7 @@ def test_a_lone_request_commits_its_own_decision_record(platform, tmp_path, inli
     way every decision is logged with its shadow record and the chain verifies."""
     # review threshold 0: every request awaits its reason codes in a thread, so the 16 gathered below are
     # really in flight together
-    service = make_service(platform, tmp_path, log_inline_commit=inline, review_threshold=0.0)
+    service = make_service(platform, tmp_path, log_inline_commit=inline, threshold_overrides=(("review", 0.0),))
     RoutingFile(service.config.routing_path).write(RoutingState(champion=platform["v1"], shadows=(platform["v2"],)))
     assert service.pool.refresh()
 
@@ -682,7 +682,7 @@ def test_requests_ready_together_share_commits_even_without_awaiting_before_the_
     must still share the writer's group commit instead of each committing inline behind the other's
     fdatasync: of 16 gathered, only the first commits inline. Once the load has gone, lone requests
     commit inline again."""
-    service = make_service(platform, tmp_path, review_threshold=1.0)  # every decision an approve
+    service = make_service(platform, tmp_path, threshold_overrides=(("review", 1.0),))  # every decision an approve
     log_ = service.decisions
 
     async def score(i: int, customer: str):

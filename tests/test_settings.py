@@ -29,7 +29,7 @@ def test_handbook_range(platform_env, monkeypatch):
     ("MLP_SYNTH_DAYS", "ten", "MLP_SYNTH_DAYS"),
     ("MLP_SYNTH_DRIFT_START", "next tuesday", "MLP_SYNTH_DRIFT_START"),
     ("MLP_ENV", "staging-ish", "MLP_ENV"),
-    ("MLP_LABEL_DELAY_DAYS", "-1", "label delays"),
+    ("MLP_HANDBOOK_LABEL_DELAY_DAYS", "-1", "MLP_HANDBOOK_LABEL_DELAY_DAYS"),
     ("MLP_SCORER_BACKEND", "numba", "MLP_SCORER_BACKEND"),
 ])
 def test_bad_settings_name_the_variable(platform_env, monkeypatch, var, value, message):

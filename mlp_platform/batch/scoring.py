@@ -6,10 +6,9 @@ features to one float64 matrix, nulls as NaN), scores them through the serving c
 version's registered artefact loaded by :func:`mlp_platform.serving.service.registry_loader`: the same
 schema check, the same compiled trees, the same artefact digest the online service logs), evaluated
 over the whole matrix in C (:meth:`FastScorer.score_batch`, rows split over ``threads`` threads), and
-applies the online service's decision policy (:meth:`ScoringService.thresholds` /
-:meth:`ScoringService.decide`, vectorised; thresholds from the version's ``operating_threshold`` tag
-and ``MLP_REVIEW_THRESHOLD`` / ``MLP_DECLINE_THRESHOLD`` exactly as the service reads them; batch
-features are complete, so there is no degraded decision). The day's rows in ``scoring.batch_scores``
+applies the decider's decision policy as the online service does (:meth:`PolicyDecl.thresholds` /
+:meth:`PolicyDecl.decide`, vectorised; bounds from the declaration and the version's
+``operating_threshold`` tag; batch features are complete, so there is no degraded decision). The day's rows in ``scoring.batch_scores``
 are replaced in one transaction (delete + insert): re-running or backfilling a day leaves exactly the
 last run's rows.
 
@@ -30,18 +29,17 @@ import datetime as dt
 import os
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from mlp_platform.data.warehouse import DuckDBWarehouse, warehouse_for
-from mlp_platform.features.spec import default_spec
+from mlp_platform.deciders.declaration import DeciderDeclaration, PolicyDecl, load_decider
 
 FEATURES_TABLE = "features.transaction_features"
 SCORES_SCHEMA = "scoring"
 SCORES_TABLE = f"{SCORES_SCHEMA}.batch_scores"
-DECISIONS = ("approve", "review", "decline")  # index = number of thresholds reached
+DECISIONS = ("approve", "review", "decline")  # the fraud decider's actions (replay's decision matrix)
 
 _SCORES_DDL = f"""
 create table if not exists {SCORES_TABLE} (
@@ -93,31 +91,24 @@ class BatchScoringResult:
 # ------------------------------------------------------------------------------------- decision policy
 
 
-def service_threshold_config() -> SimpleNamespace:
-    """The two policy settings of the online service, read from the same variables with the same
-    defaults as :meth:`ServingConfig.from_settings` (review: the version's operating threshold unless
-    ``MLP_REVIEW_THRESHOLD`` is set; decline: ``MLP_DECLINE_THRESHOLD``, default 0.9)."""
-    review = os.environ.get("MLP_REVIEW_THRESHOLD")
-    return SimpleNamespace(review_threshold=float(review) if review else None,
-                           decline_threshold=float(os.environ.get("MLP_DECLINE_THRESHOLD", "0.9")))
-
-
-def decision_thresholds(operating_threshold: float, config: Any | None = None) -> dict[str, float]:
-    """The online service's thresholds for a version (its own code, :meth:`ScoringService.thresholds`)."""
-    from mlp_platform.serving.service import ScoringService
-
-    holder = SimpleNamespace(config=config if config is not None else service_threshold_config())
-    return ScoringService.thresholds(holder, SimpleNamespace(operating_threshold=operating_threshold))
+def decision_thresholds(operating_threshold: float, policy: PolicyDecl) -> dict[str, float]:
+    """The decider's band bounds for a version: the code the online service runs
+    (:meth:`PolicyDecl.thresholds`, through :meth:`ScoringService.thresholds`)."""
+    return policy.thresholds(operating_threshold)
 
 
 def decide_many(scores: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
-    """Decision index per score (0 approve, 1 review, 2 decline) with the rule of
-    :meth:`ScoringService.decide` (decline at or above ``decline``, else review at or above ``review``;
-    decline >= review always holds, so the count of thresholds reached is the decision)."""
+    """Action index per score into the policy's actions (0: the default action, k: the k-th band),
+    the rule of :meth:`PolicyDecl.decide` vectorised: the bounds never decrease from one band to the
+    next, so the number of bounds a score reaches is its band."""
     scores = np.asarray(scores, dtype=np.float64)
-    if thresholds["decline"] < thresholds["review"]:
-        raise ValueError(f"decline threshold {thresholds['decline']} is below review {thresholds['review']}")
-    return (scores >= thresholds["review"]).astype(np.int8) + (scores >= thresholds["decline"])
+    bounds = list(thresholds.values())
+    if bounds != sorted(bounds):
+        raise ValueError(f"band bounds {thresholds} decrease from one band to the next")
+    index = np.zeros(len(scores), dtype=np.int8)
+    for bound in bounds:
+        index += scores >= bound
+    return index
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -162,7 +153,7 @@ def _spec_hashes(con, day: dt.date) -> set[str]:
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def _load_version(settings, version: str):
+def _load_version(settings, version: str, decider: DeciderDeclaration):
     from mlflow.exceptions import MlflowException
 
     from mlp_platform.registry.mlflow_registry import ModelRegistry
@@ -170,17 +161,17 @@ def _load_version(settings, version: str):
 
     if not isinstance(version, str) or not version.strip() or version.strip().lower() == "latest":
         raise BatchScoringError(f"batch scoring needs an explicit registered model version, got {version!r}")
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings, decider)
     try:
         registry.client.get_model_version(registry.model_name, version)
     except MlflowException as exc:
         raise BatchScoringError(f"model version {version!r} of {registry.model_name!r} is not registered in "
                                 f"{registry.tracking_uri}") from exc
-    return registry_loader(settings)(version)
+    return registry_loader(settings, decider=decider)(version)
 
 
 def score_day(settings, version: str, day: dt.date, *, threads: int | None = None, push_to_store: bool = True,
-              store_url: str | None = None) -> BatchScoringResult:
+              store_url: str | None = None, decider: DeciderDeclaration | None = None) -> BatchScoringResult:
     """Score every transaction of ``day`` with model ``version``; replace the day in scoring.batch_scores;
     push the customers' batch risk to the online store (``store_url``: default the service's,
     ``MLP_FEATURE_STORE_URL`` or the embedded store under the data directory) unless ``push_to_store``
@@ -190,9 +181,11 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     warehouse = _duckdb(settings)
-    model = _load_version(settings, version)
+    decider = decider or load_decider(settings.deciders_dir)
+    model = _load_version(settings, version, decider)
     timings["load_model"] = time.perf_counter() - t0
-    spec = default_spec()
+    spec = decider.spec
+    actions = decider.policy.actions
     if model.feature_names != spec.feature_names:
         raise BatchScoringError(f"version {version} expects other features than the feature spec")
 
@@ -218,7 +211,7 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
                 scores = scorer.score_columns(columns, threads=threads)
             else:
                 scores = scorer.score_matrix(np.column_stack(columns))
-            thresholds = decision_thresholds(model.operating_threshold)
+            thresholds = decision_thresholds(model.operating_threshold, decider.policy)
             decision_index = decide_many(scores, thresholds)
             timings["score"] = time.perf_counter() - t0
 
@@ -227,7 +220,7 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
             n = len(scores)
             con.register("batch_scores_in", pa.table({
                 "row_id": row_ids, "score": scores,
-                "decision": pa.DictionaryArray.from_arrays(pa.array(decision_index), pa.array(DECISIONS)),
+                "decision": pa.DictionaryArray.from_arrays(pa.array(decision_index), pa.array(actions)),
             }))
             con.execute(f"delete from {SCORES_TABLE} where day = ?", [day])
             con.execute(f"""
@@ -248,11 +241,11 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
             raise
     timings["write"] = time.perf_counter() - t0
 
-    counts = np.bincount(decision_index, minlength=3)
+    counts = np.bincount(decision_index, minlength=len(actions))
     quantiles = np.quantile(scores, [0.5, 0.9, 0.99])
     result = BatchScoringResult(
         day=day, model_version=model.version, model_sha256=model.artifact_sha256, rows=n,
-        decisions={name: int(c) for name, c in zip(DECISIONS, counts, strict=True)},
+        decisions={name: int(c) for name, c in zip(actions, counts, strict=True)},
         approval_rate=float(counts[0] / n),
         score_quantiles={"p50": float(quantiles[0]), "p90": float(quantiles[1]), "p99": float(quantiles[2]),
                          "max": float(scores.max()), "mean": float(scores.mean())},

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,40 @@ class GateConfig:
     latency_samples: int = 2000
     min_training_rows: int = 1000
     min_training_frauds: int = 20
+
+    @classmethod
+    def from_mapping(cls, doc: dict[str, Any] | None) -> GateConfig:
+        """A configuration from a decider's ``gates`` section: its fields by name (absent: the default),
+        ``tolerances`` and ``minimums`` as mappings of metric to number; a ValueError names a bad key."""
+        doc = dict(doc or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(doc) - set(known))
+        if unknown:
+            raise ValueError(f"unknown gate setting(s) {unknown} (known: {', '.join(sorted(known))})")
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for name, value in doc.items():
+            default = getattr(defaults, name)
+            if name in ("tolerances", "minimums"):
+                if not isinstance(value, dict) or not all(
+                        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()):
+                    raise ValueError(f"{name}: expected a mapping of metric name to number, got {value!r}")
+                value = tuple((str(k), float(v)) for k, v in value.items())
+            elif name == "bias_segments":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{name}: expected a list of column names, got {value!r}")
+                value = tuple(value)
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{name}: expected true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+            elif isinstance(default, int) and not float(value).is_integer():
+                raise ValueError(f"{name}: expected a whole number, got {value!r}")
+            else:
+                value = type(default)(value)
+            values[name] = value
+        return cls(**values)
 
 
 def consistency_gate(scorer: Scorer, golden: np.ndarray, training_scores: np.ndarray,

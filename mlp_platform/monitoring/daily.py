@@ -39,6 +39,7 @@ import polars as pl
 
 from mlp_platform import lifecycle
 from mlp_platform.data.warehouse import warehouse_for
+from mlp_platform.deciders.declaration import load_decider
 from mlp_platform.evaluation.replay import ReplayReport, replay
 from mlp_platform.features.spec import default_spec
 from mlp_platform.monitoring.drift import DriftReport, compute_drift, monitoring_record
@@ -174,7 +175,7 @@ def _atomic_json(path: Path, doc: dict[str, Any]) -> None:
 
 def _performance(settings: Settings, day: dt.date, version: str) -> dict[str, Any] | None:
     """Performance of the day whose labels matured by the end of ``day``."""
-    matured = day - dt.timedelta(days=settings.label_maturity_days)
+    matured = day - dt.timedelta(days=load_decider(settings.deciders_dir).labels.maturity_days)
     scored = batch_scores(settings, matured, version)
     if scored.is_empty():
         return None

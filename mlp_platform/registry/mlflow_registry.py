@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlp_platform.deciders.declaration import DeciderDeclaration, load_decider
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -67,8 +69,11 @@ class ModelRegistry:
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     @classmethod
-    def from_settings(cls, settings) -> ModelRegistry:
-        return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root, settings.model_name)
+    def from_settings(cls, settings, decider: DeciderDeclaration | None = None) -> ModelRegistry:
+        """The registry of the configured tracking server, on the registered model of ``decider``
+        (default: the settings' default decider)."""
+        decider = decider or load_decider(settings.deciders_dir)
+        return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root, decider.model_name)
 
     # --- experiments and runs -------------------------------------------------------------------
     def experiment_id(self) -> str:

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from orjson import loads as orjson_loads
 
-from mlp_platform.features.spec import default_spec
-
 
 @dataclass(frozen=True)
 class Population:
@@ -63,16 +61,19 @@ class LoadedModel:
     populations: dict[str, Population] = field(default_factory=dict)
 
 
-def registry_loader(settings, scorer_backend: str = "auto") -> Callable[[str], LoadedModel]:
-    """Load a version from the MLflow registry through the runtime scorer (schema checked), with its
-    training population when the version has a reference profile. ``scorer_backend``: the
+def registry_loader(settings, scorer_backend: str = "auto", decider=None) -> Callable[[str], LoadedModel]:
+    """Load a version of ``decider``'s registered model (default: the settings' default decider) from
+    the MLflow registry through the runtime scorer (its spec's schema checked), with its training
+    population when the version has a reference profile. ``scorer_backend``: the
     :class:`~mlp_platform.runtime.fast_scorer.FastScorer` backend (auto, compiled, lightgbm)."""
+    from mlp_platform.deciders.declaration import load_decider
     from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
     from mlp_platform.runtime.fast_scorer import FastScorer
     from mlp_platform.runtime.scorer import Scorer
 
-    registry = ModelRegistry.from_settings(settings)
-    spec = default_spec()
+    decider = decider or load_decider(settings.deciders_dir)
+    registry = ModelRegistry.from_settings(settings, decider)
+    spec = decider.spec
 
     def load(version: str) -> LoadedModel:
         model_dir = registry.model_dir(version)

@@ -365,6 +365,7 @@ def create_app(service: ScoringService, fast_path: bool = True):
 
 def build_service(settings=None) -> ScoringService:
     """The service on the configured store, decision log and registry (used by `mlp serve`)."""
+    from mlp_platform.deciders.declaration import load_decider
     from mlp_platform.runtime.loading import registry_loader
     from mlp_platform.serving.decision_log import DecisionLog
     from mlp_platform.serving.metrics import ServiceMetrics
@@ -374,17 +375,18 @@ def build_service(settings=None) -> ScoringService:
     from mlp_platform.settings import load_settings
 
     settings = settings or load_settings()
-    config = ServingConfig.from_settings(settings)
+    decider = load_decider(settings.deciders_dir)
+    config = ServingConfig.from_settings(settings, decider)
     metrics = ServiceMetrics()
-    pool = ModelPool(registry_loader(settings, settings.serving.scorer_backend), RoutingFile(config.routing_path),
-                     metrics)
+    pool = ModelPool(registry_loader(settings, settings.serving.scorer_backend, decider),
+                     RoutingFile(config.routing_path), metrics)
     pool.refresh()
     store = store_from_url(config.feature_store_url, **config.store_options())
     decisions = DecisionLog(config.decision_log_dir, group_commit_ms=config.log_group_commit_ms,
                             zero_ahead_bytes=config.log_zero_ahead_bytes)
     from mlp_platform.serving.tracing import tracer_for
 
-    service = ScoringService(config, store, decisions, pool, metrics,
+    service = ScoringService(config, store, decisions, pool, metrics, spec=decider.spec,
                              tracer=tracer_for(settings.serving.tracing, settings.serving.otel_service_name))
     pool.on_tick = service.refresh_periodic
     pool.start(config.reload_interval_s)

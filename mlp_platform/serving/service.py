@@ -27,6 +27,7 @@ from orjson import OPT_SORT_KEYS
 from orjson import dumps as orjson_dumps
 from orjson import loads as orjson_loads
 
+from mlp_platform.deciders.declaration import DeciderDeclaration, PolicyDecl, default_decider, load_decider
 from mlp_platform.features.spec import FeatureSpec, default_spec
 from mlp_platform.runtime.loading import LoadedModel
 from mlp_platform.serving.api_models import ScoreOut, TransactionIn
@@ -54,10 +55,10 @@ class ServingConfig:
     api_keys: tuple[str, ...]
     admin_keys: tuple[str, ...]
     id_hash_key: bytes
-    review_threshold: float | None = None  # None: the model version's operating threshold
-    decline_threshold: float = 0.9
-    degraded_decision: str = "review"  # the least a decision taken on fallback features can be
-    reasons: int = 3
+    #: The decider's decision policy (bands, degraded decision, which actions carry reasons).
+    policy: PolicyDecl = field(default_factory=lambda: default_decider().policy)
+    #: Band bounds that replace the declared ones (action -> lower score bound), e.g. in a test.
+    threshold_overrides: tuple[tuple[str, float], ...] = ()
     max_body_bytes: int = 64 * 1024
     reload_interval_s: float = 5.0
     shadow_queue_max: int = 10_000
@@ -90,9 +91,11 @@ class ServingConfig:
     clock: Callable[[], float] = time.time
 
     @classmethod
-    def from_settings(cls, settings, spec: FeatureSpec | None = None) -> ServingConfig:
+    def from_settings(cls, settings, decider: DeciderDeclaration | None = None) -> ServingConfig:
         """The service's configuration from :class:`mlp_platform.settings.Settings` (its ``serving``
-        knobs; nothing here reads the environment)."""
+        knobs) and the decider's declaration (its policy, spec and label delay; default: the settings'
+        default decider); nothing here reads the environment."""
+        decider = decider or load_decider(settings.deciders_dir)
         knobs = settings.serving
         serving = settings.data_dir / "serving"
         key_file = serving / "id_hash.key"
@@ -108,16 +111,14 @@ class ServingConfig:
         log_dir = log_root / f"worker-{os.getpid()}" if knobs.workers > 1 else log_root
         max_age = knobs.event_time_max_age_s
         if knobs.event_time_max_age_default:  # the longest lookback plus the label delay
-            spec = spec or default_spec()
-            max_age = max(v.lookback_seconds or 0 for v in spec.views) + settings.label_delay_days * 86_400
+            max_age = (max(v.lookback_seconds or 0 for v in decider.spec.views)
+                       + decider.labels.delay_days * 86_400)
         return cls(
             feature_store_url=settings.feature_store_url,
             decision_log_dir=log_dir, decision_log_root=log_root if knobs.workers > 1 else None,
             routing_path=serving / "routing.json",
             api_keys=knobs.api_keys, admin_keys=knobs.admin_keys, id_hash_key=key,
-            review_threshold=knobs.review_threshold,
-            decline_threshold=knobs.decline_threshold,
-            degraded_decision=knobs.degraded_decision,
+            policy=decider.policy,
             reload_interval_s=knobs.reload_interval_s,
             log_group_commit_ms=knobs.log_group_commit_ms,
             log_inline_commit=knobs.log_inline_commit,
@@ -247,9 +248,6 @@ class ModelPool:
         self._stop.set()
 
 
-DECISION_ORDER = {"approve": 0, "review": 1, "decline": 2}
-
-
 @dataclass
 class ScoringService:
     config: ServingConfig
@@ -360,30 +358,27 @@ class ScoringService:
         return True, "ok"
 
     def thresholds(self, model: LoadedModel) -> dict[str, float]:
-        review = self.config.review_threshold if self.config.review_threshold is not None else model.operating_threshold
-        return {"review": review, "decline": max(self.config.decline_threshold, review)}
+        """The lower bound of each band of the policy for this version (its operating threshold where
+        the declaration says so), in the order of the bands."""
+        return self.config.policy.thresholds(model.operating_threshold, dict(self.config.threshold_overrides))
 
     def _policy(self, state: RoutingState, model: LoadedModel) -> tuple[dict[str, float], str]:
         """(thresholds, policy version) of this routing state and model, worked out once per pair.
         The thresholds dict is shared by every answer and record of the pair: never mutate it."""
         config = self.config
-        key = (state.policy_version, model.version, model.operating_threshold, config.review_threshold,
-               config.decline_threshold)
+        key = (state.policy_version, model.version, model.operating_threshold, config.policy,
+               config.threshold_overrides)
         found = self._policies.get(key)
         if found is None:
             thresholds = self.thresholds(model)
-            found = (thresholds,
-                     f"{state.policy_version}/r={thresholds['review']:.6g}/d={thresholds['decline']:.6g}")
+            found = (thresholds, f"{state.policy_version}/{config.policy.tag(thresholds)}")
             if len(self._policies) >= 1000:  # a handful in practice (policy versions x loaded models)
                 self._policies = {}
             self._policies[key] = found
         return found
 
-    @staticmethod
-    def decide(score: float, thresholds: dict[str, float]) -> str:
-        if score >= thresholds["decline"]:
-            return "decline"
-        return "review" if score >= thresholds["review"] else "approve"
+    def decide(self, score: float, thresholds: dict[str, float]) -> str:
+        return self.config.policy.decide(score, thresholds)
 
     async def score(self, request: TransactionIn, span=None, idempotency_key: str | None = None) -> ScoreOut:
         """Score a validated request (the FastAPI route and in-process callers)."""
@@ -550,13 +545,14 @@ class ScoringService:
         fallbacks = sorted(features.missing) if features.missing else []
         if degraded:
             m.degraded.inc()
-            if DECISION_ORDER[decision] < DECISION_ORDER[self.config.degraded_decision]:
-                decision = self.config.degraded_decision
+            policy = self.config.policy
+            if policy.rank(decision) < policy.rank(policy.degraded_action):
+                decision = policy.degraded_action
         reasons = []
-        if decision != "approve":  # TreeSHAP (~1 ms) runs off the event loop (the C call releases the GIL)
+        if decision in self.config.policy.reasons_for:  # TreeSHAP (~1 ms) runs off the event loop (the C call releases the GIL)
             contributions = list(await asyncio.to_thread(model.scorer.contributions, row))
             reasons = [r.__dict__ for r in self._reasons.reasons(features.values, contributions, model.populations,
-                                                                 self.config.reasons)]
+                                                                 self.config.policy.max_reasons)]
         if child is not None:
             child.set_attribute("mlp.model_version", version)
             child.set_attribute("mlp.arm", arm)
@@ -711,7 +707,7 @@ class ScoringService:
                 values = [np.nan if record["features"][n] is None else record["features"][n] for n in self._names]
                 contributions = list(model.scorer.contributions(np.asarray(values, dtype=np.float64)))
                 reasons = [r.__dict__ for r in self._reasons.reasons(values, contributions, model.populations,
-                                                                     self.config.reasons)]
+                                                                     self.config.policy.max_reasons)]
         return record, explanation_text(record, reasons)
 
     async def close(self) -> None:

@@ -1,0 +1,337 @@
+"""The decider declaration: one YAML file per decider, validated by pydantic, with errors that say
+which file and which field.
+
+A decider is data, not code. Its file (``deciders/<name>.yaml``) declares everything that belongs to
+that decision service: its entity and request schema, its feature spec, its registered model name,
+its decision policy (bands and actions), its reason codes, its promotion gates, its labels (what a
+positive is, how late it arrives) and its rollout settings. The platform's code reads a decider's
+values from here; the settings module keeps only what belongs to the environment.
+
+This module is light (pydantic, the feature spec): the scoring service loads declarations with it.
+The gates and rollout sections are checked against their owners' configurations by
+:mod:`mlp_platform.deciders.validate` (the code location and ``mlp deciders check`` run it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlp_platform.data.schema import TRANSACTION_SCHEMA
+from mlp_platform.features.spec import FeatureSpec, SpecError, load_spec
+from mlp_platform.settings import PROJECT_ROOT
+
+#: The request schemas a decider can name (canonical schemas of :mod:`mlp_platform.data.schema`).
+REQUEST_SCHEMAS: dict[str, dict] = {"transaction": TRANSACTION_SCHEMA}
+#: Actions a policy band may take; "approve" is the action below every band unless declared otherwise.
+ACTIONS = ("approve", "approve_with_conditions", "counter_offer", "review", "refer", "decline")
+#: A band's lower bound is a number in [0, 1] or the registered version's own operating threshold.
+OPERATING_THRESHOLD = "operating_threshold"
+#: The decider wired end to end first (the fraud decider): what a caller that names none gets.
+DEFAULT_DECIDER = "fraud"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class DeciderError(ValueError):
+    """A decider declaration is invalid or missing; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EntityDecl(_Strict):
+    #: What one decision is about (a transaction, an application).
+    name: str
+    #: Its key column in the request schema (the idempotency key of a decision).
+    key: str
+
+
+class RequestDecl(_Strict):
+    #: A canonical schema of mlp_platform.data.schema.
+    schema_name: Annotated[str, Field(alias="schema")]
+
+    @field_validator("schema_name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in REQUEST_SCHEMAS:
+            raise ValueError(f"unknown request schema {value!r} (known: {', '.join(sorted(REQUEST_SCHEMAS))})")
+        return value
+
+
+class ModelDecl(_Strict):
+    #: The registered model in the MLflow registry: one per decider, its own aliases and audit trail.
+    registered_name: str
+    #: What the score is (a probability of the positive label), for the model card and the API.
+    score: str
+    #: Features whose effect on the score must be monotone (+1 increasing, -1 decreasing).
+    monotone_constraints: dict[str, Literal[-1, 1]] = Field(default_factory=dict)
+
+    @field_validator("registered_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _MODEL_NAME.match(value):
+            raise ValueError(f"{value!r} is not a registered model name (letters, digits, '.', '_', '-')")
+        return value
+
+
+class Band(_Strict):
+    action: str
+    #: A score at or above this takes the band's action (the highest band reached wins).
+    min_score: float | Literal["operating_threshold"]
+
+    @field_validator("min_score")
+    @classmethod
+    def _unit(cls, value):
+        if isinstance(value, float) and not (0.0 <= value <= 1.0 and math.isfinite(value)):
+            raise ValueError(f"min_score {value} must be in [0, 1] or {OPERATING_THRESHOLD!r}")
+        return value
+
+
+class PolicyDecl(_Strict):
+    #: Bands from the lowest score up; below the first band: ``default_action``.
+    bands: tuple[Band, ...]
+    default_action: str = "approve"
+    #: The least a decision on fallback (degraded) features can be.
+    degraded_action: str
+    #: Actions whose answers carry reason codes.
+    reasons_for: tuple[str, ...]
+    max_reasons: int = Field(3, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyDecl:
+        actions = [self.default_action, *(b.action for b in self.bands)]
+        unknown = sorted({a for a in [*actions, self.degraded_action, *self.reasons_for] if a not in ACTIONS})
+        if unknown:
+            raise ValueError(f"unknown action(s) {unknown} (allowed: {', '.join(ACTIONS)})")
+        if len(set(actions)) != len(actions):
+            raise ValueError(f"each action may appear once among default_action and the bands, got {actions}")
+        if not self.bands:
+            raise ValueError("a policy needs at least one band")
+        if self.degraded_action not in actions:
+            raise ValueError(f"degraded_action {self.degraded_action!r} is not one of this policy's actions {actions}")
+        numbers = [b.min_score for b in self.bands if not isinstance(b.min_score, str)]
+        if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+            raise ValueError(f"band min_score values must increase from the first band to the last, got {numbers}")
+        if sum(isinstance(b.min_score, str) for b in self.bands) > 1:
+            raise ValueError(f"at most one band may start at {OPERATING_THRESHOLD!r}")
+        return self
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        """Every action, from the lowest score to the highest."""
+        return (self.default_action, *(b.action for b in self.bands))
+
+    def thresholds(self, operating_threshold: float, overrides: dict[str, float] | None = None) -> dict[str, float]:
+        """The lower score bound of each band's action for a registered version (its operating threshold
+        where a band says so), an override replacing a band's bound; a band never starts below the one
+        before it (a lower bound is lifted to the previous one)."""
+        overrides = overrides or {}
+        out: dict[str, float] = {}
+        floor = 0.0
+        for band in self.bands:
+            bound = overrides.get(band.action)
+            if bound is None:
+                bound = operating_threshold if isinstance(band.min_score, str) else band.min_score
+            floor = max(floor, float(bound))
+            out[band.action] = floor
+        return out
+
+
+    def rank(self, action: str) -> int:
+        """An action's place from the lowest score (0) up."""
+        return self.actions.index(action)
+
+    def decide(self, score: float, thresholds: dict[str, float]) -> str:
+        """The action of the highest band whose bound the score reaches (``thresholds`` from
+        :meth:`thresholds`); below every band the default action."""
+        for band in reversed(self.bands):
+            if score >= thresholds[band.action]:
+                return band.action
+        return self.default_action
+
+    @staticmethod
+    def tag(thresholds: dict[str, float]) -> str:
+        """The bounds as they appear in a decision's policy version ("r=0.31/d=0.9" for review and
+        decline; other actions by their full name)."""
+        return "/".join(f"{_TAGS.get(a, a)}={v:.6g}" for a, v in thresholds.items())
+
+
+_TAGS = {"review": "r", "decline": "d"}
+
+
+class ReasonsDecl(_Strict):
+    #: How each reason's code is formed: "R" + the feature's position in the spec (stable while the
+    #: spec's order is).
+    code_prefix: str = "R"
+
+
+class LabelsDecl(_Strict):
+    #: What a positive label is, in words (the model card says it).
+    positive: str
+    #: Label-delayed features only use events at least this old (days).
+    delay_days: int = Field(ge=0)
+    #: An event enters the training set once its label had this long to arrive (days).
+    maturity_days: int = Field(ge=0)
+
+
+class DeciderDeclaration(_Strict):
+    """One decider, as declared in its file."""
+
+    name: str
+    description: str
+    entity: EntityDecl
+    request: RequestDecl
+    #: The feature spec's path, relative to the declaration file.
+    feature_spec: str
+    model: ModelDecl
+    policy: PolicyDecl
+    reasons: ReasonsDecl = Field(default_factory=ReasonsDecl)
+    labels: LabelsDecl
+    #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);
+    #: checked by :func:`mlp_platform.deciders.validate.validate_decider`.
+    gates: dict[str, Any] = Field(default_factory=dict)
+    #: Staged rollout: fields of mlp_platform.rollout.guardrails.RolloutConfig (absent: its default).
+    rollout: dict[str, Any] = Field(default_factory=dict)
+    #: Where the file was read from (set by the loader; relative paths resolve against its folder).
+    source: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r}: a decider name is lower case letters, digits and '_' (at most 40), "
+                             "starting with a letter")
+        return value
+
+    @model_validator(mode="after")
+    def _entity_key(self) -> DeciderDeclaration:
+        schema = REQUEST_SCHEMAS[self.request.schema_name]
+        if self.entity.key not in schema:
+            raise ValueError(f"entity.key {self.entity.key!r} is not a column of the {self.request.schema_name} "
+                             f"schema ({', '.join(schema)})")
+        return self
+
+    @cached_property
+    def spec_path(self) -> Path:
+        path = Path(self.feature_spec)
+        return path if path.is_absolute() or self.source is None else (self.source.parent / path).resolve()
+
+    @cached_property
+    def spec(self) -> FeatureSpec:
+        return load_spec(self.spec_path)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.registered_name
+
+
+def _where(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "(top level)"
+
+
+def parse_decider(doc: Any, source: Path | None = None) -> DeciderDeclaration:
+    """Validate one declaration (its YAML already parsed), including its feature spec and the names
+    the declaration uses from it; raise :class:`DeciderError` naming the file and each bad field."""
+    label = str(source) if source else "decider declaration"
+    if not isinstance(doc, dict):
+        raise DeciderError(f"{label}: expected a mapping at the top level, got {type(doc).__name__}")
+    try:
+        decl = DeciderDeclaration.model_validate({**doc, "source": source})
+    except ValidationError as err:
+        problems = "; ".join(f"{_where(e)}: {e['msg']}" for e in err.errors())
+        raise DeciderError(f"{label}: {problems}") from None
+    if source is not None and source.stem != decl.name:
+        raise DeciderError(f"{label}: name {decl.name!r} differs from the file's name {source.stem!r}")
+    try:
+        spec = decl.spec
+    except FileNotFoundError:
+        raise DeciderError(f"{label}: feature_spec: no file at {decl.spec_path}") from None
+    except (SpecError, yaml.YAMLError) as err:
+        raise DeciderError(f"{label}: feature_spec {decl.spec_path}: {err}") from None
+    unknown = sorted(set(decl.model.monotone_constraints) - set(spec.feature_names))
+    if unknown:
+        raise DeciderError(f"{label}: model.monotone_constraints: {unknown} are not features of the spec")
+    return decl
+
+
+def load_decider(directory: Path, name: str = DEFAULT_DECIDER) -> DeciderDeclaration:
+    """The declaration of decider ``name`` in ``directory`` (``<name>.yaml``), parsed once per file
+    version (the file's path, size and modification time)."""
+    if not _NAME.match(name):
+        raise DeciderError(f"{name!r} is not a decider name")
+    path = (directory / f"{name}.yaml").resolve()
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise DeciderError(f"{path}: no such decider declaration (decider {name!r})") from None
+    return _load_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+def default_decider() -> DeciderDeclaration:
+    """The default decider of this checkout's ``deciders/`` (for callers given no settings, e.g. tests
+    that build a service by hand)."""
+    return load_decider(PROJECT_ROOT / "deciders")
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: Path, _size: int, _mtime_ns: int) -> DeciderDeclaration:
+    return load_decider_file(path)
+
+
+def load_decider_file(path: Path) -> DeciderDeclaration:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DeciderError(f"{path}: no such decider declaration") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DeciderError(f"{path}: not valid YAML: {err}") from None
+    return parse_decider(doc, path.resolve())
+
+
+def load_deciders(directory: Path) -> dict[str, DeciderDeclaration]:
+    """Every declaration in ``directory`` (``*.yaml``), by name; registered model names must differ."""
+    if not directory.is_dir():
+        raise DeciderError(f"{directory}: no deciders directory")
+    out: dict[str, DeciderDeclaration] = {}
+    by_model: dict[str, str] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        decl = load_decider_file(path)
+        other = by_model.setdefault(decl.model_name, decl.name)
+        if other != decl.name:
+            raise DeciderError(f"{path}: model.registered_name {decl.model_name!r} is already the model of "
+                               f"decider {other!r}; each decider has its own registered model")
+        out[decl.name] = decl
+    if not out:
+        raise DeciderError(f"{directory}: no decider declarations (*.yaml)")
+    return out
+
+
+def write_variant(decl: DeciderDeclaration, directory: Path, updates: dict[str, Any]) -> Path:
+    """Write a copy of ``decl``'s file into ``directory`` with ``updates`` merged into its sections
+    (a mapping merges key by key, anything else replaces) and its feature spec path made absolute:
+    the same decider with other values, for a test, a what-if or a benchmark. Returns the directory."""
+    if decl.source is None:
+        raise DeciderError(f"decider {decl.name!r} was not read from a file")
+    doc = yaml.safe_load(decl.source.read_text())
+    doc["feature_spec"] = str(decl.spec_path)
+
+    def merge(into: dict, changes: dict) -> dict:
+        for key, value in changes.items():
+            into[key] = merge(dict(into.get(key) or {}), value) if isinstance(value, dict) else value
+        return into
+
+    merge(doc, updates)
+    parse_decider(doc, directory / f"{decl.name}.yaml")  # refuse an invalid variant before writing it
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{decl.name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return directory
