@@ -205,6 +205,8 @@ class Settings:
     #: The handbook data has no label times: a fraud is assumed known this many days after the
     #: transaction (a chargeback delay). Explicit and configurable: MLP_HANDBOOK_LABEL_DELAY_DAYS.
     handbook_label_delay_days: float = 7.0
+    #: The German credit data (read in place, never copied): MLP_GERMAN_CREDIT_PATH.
+    german_credit_path: Path = PROJECT_ROOT.parent / "shared" / "data" / "german_credit" / "german_credit.csv"
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
     warehouse: WarehouseKind = "duckdb"
     #: Share of rows that may receive a non-critical default before the contract check warns.
@@ -319,6 +321,8 @@ def load_settings() -> Settings:
         source=_choice("MLP_SOURCE", "synthetic", SOURCES),  # type: ignore[arg-type]
         handbook_path=Path(_env("MLP_HANDBOOK_PATH", str(default_handbook))).resolve(),
         handbook_label_delay_days=_env_float("MLP_HANDBOOK_LABEL_DELAY_DAYS", 7.0),
+        german_credit_path=Path(_env("MLP_GERMAN_CREDIT_PATH", str(
+            root.parent / "shared" / "data" / "german_credit" / "german_credit.csv"))).resolve(),
         synthetic=synthetic,
         warehouse=_choice(  # type: ignore[arg-type]
             "MLP_WAREHOUSE", "snowflake" if env == "production" else "duckdb", ("duckdb", "snowflake")

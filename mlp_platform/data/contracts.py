@@ -1,4 +1,5 @@
-"""Data contracts: validation of incoming transactions and labels against the canonical schema.
+"""Data contracts: validation of incoming transactions and labels, and of loan applications and their
+credit outcomes, against the canonical schemas.
 
 Two severities:
 
@@ -17,12 +18,17 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from mlp_platform.data.schema import (
+    APPLICATION_CHANNELS,
+    APPLICATION_LEVELS,
+    APPLICATION_SCHEMA,
     CHANNELS,
+    DEFAULT_APPLICATION_CHANNEL,
     DEFAULT_CHANNEL,
     DEFAULT_COUNTRY,
     DEFAULT_CURRENCY,
     DEFAULT_MERCHANT_CATEGORY,
     LABEL_SCHEMA,
+    OUTCOME_SCHEMA,
     TRANSACTION_SCHEMA,
 )
 
@@ -72,8 +78,9 @@ class ContractViolation(ValueError):
         super().__init__(f"{report.dataset}: data contract violated, partition refused: {lines}")
 
 
-def _row_names(df: pl.DataFrame, mask: pl.Series, id_column: str = "transaction_id") -> list[str]:
+def _row_names(df: pl.DataFrame, mask: pl.Series, id_column: str | None = None) -> list[str]:
     """Human-readable references to offending rows: position and id where there is one."""
+    id_column = id_column or ("application_id" if "application_id" in df.columns else "transaction_id")
     idx = df.with_row_index("_row").filter(mask)
     out = []
     for row in idx.head(MAX_EXAMPLES).iter_rows(named=True):
@@ -82,10 +89,14 @@ def _row_names(df: pl.DataFrame, mask: pl.Series, id_column: str = "transaction_
     return out
 
 
-def _coerce(df: pl.DataFrame, schema: dict[str, pl.DataType], dataset: str, report: ContractReport) -> pl.DataFrame:
+_OPTIONAL_TRANSACTION_COLUMNS = frozenset({"device_id", "currency", "channel", "country", "merchant_category",
+                                           "fraud_scenario"})
+
+
+def _coerce(df: pl.DataFrame, schema: dict[str, pl.DataType], dataset: str, report: ContractReport,
+            optional: frozenset[str] = _OPTIONAL_TRANSACTION_COLUMNS) -> pl.DataFrame:
     """Cast every column to its canonical type; values that do not convert are critical."""
     missing = [c for c in schema if c not in df.columns]
-    optional = {"device_id", "currency", "channel", "country", "merchant_category", "fraud_scenario"}
     required_missing = [c for c in missing if c not in optional]
     if required_missing:
         report.critical.append(Issue("missing_column", report.rows, [", ".join(required_missing)]))
@@ -174,6 +185,71 @@ def validate_labels(
         "label_before_transaction": joined["label_time"] < joined["event_time"],
         "duplicate.transaction_id_label_time": out.select(
             pl.struct("transaction_id", "label_time").is_duplicated()).to_series(),
+    }
+    _refuse_on_critical(checks, out, report)
+    return out, report
+
+
+#: Columns an application source may lack: absent in some sources (see each source's absent fields).
+_OPTIONAL_APPLICATION_COLUMNS = frozenset({"event_time", "intermediary_id", "monthly_income", "bureau_score",
+                                           "channel", "marital_status", "telephone"})
+#: Plausible ranges; outside them a value is a critical error (a typo or an attack, not an applicant).
+APPLICATION_RANGES: dict[str, tuple[float, float]] = {
+    "requested_amount": (1.0, 10_000_000.0), "term_months": (1, 480), "installment_rate_pct": (1, 4),
+    "monthly_income": (0.0, 10_000_000.0), "bureau_score": (0, 1000), "age_years": (18, 120),
+    "residence_since_years": (0, 120), "existing_credits": (0, 100), "dependents": (0, 30),
+}
+#: Categorical attributes a missing or unknown level of which is defaulted (and counted), not refused.
+_DEFAULTED_LEVELS = {"channel": DEFAULT_APPLICATION_CHANNEL, "marital_status": "unknown", "telephone": "no"}
+
+
+def validate_applications(df: pl.DataFrame, dataset: str = "applications") -> tuple[pl.DataFrame, ContractReport]:
+    """Return the canonical, defaulted application frame and its report; raise ContractViolation if
+    critical: a missing id, duplicate id, a value of the wrong type or outside its plausible range,
+    or an unknown level of an attribute a model may read. An unknown channel, marital status or
+    telephone flag becomes its documented default."""
+    report = ContractReport(dataset=dataset, rows=df.height)
+    out = _coerce(df, APPLICATION_SCHEMA, dataset, report, optional=_OPTIONAL_APPLICATION_COLUMNS)
+    out = out.with_columns([pl.col(c).str.strip_chars().str.to_lowercase() for c in APPLICATION_LEVELS])
+    checks: dict[str, pl.Series] = {
+        "missing.application_id": out["application_id"].is_null() | (out["application_id"].str.strip_chars() == ""),
+        "missing.applicant_id": out["applicant_id"].is_null(),
+        "duplicate.application_id": out["application_id"].is_duplicated() & out["application_id"].is_not_null(),
+        "non_finite.requested_amount": out["requested_amount"].is_nan() | out["requested_amount"].is_infinite(),
+        "non_finite.monthly_income": out["monthly_income"].is_nan() | out["monthly_income"].is_infinite(),
+    }
+    for column, (lo, hi) in APPLICATION_RANGES.items():
+        if column not in _OPTIONAL_APPLICATION_COLUMNS:
+            checks[f"missing.{column}"] = out[column].is_null()
+        checks[f"out_of_range.{column}"] = (out[column] < lo) | (out[column] > hi)
+    for column, levels in APPLICATION_LEVELS.items():
+        if column in _DEFAULTED_LEVELS:
+            continue
+        checks[f"unknown_level.{column}"] = ~out[column].is_in(list(levels)) | out[column].is_null()
+    _refuse_on_critical(checks, out, report)
+    for column, default in _DEFAULTED_LEVELS.items():
+        levels = APPLICATION_CHANNELS if column == "channel" else APPLICATION_LEVELS[column]
+        out = _default(out, column, ~pl.col(column).is_in(list(levels)) | pl.col(column).is_null(), default,
+                       f"unknown_{column}", report)
+    return out, report
+
+
+def validate_outcomes(outcomes: pl.DataFrame, applications: pl.DataFrame,
+                      dataset: str = "outcomes") -> tuple[pl.DataFrame, ContractReport]:
+    """Outcomes must reference an application of the same batch, be 0 (good) or 1 (bad), be unique per
+    application, and be known after the application where both are dated."""
+    report = ContractReport(dataset=dataset, rows=outcomes.height)
+    out = _coerce(outcomes, OUTCOME_SCHEMA, dataset, report, optional=frozenset({"label_time"}))
+    joined = out.join(applications.select("application_id", "event_time"), on="application_id", how="left")
+    known = out["application_id"].is_in(applications["application_id"].implode())
+    dated = applications["event_time"].is_not_null().any()
+    checks = {
+        "missing.application_id": out["application_id"].is_null(),
+        "label_not_0_or_1": ~out["label"].is_in([0, 1]) | out["label"].is_null(),
+        "unknown_application": ~known & out["application_id"].is_not_null(),
+        "duplicate.application_id": out["application_id"].is_duplicated() & out["application_id"].is_not_null(),
+        "label_before_application": joined["label_time"] < joined["event_time"],
+        "missing.label_time": out["label_time"].is_null() & pl.Series([dated] * out.height, dtype=pl.Boolean),
     }
     _refuse_on_critical(checks, out, report)
     return out, report

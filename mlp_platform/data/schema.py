@@ -1,4 +1,5 @@
-"""Canonical data model: the transaction and label schemas every source is mapped onto.
+"""Canonical data model: the schemas every source is mapped onto -- card transactions and their fraud
+labels, loan applications and their credit outcomes.
 
 Everything downstream (data contracts, the warehouse, dbt models, features, serving) speaks this
 schema only, so the rest of the platform does not care which source produced the data.
@@ -51,3 +52,71 @@ def empty_transactions() -> pl.DataFrame:
 
 def empty_labels() -> pl.DataFrame:
     return pl.DataFrame(schema=LABEL_SCHEMA)
+
+
+# --- credit origination ------------------------------------------------------------------------
+
+#: Channels a loan application arrives through; anything else becomes ``DEFAULT_APPLICATION_CHANNEL``.
+APPLICATION_CHANNELS: tuple[str, ...] = ("branch", "online", "broker", "unknown")
+DEFAULT_APPLICATION_CHANNEL = "unknown"
+
+#: The categorical attributes of an application and their canonical levels (the German credit
+#: data's attributes, named in short codes; :mod:`mlp_platform.data.german_credit` maps its labels
+#: onto them). Ordered from the applicant's weakest to strongest position where the attribute is
+#: ordinal, so that an ordinal code can carry a monotone constraint.
+APPLICATION_LEVELS: dict[str, tuple[str, ...]] = {
+    "checking_account": ("negative", "below_200", "above_200", "none"),
+    "savings": ("below_100", "100_to_500", "500_to_1000", "above_1000", "none"),
+    "credit_history": ("no_credits", "all_paid_here", "paid_duly", "past_delay", "critical"),
+    "employment_since": ("unemployed", "below_1y", "1_to_4y", "4_to_7y", "above_7y"),
+    "purpose": ("car_new", "car_used", "furniture", "radio_tv", "appliances", "repairs", "education",
+                "retraining", "business", "other"),
+    "sex": ("female", "male"),
+    "marital_status": ("single", "married", "divorced", "unknown"),
+    "other_debtors": ("none", "co_applicant", "guarantor"),
+    "property": ("none", "car_other", "savings_insurance", "real_estate"),
+    "other_installment_plans": ("none", "bank", "stores"),
+    "housing": ("free", "rent", "own"),
+    "job": ("unskilled_nonresident", "unskilled_resident", "skilled", "management"),
+    "telephone": ("no", "yes"),
+    "foreign_worker": ("no", "yes"),
+}
+
+#: Canonical loan-application schema (one row per application; event time naive UTC).
+APPLICATION_SCHEMA: dict[str, pl.DataType] = {
+    "application_id": pl.String(),
+    "event_time": pl.Datetime("us"),  # null where the source has no dates (the German credit data)
+    "applicant_id": pl.String(),
+    "channel": pl.String(),
+    "intermediary_id": pl.String(),  # nullable: only broker applications have one
+    "requested_amount": pl.Float64(),
+    "term_months": pl.Int32(),
+    "installment_rate_pct": pl.Int32(),  # instalment as a share of disposable income, banded 1..4
+    "monthly_income": pl.Float64(),  # nullable: absent in the German credit data
+    "bureau_score": pl.Int32(),  # nullable: credit-bureau score 300..900, absent in the German data
+    "age_years": pl.Int32(),
+    "residence_since_years": pl.Int32(),
+    "existing_credits": pl.Int32(),
+    "dependents": pl.Int32(),
+    **{name: pl.String() for name in APPLICATION_LEVELS},
+}
+
+#: Canonical credit-outcome schema: ``label`` 1 = bad (defaulted within the performance window),
+#: 0 = good; ``label_time`` is when the outcome became known (null where the source has no dates).
+OUTCOME_SCHEMA: dict[str, pl.DataType] = {
+    "application_id": pl.String(),
+    "label": pl.Int8(),
+    "label_time": pl.Datetime("us"),
+}
+
+#: Attributes that are protected or sensitive: measured for fairness; whether a model may use them
+#: is the decider's declared policy.
+PROTECTED_APPLICATION_ATTRIBUTES: tuple[str, ...] = ("sex", "age_years", "foreign_worker")
+
+
+def empty_applications() -> pl.DataFrame:
+    return pl.DataFrame(schema=APPLICATION_SCHEMA)
+
+
+def empty_outcomes() -> pl.DataFrame:
+    return pl.DataFrame(schema=OUTCOME_SCHEMA)
