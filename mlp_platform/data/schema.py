@@ -114,6 +114,13 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
 PROTECTED_APPLICATION_ATTRIBUTES: tuple[str, ...] = ("sex", "age_years", "foreign_worker")
 
 
+#: The request schemas a decider's requests (and its feature spec's on-demand features) can speak.
+REQUEST_SCHEMAS: dict[str, dict[str, pl.DataType]] = {"transaction": TRANSACTION_SCHEMA,
+                                                      "application": APPLICATION_SCHEMA}
+#: Each request schema's id column (the key of one decision).
+REQUEST_KEYS: dict[str, str] = {"transaction": "transaction_id", "application": "application_id"}
+
+
 def empty_applications() -> pl.DataFrame:
     return pl.DataFrame(schema=APPLICATION_SCHEMA)
 

@@ -23,12 +23,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlp_platform.data.schema import TRANSACTION_SCHEMA
+from mlp_platform.data.schema import REQUEST_SCHEMAS
 from mlp_platform.features.spec import FeatureSpec, SpecError, load_spec
 from mlp_platform.settings import PROJECT_ROOT
 
-#: The request schemas a decider can name (canonical schemas of :mod:`mlp_platform.data.schema`).
-REQUEST_SCHEMAS: dict[str, dict] = {"transaction": TRANSACTION_SCHEMA}
 #: Actions a policy band may take; "approve" is the action below every band unless declared otherwise.
 ACTIONS = ("approve", "approve_with_conditions", "counter_offer", "review", "refer", "decline")
 #: A band's lower bound is a number in [0, 1] or the registered version's own operating threshold.
@@ -167,10 +165,40 @@ class PolicyDecl(_Strict):
 _TAGS = {"review": "r", "decline": "d"}
 
 
+class CatalogueEntry(_Strict):
+    #: The reason's stable code (what a notice and the decision log carry).
+    code: Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,15}$")]
+    #: The principal reason in plain language, suitable for an adverse-action notice: specific (what
+    #: about the application), never "model score".
+    text: Annotated[str, Field(min_length=8, max_length=200)]
+
+
 class ReasonsDecl(_Strict):
-    #: How each reason's code is formed: "R" + the feature's position in the spec (stable while the
-    #: spec's order is).
+    #: How each reason's code is formed where the catalogue has none: "R" + the feature's position in
+    #: the spec (stable while the spec's order is).
     code_prefix: str = "R"
+    #: Adverse-action reasons: every decline carries up to ``policy.max_reasons`` principal reasons
+    #: from the catalogue (one entry per model feature, checked when the file is read).
+    adverse_action: bool = False
+    #: Feature name -> its reason code and text.
+    catalogue: dict[str, CatalogueEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _distinct_codes(self) -> ReasonsDecl:
+        codes = [e.code for e in self.catalogue.values()]
+        twice = sorted({c for c in codes if codes.count(c) > 1})
+        if twice:
+            raise ValueError(f"reason codes used twice in the catalogue: {twice}")
+        if self.adverse_action and not self.catalogue:
+            raise ValueError("adverse_action needs a catalogue of reasons")
+        return self
+
+
+class FairnessDecl(_Strict):
+    #: Request columns that are protected or sensitive (or direct proxies of one): measured by the
+    #: fairness gate, and no model feature may read one unless ``model_may_use_protected``.
+    protected: tuple[str, ...] = ()
+    model_may_use_protected: bool = False
 
 
 class LabelsDecl(_Strict):
@@ -194,6 +222,7 @@ class DeciderDeclaration(_Strict):
     model: ModelDecl
     policy: PolicyDecl
     reasons: ReasonsDecl = Field(default_factory=ReasonsDecl)
+    fairness: FairnessDecl = Field(default_factory=FairnessDecl)
     labels: LabelsDecl
     #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);
     #: checked by :func:`mlp_platform.deciders.validate.validate_decider`.
@@ -217,6 +246,9 @@ class DeciderDeclaration(_Strict):
         if self.entity.key not in schema:
             raise ValueError(f"entity.key {self.entity.key!r} is not a column of the {self.request.schema_name} "
                              f"schema ({', '.join(schema)})")
+        unknown = sorted(set(self.fairness.protected) - set(schema))
+        if unknown:
+            raise ValueError(f"fairness.protected: {unknown} are not columns of the {self.request.schema_name} schema")
         return self
 
     @cached_property
@@ -259,6 +291,22 @@ def parse_decider(doc: Any, source: Path | None = None) -> DeciderDeclaration:
     unknown = sorted(set(decl.model.monotone_constraints) - set(spec.feature_names))
     if unknown:
         raise DeciderError(f"{label}: model.monotone_constraints: {unknown} are not features of the spec")
+    if spec.request != decl.request.schema_name:
+        raise DeciderError(f"{label}: feature_spec is over {spec.request} requests, the decider's request schema "
+                           f"is {decl.request.schema_name!r}")
+    unknown = sorted(set(decl.reasons.catalogue) - set(spec.feature_names))
+    if unknown:
+        raise DeciderError(f"{label}: reasons.catalogue: {unknown} are not features of the spec")
+    uncovered = [n for n in spec.feature_names if n not in decl.reasons.catalogue]
+    if decl.reasons.adverse_action and uncovered:
+        raise DeciderError(f"{label}: reasons.catalogue: adverse-action reasons need an entry for every model "
+                           f"feature; missing: {uncovered}")
+    if not decl.fairness.model_may_use_protected:
+        reading = sorted({f.name for f in spec.features if f.column in decl.fairness.protected})
+        if reading:
+            raise DeciderError(f"{label}: feature(s) {reading} read a protected attribute "
+                               f"({', '.join(decl.fairness.protected)}); the decider does not allow it "
+                               "(fairness.model_may_use_protected)")
     return decl
 
 
