@@ -201,6 +201,22 @@ class FairnessDecl(_Strict):
     model_may_use_protected: bool = False
 
 
+class CounterOfferDecl(_Strict):
+    """How modified conditions are proposed for a declined or referred application: the amount scaled
+    by each factor, each term; every combination except the request's own, nearest first (largest
+    amount, then the term closest to the one asked), at most ``max_candidates`` scored in one call."""
+
+    amount_factors: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
+    terms_months: tuple[Annotated[int, Field(ge=1, le=480)], ...] = (12, 24, 36, 48, 60)
+    max_candidates: int = Field(16, ge=1, le=64)
+    #: Request columns proportional to the monthly instalment (a band 1..4 of the instalment's share of
+    #: income): rescaled with the instalment (rounded, clipped to 1..4).
+    instalment_bands: tuple[str, ...] = ("installment_rate_pct",)
+    #: The columns that carry the conditions.
+    amount_column: str = "requested_amount"
+    term_column: str = "term_months"
+
+
 class LabelsDecl(_Strict):
     #: What a positive label is, in words (the model card says it).
     positive: str
@@ -223,6 +239,8 @@ class DeciderDeclaration(_Strict):
     policy: PolicyDecl
     reasons: ReasonsDecl = Field(default_factory=ReasonsDecl)
     fairness: FairnessDecl = Field(default_factory=FairnessDecl)
+    #: Counter-offers (application deciders whose policy has a counter_offer band or that refer).
+    counter_offer: CounterOfferDecl | None = None
     labels: LabelsDecl
     #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);
     #: checked by :func:`mlp_platform.deciders.validate.validate_decider`.
@@ -249,6 +267,12 @@ class DeciderDeclaration(_Strict):
         unknown = sorted(set(self.fairness.protected) - set(schema))
         if unknown:
             raise ValueError(f"fairness.protected: {unknown} are not columns of the {self.request.schema_name} schema")
+        offer = self.counter_offer
+        if offer is not None:
+            columns = [offer.amount_column, offer.term_column, *offer.instalment_bands]
+            unknown = sorted(c for c in columns if c not in schema)
+            if unknown:
+                raise ValueError(f"counter_offer: {unknown} are not columns of the {self.request.schema_name} schema")
         return self
 
     @cached_property
