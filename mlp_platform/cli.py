@@ -294,6 +294,48 @@ def deciders_check() -> None:
     console.print(table)
 
 
+@deciders_app.command("train")
+def deciders_train(
+    name: str = typer.Argument(..., help="an application decider (e.g. credit)"),
+    source: str = typer.Option("german", help="german (the real German credit data) or synthetic"),
+    repeats: int = typer.Option(5, min=1, help="cross-validation repeats of the backtest"),
+    folds: int = typer.Option(5, min=2, help="cross-validation folds"),
+) -> None:
+    """Train a candidate for an application decider, backtest it against the scorecard, gate it, and
+    promote it or refuse it (its own registered model and audit trail); prints why."""
+    from mlp_platform.application_lifecycle import (
+        decide_application_candidate,
+        gate_application_candidate,
+        load_application_data,
+        train_application_candidate,
+    )
+    from mlp_platform.evaluation.cv_backtest import CVBacktestConfig, backtest_table
+
+    settings = load_settings()
+    try:
+        decider = load_decider(settings.deciders_dir, name)
+        data = load_application_data(settings, decider, source)
+    except (DeciderError, ValueError) as err:
+        console.print(f"[red]{err}[/red]", markup=True, highlight=False)
+        raise typer.Exit(1) from err
+    console.print(f"{decider.name}: {data.applications.height} applications from {source}"
+                  + (f" ({data.immature} not yet matured, left out)" if data.immature else ""))
+    candidate = train_application_candidate(settings, decider, data, CVBacktestConfig(n_splits=folds,
+                                                                                         n_repeats=repeats))
+    console.print(f"registered {candidate.ref.name} v{candidate.ref.version}; {candidate.backtest['split']}")
+    console.print(backtest_table(candidate.backtest), markup=False, highlight=False, soft_wrap=True)
+    gates = gate_application_candidate(settings, decider, candidate)
+    for gate in gates:
+        mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
+        console.print(f"{mark} {gate.name}: ", markup=True, highlight=False, end="")
+        console.print(gate.summary, markup=False, highlight=False, soft_wrap=True)
+    outcome = decide_application_candidate(settings, decider, candidate, gates, run_id="cli", actor="cli")
+    console.print(("promoted to " + str(outcome.role) if outcome.promoted else "refused") + f": {outcome.reason}",
+                  markup=False, highlight=False)
+    if not outcome.promoted:
+        raise typer.Exit(2)
+
+
 @spec_app.command("show")
 def spec_show() -> None:
     """List the features the specification defines."""

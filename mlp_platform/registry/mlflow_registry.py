@@ -24,7 +24,10 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 ROLES = ("champion", "challenger", "shadow", "previous_champion")
+#: The fraud decider's experiment (its name predates deciders); every other registered model has
+#: ``<model name>-training``.
 EXPERIMENT = "fraud-training"
+_FRAUD_MODEL = "fraud-detector"
 
 #: The run artefact holding a version's reference profile (its training population; drift and reasons).
 REFERENCE_PROFILE = "reference_profile.json"
@@ -76,24 +79,23 @@ class ModelRegistry:
         return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root, decider.model_name)
 
     # --- experiments and runs -------------------------------------------------------------------
+    @property
+    def experiment_name(self) -> str:
+        return EXPERIMENT if self.model_name == _FRAUD_MODEL else f"{self.model_name}-training"
+
     def experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is not None:
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
         if self.artifact_root:
             self.artifact_root.mkdir(parents=True, exist_ok=True)
-        return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+        return self.client.create_experiment(self.experiment_name, artifact_location=location)
 
     def log_training(self, trained, *, spec_hash: str, code_version: str, operating_threshold: float,
                      plots: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> ModelVersionRef:
         """Log a trained model (params, metrics, lineage, plots, the model with its signature) and
         register it as a new version."""
-        import lightgbm as lgb
-        import mlflow.lightgbm
-        import numpy as np
-        from mlflow.models import infer_signature
-
         mlflow = self._mlflow
         exp_id = self.experiment_id()
         with self._global_uris(), mlflow.start_run(experiment_id=exp_id) as run:
@@ -117,19 +119,52 @@ class ModelRegistry:
                              "data_fingerprint": trained.data_fingerprint}, "training.json")
             for name, figure in (plots or {}).items():
                 mlflow.log_figure(figure, f"plots/{name}.png")
-            example = np.zeros((1, len(trained.feature_names)))
-            signature = infer_signature(
-                _frame(example, trained.feature_names), np.zeros(1))
-            info = mlflow.lightgbm.log_model(
-                trained.booster, name="model", signature=signature,
-                pip_requirements=[f"lightgbm=={lgb.__version__}", f"numpy=={np.__version__}"],
-            )
-            run_id = run.info.run_id
-            version = mlflow.register_model(info.model_uri, self.model_name, tags={
-                "feature_spec_hash": spec_hash, "code_version": code_version, "run_id": run_id,
-                "operating_threshold": repr(operating_threshold),
-                "features": json.dumps(trained.feature_names),
-            })
+            version = self._register_booster(trained.booster, trained.feature_names, run.info.run_id, {
+                "feature_spec_hash": spec_hash, "code_version": code_version,
+                "operating_threshold": repr(operating_threshold)})
+        return version
+
+    def log_booster(self, booster, feature_names: list[str], *, params: dict[str, Any], metrics: dict[str, float],
+                    tags: dict[str, str], version_tags: dict[str, str],
+                    artifacts: dict[str, dict[str, Any] | str] | None = None) -> ModelVersionRef:
+        """Log a booster trained elsewhere (a decider without dated training windows, a submitted
+        model) with its params, metrics, tags and JSON/text artefacts, and register it as a new
+        version of this registry's model; ``version_tags`` must carry ``feature_spec_hash``,
+        ``code_version`` and ``operating_threshold``."""
+        missing = sorted({"feature_spec_hash", "code_version", "operating_threshold"} - set(version_tags))
+        if missing:
+            raise ValueError(f"version tags lack {missing}")
+        mlflow = self._mlflow
+        with self._global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
+            mlflow.log_params({k: v for k, v in params.items() if k not in ("metric", "verbosity")})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+            mlflow.set_tags({**tags, "feature_count": str(len(feature_names))})
+            mlflow.log_dict({"features": list(feature_names)}, "features.json")
+            for path, payload in (artifacts or {}).items():
+                if isinstance(payload, str):
+                    mlflow.log_text(payload, path)
+                else:
+                    mlflow.log_dict(payload, path)
+            return self._register_booster(booster, feature_names, run.info.run_id, version_tags)
+
+    def _register_booster(self, booster, feature_names: list[str], run_id: str,
+                          version_tags: dict[str, str]) -> ModelVersionRef:
+        """Inside an active run: log the booster as an MLflow LightGBM model with its signature and
+        register it (the version's tags name the run and the features)."""
+        import lightgbm as lgb
+        import mlflow.lightgbm
+        import numpy as np
+        from mlflow.models import infer_signature
+
+        mlflow = self._mlflow
+        example = np.zeros((1, len(feature_names)))
+        signature = infer_signature(_frame(example, feature_names), np.zeros(1))
+        info = mlflow.lightgbm.log_model(
+            booster, name="model", signature=signature,
+            pip_requirements=[f"lightgbm=={lgb.__version__}", f"numpy=={np.__version__}"],
+        )
+        version = mlflow.register_model(info.model_uri, self.model_name, tags={
+            **version_tags, "run_id": run_id, "features": json.dumps(list(feature_names))})
         return ModelVersionRef(self.model_name, str(version.version), run_id)
 
     @contextlib.contextmanager

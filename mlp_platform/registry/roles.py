@@ -5,18 +5,23 @@ Both the promotion path (:mod:`mlp_platform.lifecycle`) and the staged rollout
 
 from __future__ import annotations
 
+from mlp_platform.deciders.declaration import DEFAULT_DECIDER
 from mlp_platform.registry.audit import AuditLog
 from mlp_platform.registry.mlflow_registry import ModelRegistry
 from mlp_platform.serving.routing import RoutingFile, RoutingState
 from mlp_platform.settings import Settings
 
 
-def registry_for(settings: Settings) -> ModelRegistry:
-    return ModelRegistry.from_settings(settings)
+def registry_for(settings: Settings, decider=None) -> ModelRegistry:
+    return ModelRegistry.from_settings(settings, decider)
 
 
-def audit_for(settings: Settings) -> AuditLog:
-    return AuditLog(settings.audit_dir / "model_events.jsonl")
+def audit_for(settings: Settings, decider=None) -> AuditLog:
+    """The model-event audit trail of ``decider`` (default: the default decider, whose trail keeps its
+    original file name); each decider has its own chain."""
+    if decider is None or decider.name == DEFAULT_DECIDER:
+        return AuditLog(settings.audit_dir / "model_events.jsonl")
+    return AuditLog(settings.audit_dir / f"model_events-{decider.name}.jsonl")
 
 
 def sync_routing(settings: Settings, updated_by: str, challenger_share: float | None = None) -> RoutingState:
