@@ -125,6 +125,17 @@ def _keys(name: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
 
 
+def _decider_keys(name: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for pair in _keys(name):
+        decider, sep, key = pair.partition(":")
+        if not sep or not decider.strip() or not key.strip():
+            raise SettingsError(f"{name}: expected comma-separated decider:key pairs, got an entry without "
+                                "a decider or a key")
+        out.append((decider.strip(), key.strip()))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """Every knob of the scoring service, in one place (each from the environment variable named in
@@ -166,6 +177,13 @@ class ServingSettings:
     #: MLP_TRACING (off, console, otlp) and OTEL_SERVICE_NAME: request tracing.
     tracing: str = ""
     otel_service_name: str = "mlp-scoring"
+    #: MLP_SERVE_DECIDERS: comma-separated application deciders this process also hosts under
+    #: /v1/deciders/{name}/... ("all": every application decider declared; empty: none). The
+    #: fraud decider (/v1/score) is always hosted.
+    deciders: str = "all"
+    #: MLP_DECIDER_API_KEYS: comma-separated ``decider:key`` pairs (secrets): a key calls only its
+    #: decider (admin keys call every decider; MLP_API_KEYS stay the fraud decider's keys).
+    decider_api_keys: tuple[tuple[str, str], ...] = ()
 
 
 def load_serving_settings() -> ServingSettings:
@@ -189,6 +207,8 @@ def load_serving_settings() -> ServingSettings:
         scorer_backend=_choice("MLP_SCORER_BACKEND", "auto", ("auto", "compiled", "lightgbm")),
         tracing=os.environ.get("MLP_TRACING", "").strip().lower(),
         otel_service_name=_env("OTEL_SERVICE_NAME", "mlp-scoring"),
+        deciders=os.environ.get("MLP_SERVE_DECIDERS", "all").strip(),
+        decider_api_keys=_decider_keys("MLP_DECIDER_API_KEYS"),
     )
     if out.workers < 1 or out.event_time_max_future_s < 0 or out.late_grace_s < 0 or out.idempotency_window_s < 0:
         raise SettingsError("MLP_SERVING_WORKERS must be >= 1 and the event-time and idempotency bounds >= 0")

@@ -160,3 +160,89 @@ class ReloadOut(BaseModel):
     champion: str | None
     loaded: list[str]
     error: str | None
+
+
+# --- application deciders (credit origination) ---------------------------------------------------
+
+def _level_validator(column: str, levels: tuple[str, ...]):
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        canonical = value.strip().lower()
+        if canonical not in levels:
+            raise ValueError(f"{column} must be one of {', '.join(levels)}")
+        return canonical
+    return check
+
+
+def _application_model():
+    """The request body of an application decision: the canonical application schema, every bound of
+    the application contract enforced (a 422 names the field), categorical levels canonicalised."""
+    from pydantic import create_model
+    from pydantic import field_validator as validator
+
+    from mlp_platform.data.contracts import APPLICATION_RANGES
+    from mlp_platform.data.schema import APPLICATION_LEVELS, APPLICATION_SCHEMA
+
+    required = {"application_id", "applicant_id", "requested_amount", "term_months"}
+    fields: dict = {}
+    for column, dtype in APPLICATION_SCHEMA.items():
+        if column in ("application_id", "applicant_id"):
+            fields[column] = (str, Field(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS))
+        elif column == "event_time":
+            fields[column] = (dt.datetime | None, None)
+        elif column in APPLICATION_RANGES:
+            lo, hi = APPLICATION_RANGES[column]
+            kind = int if dtype.is_integer() else float
+            spec = Field(ge=lo, le=hi, allow_inf_nan=False) if kind is float else Field(ge=lo, le=hi)
+            optional = Field(None, ge=lo, le=hi, allow_inf_nan=False) if kind is float else Field(None, ge=lo, le=hi)
+            fields[column] = (kind, spec) if column in required else (kind | None, optional)
+        elif column in APPLICATION_LEVELS:  # the document lists the canonical levels (case and spaces forgiven)
+            fields[column] = (str | None, Field(None, max_length=64, json_schema_extra={
+                "enum": [*APPLICATION_LEVELS[column], None]}))
+        else:
+            fields[column] = (str | None, Field(None, max_length=64, pattern=NO_CONTROL_CHARACTERS))
+    validators = {f"_level_{c}": validator(c)(_level_validator(c, levels)) for c, levels in APPLICATION_LEVELS.items()
+                  if c in APPLICATION_SCHEMA}
+    return create_model("ApplicationIn", __config__=ConfigDict(extra="forbid"), __validators__=validators, **fields)
+
+
+ApplicationIn = _application_model()
+
+
+class AdverseReasonOut(BaseModel):
+    code: str = Field(description="Stable reason code of the decider's catalogue")
+    text: str = Field(description="The principal reason in plain language (for an adverse-action notice)")
+    feature: str
+    value: float | None = Field(description="The value of the feature; null when the application did not give it")
+
+
+class ApplicationDecisionOut(BaseModel):
+    """An application decider's decision."""
+
+    api_version: Literal["v1"]
+    decider: str
+    decision_id: str
+    application_id: str
+    decision: str = Field(description="One of the decider's policy actions (e.g. approve, counter_offer, refer, "
+                                      "decline)")
+    score: float = Field(description="The model's probability of a bad outcome")
+    model_version: str
+    reasons: list[AdverseReasonOut] = Field(description="Up to the policy's max_reasons, for the actions its "
+                                                        "reasons_for lists; none for an approval")
+    missing: list[str] = Field(description="Features the application did not give")
+
+
+class ConditionOut(BaseModel):
+    requested_amount: float
+    term_months: int
+    score: float
+    decision: str
+
+
+class CounterOfferOut(ApplicationDecisionOut):
+    """The decision on the application as asked, and the nearest conditions the policy approves."""
+
+    offer: ConditionOut | None = Field(description="The nearest approvable conditions; null when none of the "
+                                                   "candidates is approved or the application is approved as asked")
+    candidates: list[ConditionOut] = Field(description="Every condition scored (in one call), nearest first")

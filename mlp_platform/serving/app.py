@@ -14,10 +14,12 @@ and metrics). FastAPI keeps every other route and the OpenAPI schema.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +30,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from mlp_platform.serving.api_models import (
+    ApplicationDecisionOut,
+    ApplicationIn,
+    CounterOfferOut,
     DecisionTrace,
     ErrorOut,
     HealthOut,
@@ -256,15 +261,19 @@ METRICS_RESPONSES: dict = {200: {"description": "Prometheus text exposition form
                                  "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}}
 
 
-def create_app(service: ScoringService, fast_path: bool = True):
+def create_app(service: ScoringService, fast_path: bool = True, host=None):
     """The ASGI app: FastAPI behind the body limit, with :class:`ScoringFastPath` in front of it for
-    ``POST /v1/score`` (``fast_path=False``: FastAPI serves that route too; same contract)."""
+    ``POST /v1/score`` (``fast_path=False``: FastAPI serves that route too; same contract).
+    ``host``: the application deciders this process also serves (a
+    :class:`~mlp_platform.serving.deciders.DeciderHost`), under ``/v1/deciders/{name}/...``."""
     config, metrics = service.config, service.metrics
 
     @asynccontextmanager
     async def lifespan(_app):
         yield
         await service.close()
+        if host is not None:
+            host.close()
 
     app = FastAPI(title="mlp-platform scoring API", version="1", lifespan=lifespan,
                   description="Real-time fraud scoring: decision, score, model version, reason codes.")
@@ -320,6 +329,11 @@ def create_app(service: ScoringService, fast_path: bool = True):
             response.headers["Idempotent-Replayed"] = "true"
         return out
 
+    app.post("/v1/deciders/fraud/decide", response_model=ScoreOut, dependencies=[Depends(require_scoring_key)],
+             summary="The fraud decider: the same route as POST /v1/score", responses=SCORE_RESPONSES)(score)
+    if host is not None:
+        _decider_routes(app, host, metrics)
+
     @app.get("/v1/decisions/{decision_id}", response_model=DecisionTrace, responses=DECISION_RESPONSES,
              dependencies=[Depends(require_scoring_key)], summary="The stored decision trace, explained")
     async def decision(decision_id: str) -> DecisionTrace:
@@ -353,6 +367,8 @@ def create_app(service: ScoringService, fast_path: bool = True):
     async def reload():
         changed = service.pool.refresh()
         service.refresh_periodic()
+        if host is not None:
+            await asyncio.to_thread(host.refresh)
         state, models = service.pool.snapshot
         return {"changed": changed, "champion": state.champion, "loaded": sorted(models),
                 "error": service.pool.last_error}
@@ -361,6 +377,73 @@ def create_app(service: ScoringService, fast_path: bool = True):
     if not fast_path:
         return limited
     return ScoringFastPath(limited, service, config.max_body_bytes)
+
+
+def _decider_routes(app: FastAPI, host, metrics) -> None:
+    """``/v1/deciders``: the hosted application deciders, each behind its own keys. The ``name`` path
+    parameter admits exactly the hosted names (the document says which)."""
+    from fastapi import Path as PathParam
+
+    from mlp_platform.serving.deciders import DeciderUnavailable, UnknownDecider
+
+    names = "|".join(re.escape(n) for n in host.names)
+    name_param = PathParam(pattern=f"^({names})$", description=f"A hosted decider: {', '.join(host.names)}")
+    responses = {401: _401, 404: {"model": ErrorOut, "description": "No such decider in this process"},
+                 413: _413, 422: _422, 503: {"model": ErrorOut, "description": "The decider has no champion loaded"}}
+
+    def guard(name: str, bearer, x_api_key) -> None:
+        if name not in host.names:
+            raise HTTPException(404, f"no decider {name!r} in this process")
+        if not host.authorized(name, _credentials(bearer, x_api_key)):
+            metrics.errors.labels("unauthorized").inc()
+            raise HTTPException(401, f"missing or invalid API key for decider {name!r}",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    async def run(call, route: str):
+        try:
+            out = await call
+        except DeciderUnavailable as err:
+            metrics.requests.labels(route, "503").inc()
+            raise HTTPException(503, str(err)) from err
+        except UnknownDecider as err:
+            metrics.requests.labels(route, "404").inc()
+            raise HTTPException(404, str(err)) from err
+        metrics.requests.labels(route, "200").inc()
+        return JSONResponse(content=out)
+
+    @app.get("/v1/deciders", summary="The application deciders this process hosts and the versions they serve")
+    async def deciders() -> dict[str, dict]:
+        return host.status()
+
+    @app.post("/v1/deciders/{name}/decide", response_model=ApplicationDecisionOut, responses=responses,
+              summary="Decide one application (e.g. approve, counter-offer, refer, decline) with its "
+                      "adverse-action reasons")
+    async def decide(application: ApplicationIn, name: str = name_param,
+                     bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                     x_api_key: str | None = Security(_API_KEY)):
+        guard(name, bearer, x_api_key)
+        return await run(host.decide(name, application.model_dump()), "/v1/deciders/decide")
+
+    @app.post("/v1/deciders/{name}/counter-offer", response_model=CounterOfferOut, responses=responses,
+              summary="Decide one application and propose the nearest conditions the policy approves "
+                      "(candidates scored in one call, each logged)")
+    async def counter_offer(application: ApplicationIn, name: str = name_param,
+                            bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                            x_api_key: str | None = Security(_API_KEY)):
+        guard(name, bearer, x_api_key)
+        return await run(host.counter_offer(name, application.model_dump()), "/v1/deciders/counter-offer")
+
+    @app.get("/v1/deciders/{name}/decisions/{decision_id}", response_model=dict[str, Any],
+             responses={**responses, 404: {"model": ErrorOut, "description": "No such decider or decision"}},
+             summary="A stored application decision (its decision-log record)")
+    async def decider_decision(decision_id: str, name: str = name_param,
+                               bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                               x_api_key: str | None = Security(_API_KEY)):
+        guard(name, bearer, x_api_key)
+        record = host.explain(name, decision_id)
+        if record is None:
+            raise HTTPException(404, f"no decision {decision_id} of decider {name!r}")
+        return record
 
 
 def build_service(settings=None) -> ScoringService:
@@ -398,9 +481,12 @@ def app_from_env():
     from mlp_platform.settings import load_settings
 
     logging.basicConfig(level=logging.INFO)
+    from mlp_platform.serving.deciders import build_host
+
     settings = load_settings()
     service = build_service(settings)
-    app = create_app(service, fast_path=settings.serving.fast_path)
+    host = build_host(settings, service.metrics.registry)
+    app = create_app(service, fast_path=settings.serving.fast_path, host=host)
     log.info("start-up heap frozen: %d objects kept out of full garbage collections", freeze_start_up_heap())
     return app
 

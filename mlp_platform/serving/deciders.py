@@ -1,0 +1,285 @@
+"""The application deciders a scoring process hosts beside the fraud decider: per decider its champion
+(loaded from the decider's own registered model), its own hash-chained decision log, its API keys
+(a key for one decider cannot call another), its metrics label, and hot reload (a promotion of
+that decider's champion reaches the process without a restart and without touching the others).
+
+A decider whose registered model has no champion yet answers 503 naming the decider; the others
+serve. Loading a new version happens on the reload thread and is swapped in whole; the request
+path only reads the current slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from mlp_platform.deciders.declaration import DEFAULT_DECIDER, DeciderDeclaration, load_decider, load_deciders
+from mlp_platform.serving.application import ApplicationDecider, CounterOffers
+from mlp_platform.serving.decision_log import DecisionLog
+from mlp_platform.serving.service import key_matches, utc_now_iso
+
+log = logging.getLogger(__name__)
+
+
+class DeciderUnavailable(RuntimeError):
+    """The decider is hosted but has no champion loaded (503)."""
+
+
+class UnknownDecider(LookupError):
+    """No such decider in this process (404)."""
+
+
+@dataclass
+class _Slot:
+    declaration: DeciderDeclaration
+    keys: tuple[str, ...]
+    log: DecisionLog
+    runtime: ApplicationDecider | None = None
+    version: str | None = None
+    load_error: str | None = None
+
+
+class DeciderMetrics:
+    """The per-decider series (labelled ``decider``), in the service's registry."""
+
+    def __init__(self, registry) -> None:
+        self.decisions = Counter("mlp_decider_decisions_total", "Application decisions by decider and action",
+                                 ["decider", "decision"], registry=registry)
+        self.latency = Histogram("mlp_decider_request_latency_seconds", "Server-side latency by decider and route",
+                                 ["decider", "route"], registry=registry,
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.reloads = Counter("mlp_decider_model_loads_total", "Champion loads by decider and outcome",
+                               ["decider", "outcome"], registry=registry)
+        self.offers = Counter("mlp_decider_counter_offers_total", "Counter-offer calls by decider and result",
+                              ["decider", "result"], registry=registry)
+
+
+def hosted_deciders(directory: Path, wanted: str) -> list[DeciderDeclaration]:
+    """The application deciders named by ``wanted`` (MLP_SERVE_DECIDERS: "all", "", or names)."""
+    if wanted.strip() == "":
+        return []
+    declared = load_deciders(directory)
+    if wanted.strip() == "all":
+        return [d for d in declared.values() if d.request.schema_name == "application"]
+    out = []
+    for name in (n.strip() for n in wanted.split(",") if n.strip()):
+        if name == DEFAULT_DECIDER:
+            continue  # the fraud decider is the transaction service itself
+        decl = load_decider(directory, name)
+        if decl.request.schema_name != "application":
+            raise ValueError(f"MLP_SERVE_DECIDERS: {name!r} is not an application decider")
+        out.append(decl)
+    return out
+
+
+class DeciderHost:
+    """Hosts application deciders (see the module docstring). ``loader(decider)`` returns a callable
+    loading one version (``registry_loader``); ``champion(decider)`` returns the champion version."""
+
+    def __init__(self, deciders: list[DeciderDeclaration], *, log_root: Path, keys: dict[str, tuple[str, ...]],
+                 admin_keys: tuple[str, ...], loader: Callable[[DeciderDeclaration], Callable[[str], Any]],
+                 champion: Callable[[DeciderDeclaration], str | None], metrics: DeciderMetrics,
+                 group_commit_ms: float = 2.0) -> None:
+        self.admin_keys = admin_keys
+        self.metrics = metrics
+        self._loader = loader
+        self._champion = champion
+        self._loaders: dict[str, Callable[[str], Any]] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._lock = threading.Lock()
+        for decl in deciders:
+            directory = log_root / f"decisions-{decl.name}"
+            self._slots[decl.name] = _Slot(decl, keys.get(decl.name, ()),
+                                           DecisionLog(directory, group_commit_ms=group_commit_ms))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._slots)
+
+    def slot(self, name: str) -> _Slot:
+        slot = self._slots.get(name)
+        if slot is None:
+            raise UnknownDecider(name)
+        return slot
+
+    def authorized(self, name: str, presented: str | None) -> bool:
+        slot = self.slot(name)
+        return key_matches(presented, slot.keys + self.admin_keys)
+
+    # -- loading ------------------------------------------------------------------------------------
+    def refresh(self, only: str | None = None) -> dict[str, str | None]:
+        """Load each hosted decider's champion where it changed; a failed load keeps the previous
+        version serving. Returns decider -> version now served."""
+        out = {}
+        for name, slot in self._slots.items():
+            if only is not None and name != only:
+                continue
+            try:
+                version = self._champion(slot.declaration)
+            except Exception as exc:  # registry unreachable: keep serving what is loaded
+                slot.load_error = f"registry: {exc}"
+                self.metrics.reloads.labels(name, "registry_error").inc()
+                out[name] = slot.version
+                continue
+            if version is not None and version != slot.version:
+                try:
+                    load = self._loaders.get(name)
+                    if load is None:
+                        load = self._loaders[name] = self._loader(slot.declaration)
+                    model = load(version)
+                    runtime = ApplicationDecider(slot.declaration, model.scorer, model.populations,
+                                                 version=version, operating_threshold=model.operating_threshold)
+                    with self._lock:
+                        slot.runtime, slot.version, slot.load_error = runtime, version, None
+                    self.metrics.reloads.labels(name, "loaded").inc()
+                    log.info("decider %s: serving version %s", name, version)
+                except Exception as exc:
+                    slot.load_error = f"version {version}: {exc}"
+                    self.metrics.reloads.labels(name, "refused").inc()
+                    log.warning("decider %s: version %s refused: %s", name, version, exc)
+            out[name] = slot.version
+        return out
+
+    def start(self, interval_s: float) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="decider-reload", daemon=True)
+        self._thread.start()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {name: {"version": s.version, "ready": s.runtime is not None, "error": s.load_error}
+                for name, s in sorted(self._slots.items())}
+
+    # -- decisions ----------------------------------------------------------------------------------
+    def _runtime(self, name: str) -> tuple[_Slot, ApplicationDecider]:
+        slot = self.slot(name)
+        runtime = slot.runtime
+        if runtime is None:
+            raise DeciderUnavailable(f"decider {name!r} has no champion loaded"
+                                     + (f" ({slot.load_error})" if slot.load_error else ""))
+        return slot, runtime
+
+    @staticmethod
+    def _decision_id() -> str:
+        return os.urandom(16).hex()
+
+    def _record(self, name: str, runtime: ApplicationDecider, decision, decision_id: str, route: str,
+                features: list[float]) -> dict[str, Any]:
+        names = runtime.featurizer.feature_names
+        return {
+            "decision_id": decision_id, "kind": "decision", "decider": name, "route": route, "time": utc_now_iso(),
+            "application_id": decision.application_id, "decision": decision.action, "score": decision.score,
+            "model": runtime.decider.model_name, "model_version": decision.model_version,
+            "policy_version": runtime.policy.tag(decision.thresholds),
+            "reasons": [{"code": r.code, "feature": r.feature, "text": r.text} for r in decision.reasons],
+            "reasons_filtered": decision.reasons_filtered,
+            "features": {n: (None if v != v else v) for n, v in zip(names, features, strict=True)},
+            "missing": decision.missing,
+        }
+
+    async def decide(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        slot, runtime = self._runtime(name)
+        decision = runtime.decide(request)
+        decision_id = self._decision_id()
+        features, _ = runtime.featurizer.row(request)
+        await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide", features))
+        self.metrics.decisions.labels(name, decision.action).inc()
+        self.metrics.latency.labels(name, "decide").observe(time.perf_counter() - started)
+        return _answer(name, decision_id, decision)
+
+    async def counter_offer(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        slot, runtime = self._runtime(name)
+        if runtime.offer is None:
+            raise UnknownDecider(f"decider {name!r} declares no counter-offers")
+        result: CounterOffers = runtime.counter_offers(request)
+        decision = result.decision
+        decision_id = self._decision_id()
+        features, _ = runtime.featurizer.row(request)
+        record = self._record(name, runtime, decision, decision_id, "counter_offer", features)
+        record["offer"] = None if result.offer is None else _condition(result.offer)
+        records = [record] + [
+            {"decision_id": f"{decision_id}:candidate:{i}", "kind": "counter_offer_candidate", "decider": name,
+             "of_decision": decision_id, "time": record["time"], **_condition(c),
+             "offered": result.offer is c, "model_version": decision.model_version}
+            for i, c in enumerate(result.candidates)]
+        failed = [r for r in await asyncio.to_thread(slot.log.append_many, records) if isinstance(r, BaseException)]
+        if failed:  # never acknowledge a decision whose trace is not all logged
+            raise failed[0]
+        self.metrics.decisions.labels(name, decision.action).inc()
+        self.metrics.offers.labels(name, "offer" if result.offer else "none" if result.candidates else "not_needed").inc()
+        self.metrics.latency.labels(name, "counter_offer").observe(time.perf_counter() - started)
+        answer = _answer(name, decision_id, decision)
+        answer["offer"] = None if result.offer is None else _condition(result.offer)
+        answer["candidates"] = [_condition(c) for c in result.candidates]
+        return answer
+
+    def explain(self, name: str, decision_id: str) -> dict[str, Any] | None:
+        return self.slot(name).log.get(decision_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for slot in self._slots.values():
+            slot.log.close()
+
+
+def _condition(c) -> dict[str, Any]:
+    return {"requested_amount": c.amount, "term_months": c.term_months, "score": c.score, "decision": c.action}
+
+
+def _answer(name: str, decision_id: str, decision) -> dict[str, Any]:
+    return {
+        "api_version": "v1", "decider": name, "decision_id": decision_id, "application_id": decision.application_id,
+        "decision": decision.action, "score": decision.score, "model_version": decision.model_version,
+        "reasons": [{"code": r.code, "text": r.text, "feature": r.feature, "value": r.value} for r in decision.reasons],
+        "missing": decision.missing,
+    }
+
+
+def build_host(settings, metrics_registry) -> DeciderHost | None:
+    """The host of the settings' application deciders (None when it hosts none)."""
+    from mlp_platform.registry.mlflow_registry import ModelRegistry
+    from mlp_platform.runtime.loading import registry_loader
+
+    deciders = hosted_deciders(settings.deciders_dir, settings.serving.deciders)
+    if not deciders:
+        return None
+    keys: dict[str, list[str]] = {}
+    for decider, key in settings.serving.decider_api_keys:
+        keys.setdefault(decider, []).append(key)
+    unknown = sorted(set(keys) - {d.name for d in deciders} - {DEFAULT_DECIDER})
+    if unknown:
+        raise ValueError(f"MLP_DECIDER_API_KEYS names decider(s) this process does not host: {unknown}")
+    registries: dict[str, ModelRegistry] = {}
+
+    def champion(decl: DeciderDeclaration) -> str | None:
+        registry = registries.get(decl.name)
+        if registry is None:
+            registry = registries[decl.name] = ModelRegistry.from_settings(settings, decl)
+        return registry.alias("champion")
+
+    # beside the fraud decider's log root (its own chains; the fraud tooling never reads them)
+    host = DeciderHost(deciders, log_root=settings.decision_log_root.parent,
+                       keys={k: tuple(v) for k, v in keys.items()}, admin_keys=settings.serving.admin_keys,
+                       loader=lambda decl: registry_loader(settings, settings.serving.scorer_backend, decl),
+                       champion=champion, metrics=DeciderMetrics(metrics_registry),
+                       group_commit_ms=settings.serving.log_group_commit_ms)
+    host.refresh()
+    host.start(settings.serving.reload_interval_s)
+    return host
