@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.deciders import build_decider_assets
 from assets.features import build_feature_assets
 from assets.ingest import build_ingest_assets
 from assets.model import MODEL_ASSETS, MODEL_CHECKS, MODEL_JOBS
@@ -22,14 +23,15 @@ from sensors.definitions import build_automation
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     monitoring_assets, monitoring_checks = build_monitoring_assets(settings)
+    decider_assets, decider_checks, decider_jobs = build_decider_assets(settings)
     assets = [*build_ingest_assets(settings), *build_feature_assets(settings), *MODEL_ASSETS,
-              *build_serving_assets(settings), *build_scoring_assets(settings), *monitoring_assets]
+              *build_serving_assets(settings), *build_scoring_assets(settings), *monitoring_assets, *decider_assets]
     jobs, schedules, sensors = build_automation(settings)
-    jobs = [*jobs, *MODEL_JOBS, *ROLLOUT_JOBS]
+    jobs = [*jobs, *MODEL_JOBS, *ROLLOUT_JOBS, *decider_jobs]
     # Locally one process runs a whole run (fast start, one DuckDB writer); in production the run
     # launcher of the Dagster deployment (dagster-k8s) isolates runs and steps run in subprocesses.
     executor = dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor
-    return dg.Definitions(assets=assets, asset_checks=[*MODEL_CHECKS, *monitoring_checks], jobs=jobs, schedules=schedules, sensors=sensors,
+    return dg.Definitions(assets=assets, asset_checks=[*MODEL_CHECKS, *monitoring_checks, *decider_checks], jobs=jobs, schedules=schedules, sensors=sensors,
                           resources=resources_for(settings), executor=executor)
 
 

@@ -26,3 +26,16 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MLP_SYNTH_CUSTOMERS", "150")
     monkeypatch.setenv("MLP_SYNTH_MERCHANTS", "60")
     return load_settings
+
+
+@pytest.fixture
+def german_settings(tmp_path, monkeypatch):
+    """Settings on a fresh data dir (a local MLflow store) with the German credit data mounted."""
+    from mlp_platform.settings import load_settings
+
+    monkeypatch.setenv("MLP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = load_settings()
+    if not settings.german_credit_path.exists():
+        pytest.skip("shared dataset not mounted (MLP_GERMAN_CREDIT_PATH)")
+    return settings

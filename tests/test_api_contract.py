@@ -44,8 +44,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def live_api(platform, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("contract")
-    from tests.test_decider_serving import QUICK
-
     from mlp_platform.application_lifecycle import (
         decide_application_candidate,
         gate_application_candidate,
@@ -57,6 +55,7 @@ def live_api(platform, tmp_path_factory):
     from mlp_platform.runtime.loading import registry_loader
     from mlp_platform.serving.deciders import DeciderHost, DeciderMetrics
     from mlp_platform.settings import PROJECT_ROOT
+    from tests.test_decider_serving import QUICK
 
     settings = platform["settings"]
     if not settings.german_credit_path.exists():

@@ -19,19 +19,14 @@ from mlp_platform.deciders.declaration import load_decider, write_variant
 from mlp_platform.evaluation.cv_backtest import CVBacktestConfig
 from mlp_platform.registry.audit import verify_chain
 from mlp_platform.registry.roles import audit_for, registry_for
-from mlp_platform.settings import PROJECT_ROOT, load_settings
+from mlp_platform.settings import PROJECT_ROOT
 
 QUICK = CVBacktestConfig(n_splits=4, n_repeats=1, n_boot=100)
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLP_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = load_settings()
-    if not settings.german_credit_path.exists():
-        pytest.skip("shared dataset not mounted (MLP_GERMAN_CREDIT_PATH)")
-    return settings
+def settings(german_settings):
+    return german_settings
 
 
 @pytest.mark.slow

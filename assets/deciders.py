@@ -1,0 +1,121 @@
+"""Per-decider asset graphs for application deciders (credit origination): one factory, one graph per
+declaration file in ``deciders/`` whose request schema is ``application``; each under its own key
+prefix and group (the decider's name), the same shape for every such decider:
+
+    training_data -> candidate_model -> candidate_evaluation (blocking gate checks) -> model_promotion
+
+A decider added as a file appears here with no code change. The steps are the plain functions of
+:mod:`mlp_platform.application_lifecycle`; the candidate (its registered version) is passed
+explicitly from asset to asset.
+"""
+
+import dagster as dg
+from dagster import AssetExecutionContext
+
+from assets.resources import PlatformSettingsResource
+from mlp_platform import application_lifecycle as lifecycle
+from mlp_platform.deciders.declaration import DeciderDeclaration, load_deciders
+from mlp_platform.evaluation.cv_backtest import CVBacktestConfig, backtest_table
+
+GATES = ("data", "performance", "fairness", "monotonicity", "consistency", "latency")
+
+
+class ApplicationSourceConfig(dg.Config):
+    #: "german" (the real German credit data, read in place) or "synthetic" (generated applications).
+    source: str = "german"
+
+
+class BacktestRunConfig(dg.Config):
+    n_splits: int = 5
+    n_repeats: int = 5
+    n_boot: int = 500
+
+
+def application_decider_assets(decider: DeciderDeclaration):
+    """(assets, checks, jobs) of one application decider."""
+    name = decider.name
+    prefix = [name]
+
+    def key(asset: str) -> dg.AssetKey:
+        return dg.AssetKey([*prefix, asset])
+
+    @dg.asset(key=key("training_data"), group_name=name, kinds={"polars"},
+              description=f"The {name} decider's applications and outcomes, through the application and "
+                          "outcome contracts (synthetic: only applications whose performance window ended).")
+    def training_data(config: ApplicationSourceConfig, platform: PlatformSettingsResource):
+        data = lifecycle.load_application_data(platform.get(), decider, config.source)
+        return dg.Output(data, metadata={
+            "source": data.source, "applications": data.applications.height,
+            "bads": int(data.outcomes["label"].sum()), "immature_left_out": data.immature,
+            "absent_fields": ", ".join(data.absent_fields) or "none"})
+
+    @dg.asset(key=key("candidate_model"), group_name=name, kinds={"lightgbm", "mlflow"},
+              ins={"training_data": dg.AssetIn(key("training_data"))},
+              description=f"Trains a monotone-constrained LightGBM candidate of {decider.model_name}, backtests "
+                          "it against a scorecard (cross-validated), registers the version.")
+    def candidate_model(context: AssetExecutionContext, config: BacktestRunConfig, training_data,
+                        platform: PlatformSettingsResource):
+        candidate = lifecycle.train_application_candidate(
+            platform.get(), decider, training_data,
+            CVBacktestConfig(n_splits=config.n_splits, n_repeats=config.n_repeats, n_boot=config.n_boot))
+        context.log.info(f"registered {candidate.ref.name} v{candidate.ref.version}")
+        return dg.Output(candidate, metadata={
+            "model_version": candidate.ref.version, "mlflow_run_id": candidate.ref.run_id,
+            "trees": candidate.booster.num_trees(), "split": candidate.backtest["split"],
+            "backtest": dg.MetadataValue.md(backtest_table(candidate.backtest))})
+
+    @dg.asset(key=key("candidate_evaluation"), group_name=name, kinds={"python", "mlflow"},
+              ins={"candidate_model": dg.AssetIn(key("candidate_model"))},
+              description="Runs the decider's declared gates on the candidate; they are the blocking checks "
+                          "of this asset.")
+    def candidate_evaluation(candidate_model, platform: PlatformSettingsResource):
+        gates = lifecycle.gate_application_candidate(platform.get(), decider, candidate_model)
+        return dg.Output({"candidate": candidate_model, "gates": gates}, metadata={
+            "candidate_version": candidate_model.ref.version, "gates_passed": all(g.passed for g in gates),
+            "gates": dg.MetadataValue.md("\n".join(f"- **{g.name}**: {'pass' if g.passed else 'FAIL'}: {g.summary}"
+                                                   for g in gates))})
+
+    @dg.multi_asset_check(specs=[dg.AssetCheckSpec(f"gate_{g}", asset=key("candidate_evaluation"), blocking=True,
+                                                   description=f"Promotion gate: {g}") for g in GATES],
+                          name=f"{name}_promotion_gates",
+                          ins={"candidate_evaluation": dg.AssetIn(key("candidate_evaluation"))})
+    def promotion_gates(candidate_evaluation):
+        results = {g.name: g for g in candidate_evaluation["gates"]}
+        for gate_name in GATES:
+            gate = results.get(gate_name)
+            yield dg.AssetCheckResult(
+                check_name=f"gate_{gate_name}", asset_key=key("candidate_evaluation"),
+                passed=gate is not None and gate.passed, severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"explanation": gate.summary if gate else "gate was not evaluated"})
+
+    @dg.asset(key=key("model_promotion"), group_name=name, kinds={"mlflow"},
+              ins={"candidate_evaluation": dg.AssetIn(key("candidate_evaluation"))},
+              automation_condition=dg.AutomationCondition.eager()
+              & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+              description="When every gate passed: the candidate becomes the decider's champion; a refusal "
+                          "is recorded too. Both go to the decider's own audit trail, with the model card.")
+    def model_promotion(context: AssetExecutionContext, candidate_evaluation, platform: PlatformSettingsResource):
+        candidate, gates = candidate_evaluation["candidate"], candidate_evaluation["gates"]
+        outcome = lifecycle.decide_application_candidate(platform.get(), decider, candidate, gates,
+                                                         run_id=context.run_id, actor="dagster")
+        card = lifecycle.application_model_card(decider, candidate, gates, outcome)
+        return dg.Output(outcome.__dict__, metadata={
+            "promoted": outcome.promoted, "version": outcome.version, "role": outcome.role or "none",
+            "reason": outcome.reason, "audit_seq": outcome.audit_seq, "model_card": dg.MetadataValue.md(card)})
+
+    job = dg.define_asset_job(f"{name}_train_job", selection=dg.AssetSelection.groups(name),
+                              description=f"Train, backtest, gate and promote the {name} decider's model.")
+    return [training_data, candidate_model, candidate_evaluation, model_promotion], [promotion_gates], [job]
+
+
+def build_decider_assets(settings):
+    """Every application decider's graph (the fraud decider's graph is the platform's original one)."""
+    assets, checks, jobs = [], [], []
+    for decider in load_deciders(settings.deciders_dir).values():
+        if decider.request.schema_name != "application":
+            continue
+        a, c, j = application_decider_assets(decider)
+        assets += a
+        checks += c
+        jobs += j
+    return assets, checks, jobs
