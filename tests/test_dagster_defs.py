@@ -94,8 +94,16 @@ def test_materialise_synthetic_ingest_features_and_training_set(platform_env):
         assert training.success
         # the model lifecycle: train -> registered version -> backtest -> gates -> promotion -> card
         fast = {"ops": {"candidate_model": {"config": {"n_candidates": 2, "n_folds": 2, "max_rounds": 80}}}}
-        model_assets = [a for a in defs.assets if any(k.path[-1] in MODEL_KEYS for k in a.keys)]
-        model = dg.materialize([*model_assets, *defs.asset_checks], instance=instance,
+        # the fraud decider's model assets (unprefixed keys; application deciders have their own prefix)
+        model_assets = [a for a in defs.assets if any(len(k.path) == 1 and k.path[0] in MODEL_KEYS for k in a.keys)]
+        from mlp_platform.deciders.declaration import load_deciders
+        from mlp_platform.settings import load_settings
+
+        application = {d.name for d in load_deciders(load_settings().deciders_dir).values()
+                       if d.request.schema_name == "application"}
+        fraud_checks = [c for c in defs.asset_checks if not any(k.asset_key.path[0] in application
+                                                                for k in c.check_keys)]
+        model = dg.materialize([*model_assets, *fraud_checks], instance=instance,
                                resources=defs.resources, run_config=fast)
         assert model.success
         gates = _check_evaluations(model)
