@@ -120,15 +120,18 @@ def demo(
     last = end - dt.timedelta(days=1)
     env = platform_env(settings, MLP_SOURCE=settings.source)
     dagster = [_bin("dagster"), "asset", "materialize", "-m", "assets.definitions"]
+    nightly = [*dagster, "--select", NIGHTLY_MONITORING, "--partition", f"{last}"]
     steps = [
         ("prepare: spec -> dbt, dbt parse, DAGSTER_HOME", None),
         (f"ingest + features, {settings.source} {first}..{last}",
          [*dagster, "--select", PARTITIONED_GROUPS, "--partition-range", f"{first}...{last}"]),
         ("training set (labels as of maturity)", [*dagster, "--select", UNPARTITIONED_GROUPS]),
         ("model: train, register, backtest, gates, promotion, card", [*dagster, "--select", MODEL_GROUPS]),
-        (f"nightly for {last}: batch features online, batch scoring, decision log, drift report",
-         [*dagster, "--select", NIGHTLY_MONITORING, "--partition", f"{last}"]),
+        (f"nightly for {last}: batch features online, batch scoring, decision log, drift report", nightly),
     ]
+    if settings.german_credit_path.exists():  # the credit decider on the real German credit data
+        steps.append(("credit decider: German data, backtest vs scorecard, gates, promotion",
+                      [*dagster, "--select", "group:credit"]))
     started = time.perf_counter()
     refused = False
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -138,7 +141,7 @@ def demo(
             progress.update(task, description=description)
             if cmd is None:
                 prepare_project(settings)
-            elif cmd is steps[-1][1] and not _has_champion(settings):
+            elif cmd is nightly and not _has_champion(settings):
                 console.print("no champion: nothing to batch-score or monitor yet")
             else:
                 refused |= not _run(cmd, env, settings.project_root, description, allow_gate_refusal=True)
