@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
 
 from mlp_platform.data.contracts import validate_applications, validate_outcomes
@@ -194,8 +195,6 @@ def gate_application_candidate(settings: Settings, decider: DeciderDeclaration,
                        f"(tolerance {config.consistency_tolerance:g})", max_abs_diff=diff))
 
     profile_text = registry.load_text(candidate.ref.run_id, REFERENCE_PROFILE)
-    import orjson
-
     populations = populations_from_profile(orjson.loads(profile_text), spec.feature_names) if profile_text else {}
     decider_runtime = ApplicationDecider(decider, fast, populations, version=candidate.ref.version)
     requests = candidate_requests(candidate, config.latency_samples)

@@ -129,19 +129,14 @@ def load_german_credit(path: Path) -> GermanCredit:
         if values.null_count():
             raise GermanCreditError(f"{source}: {values.null_count()} value(s) that are not whole numbers")
         numeric.append(pl.col(source).cast(pl.Int32).alias(column))
-    personal = raw["personal_status_and_sex"]
-    unknown = sorted(set(personal.drop_nulls().unique().to_list()) - set(_PERSONAL))
-    if unknown or personal.null_count():
-        raise GermanCreditError(f"personal_status_and_sex: unknown or missing label(s) {unknown or ['<null>']}")
     apps = raw.select(
         ids.alias("application_id"),
         ids.alias("applicant_id"),
         pl.lit(DEFAULT_APPLICATION_CHANNEL).alias("channel"),
         *numeric,
         *[_map(raw, src, mapping, column) for column, (src, mapping) in _LEVELS.items()],
-        pl.col("personal_status_and_sex").replace_strict({k: v[0] for k, v in _PERSONAL.items()}).alias("sex"),
-        pl.col("personal_status_and_sex").replace_strict({k: v[1] for k, v in _PERSONAL.items()})
-        .alias("marital_status"),
+        _map(raw, "personal_status_and_sex", {k: v[0] for k, v in _PERSONAL.items()}, "sex"),
+        _map(raw, "personal_status_and_sex", {k: v[1] for k, v in _PERSONAL.items()}, "marital_status"),
     )
     apps = apps.with_columns(pl.col("requested_amount").cast(pl.Float64))
     apps = apps.with_columns([pl.lit(None, dtype=APPLICATION_SCHEMA[c]).alias(c) for c in ABSENT_FIELDS])

@@ -391,13 +391,17 @@ def _decider_routes(app: FastAPI, host, metrics) -> None:
     responses = {401: _401, 404: {"model": ErrorOut, "description": "No such decider in this process"},
                  413: _413, 422: _422, 503: {"model": ErrorOut, "description": "The decider has no champion loaded"}}
 
-    def guard(name: str, bearer, x_api_key) -> None:
+    async def authorized_decider(name: str = name_param,
+                                 bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                                 x_api_key: str | None = Security(_API_KEY)) -> str:
+        """The path's decider, when the presented key may call it."""
         if name not in host.names:
             raise HTTPException(404, f"no decider {name!r} in this process")
         if not host.authorized(name, _credentials(bearer, x_api_key)):
             metrics.errors.labels("unauthorized").inc()
             raise HTTPException(401, f"missing or invalid API key for decider {name!r}",
                                 headers={"WWW-Authenticate": "Bearer"})
+        return name
 
     async def run(call, route: str):
         try:
@@ -418,28 +422,19 @@ def _decider_routes(app: FastAPI, host, metrics) -> None:
     @app.post("/v1/deciders/{name}/decide", response_model=ApplicationDecisionOut, responses=responses,
               summary="Decide one application (e.g. approve, counter-offer, refer, decline) with its "
                       "adverse-action reasons")
-    async def decide(application: ApplicationIn, name: str = name_param,
-                     bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
-                     x_api_key: str | None = Security(_API_KEY)):
-        guard(name, bearer, x_api_key)
+    async def decide(application: ApplicationIn, name: str = Depends(authorized_decider)):
         return await run(host.decide(name, application.model_dump()), "/v1/deciders/decide")
 
     @app.post("/v1/deciders/{name}/counter-offer", response_model=CounterOfferOut, responses=responses,
               summary="Decide one application and propose the nearest conditions the policy approves "
                       "(candidates scored in one call, each logged)")
-    async def counter_offer(application: ApplicationIn, name: str = name_param,
-                            bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
-                            x_api_key: str | None = Security(_API_KEY)):
-        guard(name, bearer, x_api_key)
+    async def counter_offer(application: ApplicationIn, name: str = Depends(authorized_decider)):
         return await run(host.counter_offer(name, application.model_dump()), "/v1/deciders/counter-offer")
 
     @app.get("/v1/deciders/{name}/decisions/{decision_id}", response_model=dict[str, Any],
              responses={**responses, 404: {"model": ErrorOut, "description": "No such decider or decision"}},
              summary="A stored application decision (its decision-log record)")
-    async def decider_decision(decision_id: str, name: str = name_param,
-                               bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
-                               x_api_key: str | None = Security(_API_KEY)):
-        guard(name, bearer, x_api_key)
+    async def decider_decision(decision_id: str, name: str = Depends(authorized_decider)):
         record = host.explain(name, decision_id)
         if record is None:
             raise HTTPException(404, f"no decision {decision_id} of decider {name!r}")

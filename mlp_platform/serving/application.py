@@ -96,6 +96,8 @@ class ApplicationDecision:
     reasons_filtered: bool = True
     missing: list[str] = field(default_factory=list)
     model_version: str = ""
+    #: The feature row the score was computed from (spec order, NaN for missing): what the log keeps.
+    values: list[float] = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class ApplicationDecider:
             contributions = self.scorer.contributions(row)
             reasons, filtered = self.explainer.reasons(values, contributions, self.policy.max_reasons)
         return ApplicationDecision(request.get(self.decider.entity.key), action, score, dict(self.thresholds),
-                                   reasons, filtered, missing, self.version)
+                                   reasons, filtered, missing, self.version, values)
 
     def candidate_conditions(self, request: Mapping[str, Any]) -> list[tuple[float, int]]:
         """The conditions to score for ``request``: amounts (the one asked and each declared factor of

@@ -176,8 +176,7 @@ class DeciderHost:
     def _decision_id() -> str:
         return os.urandom(16).hex()
 
-    def _record(self, name: str, runtime: ApplicationDecider, decision, decision_id: str, route: str,
-                features: list[float]) -> dict[str, Any]:
+    def _record(self, name: str, runtime: ApplicationDecider, decision, decision_id: str, route: str) -> dict[str, Any]:
         names = runtime.featurizer.feature_names
         return {
             "decision_id": decision_id, "kind": "decision", "decider": name, "route": route, "time": utc_now_iso(),
@@ -186,7 +185,7 @@ class DeciderHost:
             "policy_version": runtime.policy.tag(decision.thresholds),
             "reasons": [{"code": r.code, "feature": r.feature, "text": r.text} for r in decision.reasons],
             "reasons_filtered": decision.reasons_filtered,
-            "features": {n: (None if v != v else v) for n, v in zip(names, features, strict=True)},
+            "features": {n: (None if v != v else v) for n, v in zip(names, decision.values, strict=True)},
             "missing": decision.missing,
         }
 
@@ -195,8 +194,7 @@ class DeciderHost:
         slot, runtime = self._runtime(name)
         decision = runtime.decide(request)
         decision_id = self._decision_id()
-        features, _ = runtime.featurizer.row(request)
-        await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide", features))
+        await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide"))
         self.metrics.decisions.labels(name, decision.action).inc()
         self.metrics.latency.labels(name, "decide").observe(time.perf_counter() - started)
         return _answer(name, decision_id, decision)
@@ -209,8 +207,7 @@ class DeciderHost:
         result: CounterOffers = runtime.counter_offers(request)
         decision = result.decision
         decision_id = self._decision_id()
-        features, _ = runtime.featurizer.row(request)
-        record = self._record(name, runtime, decision, decision_id, "counter_offer", features)
+        record = self._record(name, runtime, decision, decision_id, "counter_offer")
         record["offer"] = None if result.offer is None else _condition(result.offer)
         records = [record] + [
             {"decision_id": f"{decision_id}:candidate:{i}", "kind": "counter_offer_candidate", "decider": name,
