@@ -16,6 +16,7 @@ from assets.resources import PlatformSettingsResource
 from mlp_platform import application_lifecycle as lifecycle
 from mlp_platform.deciders.declaration import DeciderDeclaration, load_deciders
 from mlp_platform.evaluation.cv_backtest import CVBacktestConfig, backtest_table
+from mlp_platform.evaluation.impact import action_impact_markdown
 
 GATES = ("data", "performance", "fairness", "monotonicity", "consistency", "latency")
 
@@ -29,6 +30,9 @@ class BacktestRunConfig(dg.Config):
     n_splits: int = 5
     n_repeats: int = 5
     n_boot: int = 500
+    #: A submitted version (``mlp models submit``) to evaluate instead of training one; set by the
+    #: decider's submission sensor. Empty: train a candidate.
+    submitted_version: str = ""
 
 
 def application_decider_assets(decider: DeciderDeclaration):
@@ -52,25 +56,36 @@ def application_decider_assets(decider: DeciderDeclaration):
     @dg.asset(key=key("candidate_model"), group_name=name, kinds={"lightgbm", "mlflow"},
               ins={"training_data": dg.AssetIn(key("training_data"))},
               description=f"Trains a monotone-constrained LightGBM candidate of {decider.model_name}, backtests "
-                          "it against a scorecard (cross-validated), registers the version.")
+                          "it against a scorecard (cross-validated), registers the version; or, given a "
+                          "submitted version (the submission sensor), judges that one on the platform holdout.")
     def candidate_model(context: AssetExecutionContext, config: BacktestRunConfig, training_data,
                         platform: PlatformSettingsResource):
-        candidate = lifecycle.train_application_candidate(
-            platform.get(), decider, training_data,
-            CVBacktestConfig(n_splits=config.n_splits, n_repeats=config.n_repeats, n_boot=config.n_boot))
-        context.log.info(f"registered {candidate.ref.name} v{candidate.ref.version}")
+        backtest = CVBacktestConfig(n_splits=config.n_splits, n_repeats=config.n_repeats, n_boot=config.n_boot)
+        if config.submitted_version:
+            candidate = lifecycle.evaluate_submitted_candidate(platform.get(), decider, training_data,
+                                                               config.submitted_version, backtest)
+            context.log.info(f"evaluating submitted {candidate.ref.name} v{candidate.ref.version} "
+                             f"({candidate.flavour}, by {candidate.submission.get('submitted_by')})")
+        else:
+            candidate = lifecycle.train_application_candidate(platform.get(), decider, training_data, backtest)
+            context.log.info(f"registered {candidate.ref.name} v{candidate.ref.version}")
         return dg.Output(candidate, metadata={
             "model_version": candidate.ref.version, "mlflow_run_id": candidate.ref.run_id,
-            "trees": candidate.booster.num_trees(), "split": candidate.backtest["split"],
-            "backtest": dg.MetadataValue.md(backtest_table(candidate.backtest))})
+            "flavour": candidate.flavour, "submitted_by": candidate.submission.get("submitted_by", "platform"),
+            "split": candidate.backtest.get("split", "not evaluated"),
+            "backtest": dg.MetadataValue.md(backtest_table(candidate.backtest) if candidate.backtest
+                                            else f"not evaluated: {candidate.failure}")})
 
     @dg.asset(key=key("candidate_evaluation"), group_name=name, kinds={"python", "mlflow"},
               ins={"candidate_model": dg.AssetIn(key("candidate_model"))},
               description="Runs the decider's declared gates on the candidate; they are the blocking checks "
                           "of this asset.")
     def candidate_evaluation(candidate_model, platform: PlatformSettingsResource):
-        gates = lifecycle.gate_application_candidate(platform.get(), decider, candidate_model)
+        settings = platform.get()
+        gates = lifecycle.gate_application_candidate(settings, decider, candidate_model)
+        impact = lifecycle.application_decision_impact(settings, decider, candidate_model)
         return dg.Output({"candidate": candidate_model, "gates": gates}, metadata={
+            "decision_impact": dg.MetadataValue.md(action_impact_markdown(impact) if impact else "no champion"),
             "candidate_version": candidate_model.ref.version, "gates_passed": all(g.passed for g in gates),
             "gates": dg.MetadataValue.md("\n".join(f"- **{g.name}**: {'pass' if g.passed else 'FAIL'}: {g.summary}"
                                                    for g in gates))})
@@ -105,15 +120,32 @@ def application_decider_assets(decider: DeciderDeclaration):
 
     job = dg.define_asset_job(f"{name}_train_job", selection=dg.AssetSelection.groups(name),
                               description=f"Train, backtest, gate and promote the {name} decider's model.")
-    return [training_data, candidate_model, candidate_evaluation, model_promotion], [promotion_gates], [job]
+    submission = dg.define_asset_job(
+        submission_job_name(name), selection=dg.AssetSelection.groups(name),
+        description=f"Judge a model submitted to the {name} decider (mlp models submit): the same evaluation, "
+                    "gates, decision impact and model card; requested by the decider's submission sensor.")
+    return [training_data, candidate_model, candidate_evaluation, model_promotion], [promotion_gates], [job, submission]
+
+
+def submission_job_name(decider_name: str) -> str:
+    return f"{decider_name}_submission_job"
+
+
+def submission_run_config(decider_name: str, version: str, source: str) -> dict:
+    """The run config of a submission run: the version to judge and the data to judge it on."""
+    return {"ops": {f"{decider_name}__training_data": {"config": {"source": source}},
+                    f"{decider_name}__candidate_model": {"config": {"submitted_version": version}}}}
+
+
+def application_deciders(settings) -> list[DeciderDeclaration]:
+    """The declared deciders that decide applications (each gets the graph of this module)."""
+    return [d for d in load_deciders(settings.deciders_dir).values() if d.request.schema_name == "application"]
 
 
 def build_decider_assets(settings):
     """Every application decider's graph (the fraud decider's graph is the platform's original one)."""
     assets, checks, jobs = [], [], []
-    for decider in load_deciders(settings.deciders_dir).values():
-        if decider.request.schema_name != "application":
-            continue
+    for decider in application_deciders(settings):
         a, c, j = application_decider_assets(decider)
         assets += a
         checks += c

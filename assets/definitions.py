@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.deciders import build_decider_assets
+from assets.deciders import application_deciders, build_decider_assets
 from assets.features import build_feature_assets
 from assets.ingest import build_ingest_assets
 from assets.model import MODEL_ASSETS, MODEL_CHECKS, MODEL_JOBS
@@ -19,6 +19,7 @@ from assets.scoring import build_scoring_assets
 from assets.serving import build_serving_assets
 from mlp_platform.settings import Settings, load_settings
 from sensors.definitions import build_automation
+from sensors.submissions import build_submission_sensors
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -28,6 +29,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
               *build_serving_assets(settings), *build_scoring_assets(settings), *monitoring_assets, *decider_assets]
     jobs, schedules, sensors = build_automation(settings)
     jobs = [*jobs, *MODEL_JOBS, *ROLLOUT_JOBS, *decider_jobs]
+    sensors = [*sensors, *build_submission_sensors(application_deciders(settings))]
     # Locally one process runs a whole run (fast start, one DuckDB writer); in production the run
     # launcher of the Dagster deployment (dagster-k8s) isolates runs and steps run in subprocesses.
     executor = dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor

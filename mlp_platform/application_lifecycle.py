@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,14 @@ from mlp_platform.data.credit_synthetic import CreditSyntheticConfig, generate_p
 from mlp_platform.data.german_credit import load_german_credit
 from mlp_platform.deciders.declaration import DeciderDeclaration
 from mlp_platform.deciders.validate import gate_config
-from mlp_platform.evaluation.cv_backtest import CVBacktestConfig, backtest_table, cross_validated_backtest
+from mlp_platform.evaluation.cv_backtest import (
+    CVBacktestConfig,
+    backtest_table,
+    cross_validated_backtest,
+    holdout_backtest,
+    holdout_mask,
+)
+from mlp_platform.evaluation.impact import action_impact, action_impact_markdown
 from mlp_platform.features.request import feature_frame
 from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelVersionRef, git_sha
 from mlp_platform.registry.promotion import GateResult, PromotionOutcome, promote
@@ -91,14 +99,34 @@ def load_application_data(settings: Settings, decider: DeciderDeclaration, sourc
 
 @dataclass
 class ApplicationCandidate:
+    """A registered candidate with its evidence. ``features``/``labels``/``applications`` are the
+    rows it is judged on (all training rows for a platform-trained model, the platform holdout for
+    a submitted one)."""
+
     ref: ModelVersionRef
+    #: The LightGBM booster (platform-trained or a submitted LightGBM model), else None.
     booster: Any
     backtest: dict[str, Any]
     data: dict[str, Any]
     features: pl.DataFrame = field(repr=False)
     labels: np.ndarray = field(repr=False)
-    #: The training applications (requests), row for row with ``features``.
+    #: The applications (requests), row for row with ``features``.
     applications: pl.DataFrame = field(repr=False, default_factory=pl.DataFrame)
+    #: The model's own scoring of a feature matrix (its flavour's native predict): what the
+    #: consistency gate compares the serving path with.
+    native_predict: Callable[[np.ndarray], np.ndarray] | None = field(repr=False, default=None)
+    flavour: str = "lightgbm"
+    #: The submission (who, from where) when the model was handed over, else empty.
+    submission: dict[str, Any] = field(default_factory=dict)
+    #: Why the model could not be evaluated (it failed to score the evaluation rows), else None.
+    failure: str | None = None
+    #: The decision impact against the champion (:func:`application_decision_impact`), once computed.
+    impact: dict[str, Any] | None = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.native_predict is not None:
+            return np.asarray(self.native_predict(x), dtype=np.float64)
+        return self.booster.predict(x, num_threads=1)
 
 
 def train_application_candidate(settings: Settings, decider: DeciderDeclaration, data: ApplicationData,
@@ -132,15 +160,133 @@ def train_application_candidate(settings: Settings, decider: DeciderDeclaration,
     return ApplicationCandidate(ref, booster, backtest, summary, features, y, joined.drop("label"))
 
 
+def training_export(decider: DeciderDeclaration, data: ApplicationData) -> pl.DataFrame:
+    """What a data scientist trains a submission on: the decider's feature columns (the spec's
+    names and order, Float64, null for missing) and the label, for every application outside the
+    platform holdout, keyed by the entity key."""
+    joined = data.applications.join(data.outcomes.select("application_id", "label"), on="application_id")
+    key = decider.entity.key
+    mask = holdout_mask(joined[key].to_list(), decider.submission.holdout_share)
+    kept = joined.filter(pl.Series(~mask))
+    return feature_frame(decider.spec, kept, keep=(key,)).with_columns(kept["label"].cast(pl.Int8))
+
+
+@dataclass
+class NativeModel:
+    """A submitted model scoring a feature matrix through its own flavour (picklable: it travels
+    between Dagster assets): a LightGBM booster, or a scikit-learn estimator's ``predict_proba``."""
+
+    flavour: str
+    model: Any
+
+    @classmethod
+    def from_model_dir(cls, flavour: str, model_dir, booster=None) -> NativeModel:
+        if flavour == "lightgbm":
+            return cls(flavour, booster)
+        import mlflow.sklearn
+
+        return cls(flavour, mlflow.sklearn.load_model(str(model_dir)))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.flavour == "lightgbm":
+            return self.model.predict(x, num_threads=1)
+        fitted = getattr(self.model, "feature_names_in_", None)
+        if fitted is not None:
+            import pandas as pd
+
+            x = pd.DataFrame(x, columns=list(fitted))
+        return np.asarray(self.model.predict_proba(x), dtype=np.float64)[:, 1]
+
+
+def evaluate_submitted_candidate(settings: Settings, decider: DeciderDeclaration, data: ApplicationData,
+                                 version: str, config: CVBacktestConfig | None = None) -> ApplicationCandidate:
+    """A submitted version (tag ``submission=pending``) judged like a platform-trained candidate:
+    scored on the platform holdout of ``data`` against the scorecard fitted on the other rows
+    (:func:`~mlp_platform.evaluation.cv_backtest.holdout_backtest`), its reference profile (the
+    non-holdout population, for reasons and drift) logged with the version. A model that cannot
+    score the rows is returned with ``failure`` set (its gates fail with that reason)."""
+    import lightgbm as lgb
+
+    from mlp_platform.monitoring.profile import build_reference_profile
+    from mlp_platform.runtime.loading import model_flavour
+
+    registry = registry_for(settings, decider)
+    tags = registry.version_tags(version)
+    if tags.get("submission") != "pending":
+        raise ValueError(f"{decider.model_name} v{version} is not a pending submission "
+                         f"(submission tag {tags.get('submission')!r})")
+    ref = registry.ref(version)
+    model_dir = registry.model_dir(version)
+    flavour = model_flavour(model_dir)
+    booster = None
+    if flavour == "lightgbm":
+        import yaml
+
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        booster = lgb.Booster(model_file=str(model_dir / mlmodel["flavors"]["lightgbm"]["data"]))
+    predict = NativeModel.from_model_dir(flavour, model_dir, booster)
+    spec = decider.spec
+    joined = data.applications.join(data.outcomes.select("application_id", "label"), on="application_id")
+    holdout = holdout_mask(joined[decider.entity.key].to_list(), decider.submission.holdout_share)
+    features = feature_frame(spec, joined)
+    x = features.to_numpy().astype(np.float64)
+    y = joined["label"].to_numpy().astype(np.int8)
+    submission = {k: tags.get(k, "") for k in ("submitted_by", "flavour", "evaluation_source")}
+    submission["origin"] = registry.client.get_run(ref.run_id).data.tags.get("origin", "")
+    summary = {"source": data.source, "rows": int(y.size), "bads": int(y.sum()), "immature": data.immature,
+               "absent_fields": list(data.absent_fields), "evaluation_rows": int(holdout.sum()),
+               "evaluation_bads": int(y[holdout].sum())}
+    candidate = ApplicationCandidate(ref, booster, {}, summary, features.filter(pl.Series(holdout)), y[holdout],
+                                     joined.filter(pl.Series(holdout)).drop("label"), predict, flavour, submission)
+    try:
+        scores = candidate.predict(x)
+        if scores.shape != (len(x),) or not np.all(np.isfinite(scores)) or scores.min() < 0 or scores.max() > 1:
+            raise ValueError(f"scores of shape {scores.shape} outside [0, 1] or not finite")
+    except Exception as exc:  # the submitter's model: any error is a reason to refuse it, reported
+        candidate.failure = f"the model could not score the {data.source} applications: {type(exc).__name__}: {exc}"
+        return candidate
+    candidate.backtest = holdout_backtest(decider, data.applications, data.outcomes, scores, holdout, config)
+    profile = build_reference_profile(features.filter(pl.Series(~holdout)), spec.feature_names, scores[~holdout],
+                                      seed=0)
+    registry.log_text(ref.run_id, profile.to_json(), REFERENCE_PROFILE)
+    model = candidate.backtest["models"]["model"]
+    registry.set_version_tag(version, "holdout_roc_auc", repr(model["roc_auc"]["value"]))
+    registry.log_json(ref.run_id, candidate.backtest, BACKTEST)
+    return candidate
+
+
+def application_decision_impact(settings: Settings, decider: DeciderDeclaration,
+                                candidate: ApplicationCandidate) -> dict[str, Any] | None:
+    """How the decisions on the candidate's evaluation rows change if it replaces the champion
+    (both through their serving scorers and the declared policy); None without a champion (or a
+    candidate that could not be evaluated)."""
+    from mlp_platform.runtime.loading import serving_scorer
+
+    registry = registry_for(settings, decider)
+    champion = registry.alias("champion")
+    if champion is None or champion == candidate.ref.version or candidate.failure is not None:
+        return None
+    x = candidate.features.to_numpy().astype(np.float64)
+    served = serving_scorer(registry.model_dir(champion), decider.spec.feature_names, version=champion)
+    policy = decider.policy
+    thresholds = policy.thresholds(0.5)
+    before = [policy.decide(float(v), thresholds) for v in served.score_matrix(x)]
+    after = [policy.decide(float(v), thresholds) for v in candidate.predict(x)]
+    impact = action_impact(before, after, candidate.labels, policy.actions, policy.default_action)
+    impact["champion_version"] = champion
+    candidate.impact = impact
+    return impact
+
+
 def _gate(name: str, passed: bool, summary: str, **details) -> GateResult:
     return GateResult(name, bool(passed), summary, details)
 
 
 def gate_application_candidate(settings: Settings, decider: DeciderDeclaration,
                                candidate: ApplicationCandidate) -> list[GateResult]:
-    from mlp_platform.runtime.fast_scorer import FastScorer
-    from mlp_platform.runtime.loading import populations_from_profile
-    from mlp_platform.runtime.scorer import Scorer
+    """The declared gates of the candidate, each through the serving path of its registered
+    artefact (compiled LightGBM, or the generic estimator path of a submitted scikit-learn model)."""
+    from mlp_platform.runtime.loading import populations_from_profile, serving_scorer
     from mlp_platform.serving.application import ApplicationDecider
 
     config = gate_config(decider)
@@ -151,16 +297,22 @@ def gate_application_candidate(settings: Settings, decider: DeciderDeclaration,
     gates.append(_gate("data", rows >= config.min_training_rows and bads >= config.min_training_frauds,
                        f"{rows} applications, {bads} bad (minimums {config.min_training_rows} and "
                        f"{config.min_training_frauds})", rows=rows, bads=bads))
+    if candidate.failure is not None:
+        why = f"not evaluated: {candidate.failure}"
+        return gates + [_gate(g, False, why) for g in ("performance", "fairness", "monotonicity", "consistency",
+                                                        "latency")]
 
     auc = candidate.backtest["models"]["model"]["roc_auc"]
     minimum = dict(config.minimums).get("roc_auc", 0.0)
     champion = registry.alias("champion")
-    text = f"cross-validated ROC AUC {auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}] (minimum {minimum:.2f})"
+    judged = "holdout" if candidate.submission else "cross-validated"
+    text = (f"{judged} ROC AUC {auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}] "
+            f"(minimum {minimum:.2f})")
     passed = auc["value"] >= minimum
     champion_auc = None
     if champion is not None and champion != candidate.ref.version:
         tags = registry.version_tags(champion)
-        recorded = tags.get("cv_roc_auc")
+        recorded = tags.get("cv_roc_auc") or tags.get("holdout_roc_auc")
         if tags.get("source") != candidate.data["source"]:
             text += f"; champion v{champion} was trained on {tags.get('source')} data: not compared"
         elif recorded is not None:
@@ -178,37 +330,38 @@ def gate_application_candidate(settings: Settings, decider: DeciderDeclaration,
                        + (f" Segments not evaluated: {missing}." if missing else ""),
                        judgements={s: f["judgement"] for s, f in fairness.items()}))
 
-    served = Scorer.from_model_dir(registry.model_dir(candidate.ref.version), spec.feature_names,
-                                   version=candidate.ref.version)
+    profile_text = registry.load_text(candidate.ref.run_id, REFERENCE_PROFILE)
+    populations = populations_from_profile(orjson.loads(profile_text), spec.feature_names) if profile_text else {}
+    served = serving_scorer(registry.model_dir(candidate.ref.version), spec.feature_names,
+                            version=candidate.ref.version, populations=populations)
     x = candidate.features.to_numpy().astype(np.float64)
-    violations = monotone_violations(served.booster, x, spec.feature_names, decider.model.monotone_constraints)
+    violations = monotone_violations(served.score_matrix, x, spec.feature_names, decider.model.monotone_constraints)
     gates.append(_gate("monotonicity", not violations,
                        "every declared constraint holds on a 15-point grid over 200 rows" if not violations
                        else f"the score moves against the declared direction of {sorted(violations)}",
                        constraints=dict(decider.model.monotone_constraints), violations=violations))
 
-    fast = FastScorer.from_booster(served.booster, served.feature_names)
     sample = x[: min(len(x), 2000)]
-    diff = float(np.max(np.abs(fast.score_matrix(sample) - candidate.booster.predict(sample, num_threads=1))))
+    diff = float(np.max(np.abs(served.score_matrix(sample) - candidate.predict(sample))))
     gates.append(_gate("consistency", diff <= config.consistency_tolerance,
-                       f"registered artefact through the serving scorer: max |diff| {diff:.2e} "
-                       f"(tolerance {config.consistency_tolerance:g})", max_abs_diff=diff))
+                       f"registered artefact through the serving scorer ({getattr(served, 'backend', '?')}): "
+                       f"max |diff| {diff:.2e} (tolerance {config.consistency_tolerance:g})", max_abs_diff=diff))
 
-    profile_text = registry.load_text(candidate.ref.run_id, REFERENCE_PROFILE)
-    populations = populations_from_profile(orjson.loads(profile_text), spec.feature_names) if profile_text else {}
-    decider_runtime = ApplicationDecider(decider, fast, populations, version=candidate.ref.version)
+    decider_runtime = ApplicationDecider(decider, served, populations, version=candidate.ref.version)
     requests = candidate_requests(candidate, config.latency_samples)
     p99 = decision_latency_p99_us(decider_runtime, requests)
     gates.append(_gate("latency", p99 <= config.latency_p99_budget_us,
                        f"decision with adverse-action reasons p99 {p99:.0f} us over {len(requests)} applications "
-                       f"(budget {config.latency_p99_budget_us:.0f} us)", p99_us=p99))
+                       f"through the {candidate.flavour} serving path (budget {config.latency_p99_budget_us:.0f} us)",
+                       p99_us=p99, flavour=candidate.flavour))
     return gates
 
 
-def monotone_violations(booster, x: np.ndarray, names: list[str], constraints: dict[str, int],
-                        rows: int = 200, points: int = 15, seed: int = 0) -> dict[str, float]:
-    """Each constrained feature whose grid sweep moved a score against its direction, with the largest
-    such move (empty: every constraint holds)."""
+def monotone_violations(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, names: list[str],
+                        constraints: dict[str, int], rows: int = 200, points: int = 15,
+                        seed: int = 0) -> dict[str, float]:
+    """Each constrained feature whose grid sweep moved a score (``predict`` of a matrix) against its
+    direction, with the largest such move (empty: every constraint holds)."""
     rng = np.random.default_rng(seed)
     base = x[rng.choice(len(x), size=min(rows, len(x)), replace=False)]
     out = {}
@@ -222,7 +375,7 @@ def monotone_violations(booster, x: np.ndarray, names: list[str], constraints: d
         for value in grid:
             varied = base.copy()
             varied[:, j] = value
-            scores.append(booster.predict(varied, num_threads=1))
+            scores.append(np.asarray(predict(varied), dtype=np.float64))
         worst = float(np.min(np.diff(np.asarray(scores), axis=0) * sign)) if len(grid) > 1 else 0.0
         if worst < -1e-12:
             out[name] = -worst
@@ -259,11 +412,18 @@ def application_model_card(decider: DeciderDeclaration, candidate: ApplicationCa
              f"- Score: {decider.model.score}",
              f"- Data: {candidate.data['source']}, {candidate.data['rows']} applications, {candidate.data['bads']} bad"
              + (f"; absent fields: {', '.join(candidate.data['absent_fields'])}" if candidate.data["absent_fields"] else ""),
-             f"- Split: {candidate.backtest['split']}",
+             *([f"- Submitted by {candidate.submission.get('submitted_by')} from {candidate.submission.get('origin')} "
+                f"({candidate.flavour}); judged on the platform holdout, the scorecard fitted on the other rows"]
+               if candidate.submission else []),
+             f"- Split: {candidate.backtest.get('split', 'not evaluated')}",
              f"- Monotone constraints: {dict(decider.model.monotone_constraints)}",
              f"- Protected attributes (not model inputs): {', '.join(decider.fairness.protected)}",
              f"- Policy: {' < '.join(decider.policy.actions)}; bounds {decider.policy.thresholds(0.5)}", "",
-             "## Backtest against the scorecard", "", backtest_table(candidate.backtest), "",
+             "## Backtest against the scorecard", "",
+             backtest_table(candidate.backtest) if candidate.backtest else f"Not evaluated: {candidate.failure}", "",
+             "## Decision impact against the champion", "",
+             (f"Champion v{candidate.impact['champion_version']} on the same applications:\n\n"
+              + action_impact_markdown(candidate.impact)) if candidate.impact else "No champion to compare with.", "",
              "## Gates", ""]
     for g in gates:
         lines.append(f"- **{g.name}**: {'pass' if g.passed else 'FAIL'}: {g.summary}")
@@ -273,7 +433,8 @@ def application_model_card(decider: DeciderDeclaration, candidate: ApplicationCa
     elif outcome.promoted:
         lines.append(f"Promoted to {outcome.role}: {outcome.reason} (audit record {outcome.audit_seq}).")
     else:
-        lines.append(f"Refused: {outcome.reason} (audit record {outcome.audit_seq}).")
+        reason = outcome.reason.removeprefix("refused: ")
+        lines.append(f"Refused: {reason} (audit record {outcome.audit_seq}).")
     return "\n".join(lines) + "\n"
 
 
@@ -283,5 +444,30 @@ def decide_application_candidate(settings: Settings, decider: DeciderDeclaration
     the decision is stored with the version."""
     registry = registry_for(settings, decider)
     outcome = promote(registry, audit_for(settings, decider), candidate.ref, gates, run_id=run_id, actor=actor)
+    if candidate.submission:
+        registry.set_version_tag(candidate.ref.version, "submission", "promoted" if outcome.promoted else "refused")
     registry.log_text(candidate.ref.run_id, application_model_card(decider, candidate, gates, outcome), MODEL_CARD)
     return outcome
+
+
+@dataclass
+class SubmissionVerdict:
+    candidate: ApplicationCandidate
+    gates: list[GateResult]
+    outcome: PromotionOutcome
+    card: str
+
+
+def judge_submission(settings: Settings, decider: DeciderDeclaration, version: str, source: str | None = None, *,
+                     run_id: str, actor: str, config: CVBacktestConfig | None = None) -> SubmissionVerdict:
+    """Evaluate, gate and promote or refuse a pending submission in one call (what the submission
+    sensor's run does, for a notebook or ``mlp models submit --evaluate``)."""
+    if source is None:
+        source = registry_for(settings, decider).version_tags(version).get("evaluation_source") \
+            or decider.submission.default_source
+    data = load_application_data(settings, decider, source)
+    candidate = evaluate_submitted_candidate(settings, decider, data, version, config)
+    gates = gate_application_candidate(settings, decider, candidate)
+    application_decision_impact(settings, decider, candidate)
+    outcome = decide_application_candidate(settings, decider, candidate, gates, run_id=run_id, actor=actor)
+    return SubmissionVerdict(candidate, gates, outcome, application_model_card(decider, candidate, gates, outcome))

@@ -30,6 +30,8 @@ spec_app = typer.Typer(help="The feature specification.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 model_app = typer.Typer(help="Registered models: roles, rollback, model cards, audit trail.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+# `mlp models ...` is the same group (the name data scientists reach for: `mlp models submit`)
+app.add_typer(model_app, name="models", hidden=True)
 deciders_app = typer.Typer(help="The deciders: one declaration file each (deciders/*.yaml).", no_args_is_help=True)
 app.add_typer(deciders_app, name="deciders")
 console = Console()
@@ -307,6 +309,7 @@ def deciders_train(
     """Train a candidate for an application decider, backtest it against the scorecard, gate it, and
     promote it or refuse it (its own registered model and audit trail); prints why."""
     from mlp_platform.application_lifecycle import (
+        application_decision_impact,
         decide_application_candidate,
         gate_application_candidate,
         load_application_data,
@@ -328,13 +331,89 @@ def deciders_train(
     console.print(f"registered {candidate.ref.name} v{candidate.ref.version}; {candidate.backtest['split']}")
     console.print(backtest_table(candidate.backtest), markup=False, highlight=False, soft_wrap=True)
     gates = gate_application_candidate(settings, decider, candidate)
+    application_decision_impact(settings, decider, candidate)
     for gate in gates:
         mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
         console.print(f"{mark} {gate.name}: ", markup=True, highlight=False, end="")
         console.print(gate.summary, markup=False, highlight=False, soft_wrap=True)
     outcome = decide_application_candidate(settings, decider, candidate, gates, run_id="cli", actor="cli")
-    console.print(("promoted to " + str(outcome.role) if outcome.promoted else "refused") + f": {outcome.reason}",
+    console.print(("promoted to " + str(outcome.role) if outcome.promoted else "refused")
+                  + f": {outcome.reason.removeprefix('refused: ')}",
                   markup=False, highlight=False)
+    if not outcome.promoted:
+        raise typer.Exit(2)
+
+
+@deciders_app.command("export")
+def deciders_export(
+    name: str = typer.Argument(..., help="an application decider (e.g. credit)"),
+    out: Path = typer.Option(..., help="Parquet file to write (the feature columns, the label, the key)."),
+    source: str = typer.Option("german", help="german or synthetic"),
+) -> None:
+    """Write what a data scientist trains a submission on: the decider's features in the spec's order
+    and the label, for every application outside the platform holdout (which judges submissions)."""
+    from mlp_platform.application_lifecycle import load_application_data, training_export
+
+    settings = load_settings()
+    try:
+        decider = load_decider(settings.deciders_dir, name)
+        frame = training_export(decider, load_application_data(settings, decider, source))
+    except (DeciderError, ValueError) as err:
+        console.print(f"[red]{err}[/red]", markup=True, highlight=False)
+        raise typer.Exit(1) from err
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(out)
+    console.print(f"{out}: {frame.height} applications, {int(frame['label'].sum())} bad; features in order: "
+                  + ", ".join(decider.spec.feature_names), markup=False, highlight=False, soft_wrap=True)
+
+
+@model_app.command("submit")
+def models_submit(
+    source: str = typer.Argument(..., help="a LightGBM model file, an MLflow model directory, or an MLflow URI "
+                                           "(runs:/<run id>/model, models:/<name>/<version>)"),
+    decider_name: str = typer.Option(..., "--decider", help="the decider the model is for"),
+    by: str = typer.Option(os.environ.get("USER", "unknown"), help="who submits (recorded in the audit trail)"),
+    evaluate_on: str = typer.Option(None, "--source", help="data to judge it on (default: the decider's)"),
+    evaluate: bool = typer.Option(False, help="judge it now in this process instead of by the Dagster sensor"),
+    note: str = typer.Option("", help="free text kept with the submission"),
+) -> None:
+    """Hand over a model trained elsewhere: its signature is checked against the decider's feature
+    spec; accepted, it is registered as a pending candidate that the decider's Dagster sensor judges
+    (evaluation, gates, decision impact, model card); refused, the reasons are printed and recorded.
+    Exit 0: accepted (and, with --evaluate, promoted); 2: refused; 1: not a readable model."""
+    from mlp_platform.registry.submission import SubmissionError, submit_model
+
+    settings = load_settings()
+    try:
+        decider = load_decider(settings.deciders_dir, decider_name)
+        result = submit_model(settings, decider, source, submitted_by=by, evaluation_source=evaluate_on, note=note)
+    except (DeciderError, SubmissionError) as err:
+        console.print(f"[red]not submitted:[/red] {err}", markup=True, highlight=False)
+        raise typer.Exit(1) from err
+    for line in result.report.lines():
+        console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
+    if not result.accepted:
+        console.print(f"refused: recorded in run {result.run_id} (model card) and audit record {result.audit_seq}",
+                      markup=False, highlight=False)
+        raise typer.Exit(2)
+    ref = result.ref
+    console.print(f"registered {ref.name} v{ref.version} ({result.flavour}) as a pending submission", markup=False,
+                  highlight=False)
+    if not evaluate:
+        console.print(f"the Dagster sensor {decider.name}_submission_sensor will judge it; then "
+                      f"`mlp models card {ref.version} --decider {decider.name}`", markup=False, highlight=False)
+        return
+    from mlp_platform.application_lifecycle import judge_submission
+
+    verdict = judge_submission(settings, decider, ref.version, evaluate_on, run_id="cli", actor=by)
+    for gate in verdict.gates:
+        mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
+        console.print(f"{mark} {gate.name}: ", markup=True, highlight=False, end="")
+        console.print(gate.summary, markup=False, highlight=False, soft_wrap=True)
+    outcome = verdict.outcome
+    console.print(("promoted to " + str(outcome.role) if outcome.promoted else "refused")
+                  + f": {outcome.reason.removeprefix('refused: ')}",
+                  markup=False, highlight=False, soft_wrap=True)
     if not outcome.promoted:
         raise typer.Exit(2)
 
@@ -418,16 +497,52 @@ def model_rollback(reason: str = typer.Option(..., help="Why: recorded in the au
 
 
 @model_app.command("card")
-def model_card(version: str, html: Path = typer.Option(None, help="Also write the HTML card here.")) -> None:
-    """Print the model card of a version (regenerated from recorded evidence)."""
+def model_card(version: str, html: Path = typer.Option(None, help="Also write the HTML card here."),
+               decider_name: str = typer.Option("fraud", "--decider", help="whose registered model")) -> None:
+    """Print the model card of a version (the fraud decider's is regenerated from recorded evidence;
+    an application decider's is the one stored with its verdict)."""
     from mlp_platform import lifecycle
     from mlp_platform.evaluation.model_card import render_html
+    from mlp_platform.registry.roles import registry_for
 
     settings = load_settings()
+    decider = load_decider(settings.deciders_dir, decider_name)
+    if decider.request.schema_name == "application":
+        registry = registry_for(settings, decider)
+        markdown = registry.load_text(registry.ref(version).run_id, "model_card.md") or "no model card yet"
+        console.print(markdown, markup=False, highlight=False)
+        if html:
+            html.write_text(render_html(markdown, f"{decider.model_name} v{version}"))
+        return
     markdown = lifecycle.write_model_card(settings, version)
     console.print(markdown, markup=False, highlight=False)
     if html:
         html.write_text(render_html(markdown, f"{load_decider(settings.deciders_dir).model_name} v{version}"))
+
+
+@model_app.command("submissions")
+def models_submissions(decider_name: str = typer.Option(..., "--decider", help="an application decider")) -> None:
+    """The models submitted to a decider: each version's status (pending, promoted, refused) and each
+    submission refused at its signature check (with the run holding its model card)."""
+    from mlp_platform.registry.roles import registry_for
+
+    settings = load_settings()
+    decider = load_decider(settings.deciders_dir, decider_name)
+    registry = registry_for(settings, decider)
+    table = Table("version / run", "status", "flavour", "submitted by", "from")
+    for mv in sorted(registry.versions(), key=lambda m: int(m.version)):
+        tags = dict(mv.tags)
+        if "submission" in tags:
+            run_tags = registry.client.get_run(mv.run_id).data.tags
+            table.add_row(f"v{mv.version}", tags["submission"], tags.get("flavour", ""), tags.get("submitted_by", ""),
+                          run_tags.get("origin", ""))
+    exp = registry.client.get_experiment_by_name(registry.experiment_name)
+    if exp is not None:
+        for run in registry.client.search_runs([exp.experiment_id], "tags.submission = 'rejected'"):
+            t = run.data.tags
+            table.add_row(f"run {run.info.run_id[:12]}", "rejected (signature)", t.get("flavour", ""),
+                          t.get("submitted_by", ""), t.get("origin", ""))
+    console.print(table)
 
 
 @model_app.command("audit")

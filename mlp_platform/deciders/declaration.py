@@ -226,6 +226,23 @@ class LabelsDecl(_Strict):
     maturity_days: int = Field(ge=0)
 
 
+class SubmissionDecl(_Strict):
+    """Models handed over by a data scientist (``mlp models submit``)."""
+
+    #: The share of the decider's applications held out for judging submitted models (by a hash of
+    #: the entity key, so the same rows every time); ``mlp deciders export`` leaves them out.
+    holdout_share: float = Field(0.2, gt=0.0, lt=0.5)
+    #: The MLflow model flavours accepted: LightGBM (compiled fast scoring) and scikit-learn (any
+    #: estimator with ``predict_proba``, served through the slower generic path).
+    flavours: tuple[Literal["lightgbm", "sklearn"], ...] = ("lightgbm", "sklearn")
+    #: A scikit-learn model serialised with pickle/cloudpickle runs arbitrary code when loaded; by
+    #: default only MLflow's ``skops`` format (types audited at load) is accepted.
+    allow_pickle: bool = False
+    #: The data a submission is evaluated on when the submitter names none (an application
+    #: lifecycle source: synthetic, german).
+    default_source: str = "synthetic"
+
+
 class DeciderDeclaration(_Strict):
     """One decider, as declared in its file."""
 
@@ -242,6 +259,7 @@ class DeciderDeclaration(_Strict):
     #: Counter-offers (application deciders whose policy has a counter_offer band or that refer).
     counter_offer: CounterOfferDecl | None = None
     labels: LabelsDecl
+    submission: SubmissionDecl = Field(default_factory=SubmissionDecl)
     #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);
     #: checked by :func:`mlp_platform.deciders.validate.validate_decider`.
     gates: dict[str, Any] = Field(default_factory=dict)

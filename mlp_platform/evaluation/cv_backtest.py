@@ -15,6 +15,8 @@ over the decider's declared segments (age band, sex) with the platform's fairnes
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,8 +152,21 @@ def cross_validated_backtest(decider: DeciderDeclaration, applications: pl.DataF
     accept_below = decider.policy.thresholds(0.5)[decider.policy.bands[0].action]
     scores = out_of_fold_scores(decider, joined, y, config)
     report = compare(y, scores, accept_below, config)
+    fairness = fairness_judgements(decider, joined, scores["model"][0], accept_below, config)
+    return {
+        "decider": decider.name, "rows": int(y.size), "bads": int(y.sum()),
+        "split": f"repeated stratified {config.n_splits}-fold cross-validation, {config.n_repeats} repeats, "
+                 f"seed {config.seed} (no application dates: out-of-time is not possible)",
+        "accept_below": accept_below, "config": asdict(config), **report, "fairness": fairness,
+    }
+
+
+def fairness_judgements(decider: DeciderDeclaration, applications: pl.DataFrame, scores: np.ndarray,
+                        accept_below: float, config: CVBacktestConfig) -> dict[str, Any]:
+    """The fairness report and judgement of ``scores``' refusals over each declared bias segment
+    (``applications`` carry the labels, row for row with ``scores``)."""
     gates = decider.gates
-    frame = add_age_band(joined).with_columns(pl.Series("score", scores["model"][0]))
+    frame = add_age_band(applications).with_columns(pl.Series("score", np.asarray(scores, dtype=np.float64)))
     fairness = {}
     for segment in gates.get("bias_segments", ["age_band", "sex"]):
         if segment not in frame.columns:
@@ -162,10 +177,47 @@ def cross_validated_backtest(decider: DeciderDeclaration, applications: pl.DataF
                              n_boot=config.n_boot, seed=config.seed, alpha=config.alpha)
         fairness[segment] = {"report": fr, "judgement": judge_fairness(
             fr, float(gates.get("max_fpr_ratio", 1.25)), float(gates.get("max_tpr_diff", 0.10)))}
+    return fairness
+
+
+def holdout_mask(keys: Sequence[str], share: float) -> np.ndarray:
+    """True for the keys in the platform's holdout: the first 8 bytes of sha256(key) as a fraction
+    of 2**64 below ``share`` (the same keys every time, whatever the order or the other rows)."""
+    return np.fromiter((int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], "big") < share * 2**64
+                        for k in keys), dtype=bool, count=len(keys))
+
+
+def holdout_backtest(decider: DeciderDeclaration, applications: pl.DataFrame, outcomes: pl.DataFrame,
+                     all_scores: np.ndarray, holdout: np.ndarray, config: CVBacktestConfig | None = None
+                     ) -> dict[str, Any]:
+    """The backtest report of a model trained elsewhere (a submission): ``all_scores`` (its scores of
+    every application, in order) judged on the holdout rows against the scorecard fitted on the
+    other rows, with the same metrics, intervals and paired differences as
+    :func:`cross_validated_backtest` (one "repeat"); its fairness over every application."""
+    config = config or CVBacktestConfig()
+    joined = applications.join(outcomes.select("application_id", "label"), on="application_id", how="inner")
+    if joined.height != applications.height:
+        raise ValueError(f"{applications.height - joined.height} application(s) have no outcome")
+    y = joined["label"].to_numpy().astype(np.int8)
+    spec = decider.spec
+    x_pd = feature_frame(spec, joined).to_pandas()
+    card = fit_scorecard(x_pd[~holdout], y[~holdout], spec, seed=config.seed)
+    scorecard = card.predict_proba(x_pd[holdout])
+    y_h = y[holdout]
+    accept_below = decider.policy.thresholds(0.5)[decider.policy.bands[0].action]
+    all_scores = np.asarray(all_scores, dtype=np.float64)
+    scores = {"model": all_scores[holdout][None, :], "scorecard": scorecard[None, :]}
+    report = compare(y_h, scores, accept_below, config)
+    # fairness over every application (the holdout's groups are too small to judge: 50 rows and 10
+    # bads per group at least): it judges who the model refuses, little changed by a row's having
+    # been trained on
+    fairness = fairness_judgements(decider, joined, all_scores, accept_below, config)
+    share = decider.submission.holdout_share
     return {
-        "decider": decider.name, "rows": int(y.size), "bads": int(y.sum()),
-        "split": f"repeated stratified {config.n_splits}-fold cross-validation, {config.n_repeats} repeats, "
-                 f"seed {config.seed} (no application dates: out-of-time is not possible)",
+        "decider": decider.name, "rows": int(y_h.size), "bads": int(y_h.sum()),
+        "split": f"platform holdout: {int(y_h.size)} of {int(y.size)} applications ({share:.0%} by a hash of "
+                 f"{decider.entity.key}), never in `mlp deciders export`; the scorecard fitted on the other "
+                 f"{int((~holdout).sum())}; fairness over all {int(y.size)}",
         "accept_below": accept_below, "config": asdict(config), **report, "fairness": fairness,
     }
 

@@ -110,3 +110,47 @@ def decision_impact(
             "segments": segment_report,
         }
     )
+
+
+def action_impact(champion: Sequence[str], candidate: Sequence[str], labels: Sequence[int] | None,
+                  actions: Sequence[str], approve: str = "approve") -> dict[str, Any]:
+    """Decision impact of a decider with several actions (approve / counter-offer / refer /
+    decline): how the actions change on the same applications when the candidate replaces the
+    champion. ``transitions[a][b]`` counts applications the champion gave ``a`` and the candidate
+    ``b``; ``newly_approved`` / ``newly_not_approved`` (with their bads when labels are known) are
+    what customers and the loss line feel."""
+    champion, candidate = np.asarray(champion, dtype=object), np.asarray(candidate, dtype=object)
+    if champion.shape != candidate.shape:
+        raise ValueError("champion and candidate actions differ in length")
+    y = None if labels is None else np.asarray(labels, dtype=np.int8)
+    n = int(champion.size)
+
+    def block(mask: np.ndarray) -> dict[str, Any]:
+        return {"n": int(mask.sum()), "share": float(mask.mean()) if n else None,
+                "bads": None if y is None else int((mask & (y == 1)).sum())}
+
+    was, now = champion == approve, candidate == approve
+    return {
+        "n": n,
+        "changed": int((champion != candidate).sum()),
+        "champion": {a: float((champion == a).mean()) if n else None for a in actions},
+        "candidate": {a: float((candidate == a).mean()) if n else None for a in actions},
+        "transitions": {a: {b: int(((champion == a) & (candidate == b)).sum()) for b in actions} for a in actions},
+        "newly_approved": block(now & ~was),
+        "newly_not_approved": block(was & ~now),
+        "approval_rate_change": float(now.mean() - was.mean()) if n else None,
+    }
+
+
+def action_impact_markdown(impact: dict[str, Any]) -> str:
+    """The transition table (champion's action per row, candidate's per column) and the summary."""
+    actions = list(impact["transitions"])
+    lines = ["| champion \\ candidate | " + " | ".join(actions) + " |", "|" + "---|" * (len(actions) + 1)]
+    for a in actions:
+        lines.append(f"| {a} | " + " | ".join(str(impact["transitions"][a][b]) for b in actions) + " |")
+    na, nn = impact["newly_approved"], impact["newly_not_approved"]
+    bads = lambda b: "" if b["bads"] is None else f" ({b['bads']} bad)"  # noqa: E731
+    lines += ["", f"{impact['changed']} of {impact['n']} decisions change; newly approved {na['n']}{bads(na)}, "
+                  f"no longer approved {nn['n']}{bads(nn)}; approval rate change "
+                  f"{impact['approval_rate_change']:+.3f}."]
+    return "\n".join(lines)

@@ -147,6 +147,33 @@ class ModelRegistry:
                     mlflow.log_dict(payload, path)
             return self._register_booster(booster, feature_names, run.info.run_id, version_tags)
 
+    def log_model_dir(self, model_dir: Path, feature_names: list[str], *, tags: dict[str, str],
+                      version_tags: dict[str, str], artifacts: dict[str, dict[str, Any] | str] | None = None
+                      ) -> ModelVersionRef:
+        """Log an MLflow model directory built elsewhere (a submitted scikit-learn model) as the
+        ``model`` artefact of a new run of this registry's experiment, and register it."""
+        mlflow = self._mlflow
+        with self._global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
+            mlflow.set_tags({**tags, "feature_count": str(len(feature_names))})
+            mlflow.log_dict({"features": list(feature_names)}, "features.json")
+            for path, payload in (artifacts or {}).items():
+                (mlflow.log_text if isinstance(payload, str) else mlflow.log_dict)(payload, path)
+            mlflow.log_artifacts(str(model_dir), "model")
+            run_id = run.info.run_id
+            version = mlflow.register_model(f"runs:/{run_id}/model", self.model_name, tags={
+                **version_tags, "run_id": run_id, "features": json.dumps(list(feature_names))})
+        return ModelVersionRef(self.model_name, str(version.version), run_id)
+
+    def log_record_run(self, tags: dict[str, str], artifacts: dict[str, dict[str, Any] | str]) -> str:
+        """A run of this registry's experiment holding only tags and JSON/text artefacts (a refused
+        submission's record); returns its id."""
+        mlflow = self._mlflow
+        with self._global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
+            mlflow.set_tags(tags)
+            for path, payload in artifacts.items():
+                (mlflow.log_text if isinstance(payload, str) else mlflow.log_dict)(payload, path)
+            return run.info.run_id
+
     def _register_booster(self, booster, feature_names: list[str], run_id: str,
                           version_tags: dict[str, str]) -> ModelVersionRef:
         """Inside an active run: log the booster as an MLflow LightGBM model with its signature and
@@ -208,6 +235,10 @@ class ModelRegistry:
 
     def roles(self) -> dict[str, str | None]:
         return {role: self.alias(role) for role in ROLES}
+
+    def versions(self) -> list:
+        """Every version of this registry's model (MLflow ``ModelVersion`` objects, tags included)."""
+        return list(self.client.search_model_versions(f"name='{self.model_name}'"))
 
     def ref(self, version: str) -> ModelVersionRef:
         mv = self.client.get_model_version(self.model_name, version)

@@ -61,6 +61,38 @@ class LoadedModel:
     populations: dict[str, Population] = field(default_factory=dict)
 
 
+def model_flavour(model_dir) -> str:
+    """The serving flavour of an MLflow model directory: ``lightgbm`` (compiled fast scoring) or
+    ``sklearn`` (the generic slower path of :mod:`mlp_platform.runtime.estimator_scorer`)."""
+    from pathlib import Path
+
+    import yaml
+
+    flavours = (yaml.safe_load((Path(model_dir) / "MLmodel").read_text()) or {}).get("flavors") or {}
+    for flavour in ("lightgbm", "sklearn"):
+        if flavour in flavours:
+            return flavour
+    raise ValueError(f"{model_dir}: MLflow model of flavours {sorted(flavours)}; a decider serves lightgbm or sklearn")
+
+
+def serving_scorer(model_dir, feature_names: Sequence[str], *, version: str = "", backend: str = "auto",
+                   populations: Mapping[str, Population] | None = None):
+    """The scorer the service uses for a registered model directory: LightGBM compiled (its schema
+    checked against ``feature_names``), any other flavour through the generic estimator path (with
+    the training population's medians as the reference of its contributions)."""
+    from mlp_platform.runtime.scorer import Scorer
+
+    if model_flavour(model_dir) == "lightgbm":
+        from mlp_platform.runtime.fast_scorer import FastScorer
+
+        base = Scorer.from_model_dir(model_dir, list(feature_names), version=version)
+        return FastScorer.from_booster(base.booster, base.feature_names, backend=backend)
+    from mlp_platform.runtime.estimator_scorer import EstimatorScorer
+
+    typical = {n: p.median for n, p in (populations or {}).items()}
+    return EstimatorScorer.from_model_dir(model_dir, list(feature_names), version=version, typical=typical)
+
+
 def registry_loader(settings, scorer_backend: str = "auto", decider=None) -> Callable[[str], LoadedModel]:
     """Load a version of ``decider``'s registered model (default: the settings' default decider) from
     the MLflow registry through the runtime scorer (its spec's schema checked), with its training
@@ -68,8 +100,6 @@ def registry_loader(settings, scorer_backend: str = "auto", decider=None) -> Cal
     :class:`~mlp_platform.runtime.fast_scorer.FastScorer` backend (auto, compiled, lightgbm)."""
     from mlp_platform.deciders.declaration import load_decider
     from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
-    from mlp_platform.runtime.fast_scorer import FastScorer
-    from mlp_platform.runtime.scorer import Scorer
 
     decider = decider or load_decider(settings.deciders_dir)
     registry = ModelRegistry.from_settings(settings, decider)
@@ -77,15 +107,15 @@ def registry_loader(settings, scorer_backend: str = "auto", decider=None) -> Cal
 
     def load(version: str) -> LoadedModel:
         model_dir = registry.model_dir(version)
-        base = Scorer.from_model_dir(model_dir, spec.feature_names, version=version)
-        fast = FastScorer.from_booster(base.booster, base.feature_names, backend=scorer_backend)
+        profile = registry.load_text(registry.ref(version).run_id, REFERENCE_PROFILE)
+        populations = {} if profile is None else populations_from_profile(orjson_loads(profile), spec.feature_names)
+        scorer = serving_scorer(model_dir, spec.feature_names, version=version, backend=scorer_backend,
+                                populations=populations)
         digest = hashlib.sha256()
         for path in sorted(model_dir.rglob("*")):
             if path.is_file():
                 digest.update(path.read_bytes())
         threshold = float(registry.version_tags(version).get("operating_threshold", "0.5"))
-        profile = registry.load_text(registry.ref(version).run_id, REFERENCE_PROFILE)
-        populations = {} if profile is None else populations_from_profile(orjson_loads(profile), base.feature_names)
-        return LoadedModel(version, fast, threshold, digest.hexdigest(), base.feature_names, populations)
+        return LoadedModel(version, scorer, threshold, digest.hexdigest(), list(spec.feature_names), populations)
 
     return load
