@@ -287,3 +287,48 @@ def test_a_deciders_sensor_sees_only_its_own_submissions(german_settings, credit
         requests = list(build_submission_sensor(two)(dg.build_sensor_context(instance=instance)))
         assert [r.job_name for r in requests] in ([None], ["credit_two_submission_job"])
         assert requests[0].run_key == "credit_two-submission-v1"
+
+
+def test_a_model_logged_in_a_notebook_run_is_submitted_by_its_uri(german_settings, credit, export):
+    import mlflow
+    import mlflow.lightgbm
+    from mlflow.models import infer_signature
+
+    _, frame = export
+    names = credit.spec.feature_names
+    booster = notebook_booster(credit, frame, monotone=True)
+    x = frame.select(names).to_pandas()
+    mlflow.set_tracking_uri(german_settings.mlflow_tracking_uri)
+    try:
+        mlflow.set_experiment("ana-notebook")
+        with mlflow.start_run() as run:
+            mlflow.lightgbm.log_model(booster, name="model", signature=infer_signature(x, booster.predict(x)))
+    finally:
+        mlflow.set_tracking_uri(None)
+    result = submit_model(german_settings, credit, f"runs:/{run.info.run_id}/model", submitted_by="ana")
+    assert result.accepted and result.flavour == "lightgbm" and result.origin.startswith("runs:/")
+    registry = registry_for(german_settings, credit)
+    assert registry.version_tags(result.ref.version)["submission"] == "pending"
+    with pytest.raises(SubmissionError, match="cannot download"):
+        submit_model(german_settings, credit, "runs:/0123456789abcdef/model", submitted_by="ana")
+
+
+def test_the_estimator_path_uses_arrays_only_where_they_give_the_frames_scores():
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    names = ["a", "b", "c"]
+    x = pd.DataFrame(rng.normal(size=(300, 3)), columns=names)
+    y = (x["a"] > 0).astype(int).to_numpy()
+    plain = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    assert EstimatorScorer(plain, names)._frame is False
+    # selecting columns by name needs a frame: the probe sees the array fail and keeps frames
+    by_name = make_pipeline(ColumnTransformer([("s", StandardScaler(), ["c", "a"])]), LogisticRegression()).fit(x, y)
+    scorer = EstimatorScorer(by_name, names)
+    assert scorer._frame is True
+    row = x.iloc[[5]].to_numpy()[0]
+    assert scorer.score(row) == pytest.approx(by_name.predict_proba(x.iloc[[5]])[0, 1])

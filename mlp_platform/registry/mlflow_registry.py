@@ -98,7 +98,7 @@ class ModelRegistry:
         register it as a new version."""
         mlflow = self._mlflow
         exp_id = self.experiment_id()
-        with self._global_uris(), mlflow.start_run(experiment_id=exp_id) as run:
+        with self.global_uris(), mlflow.start_run(experiment_id=exp_id) as run:
             mlflow.log_params({k: v for k, v in trained.params.items() if k not in ("metric", "verbosity")})
             mlflow.log_params({"split." + k: v for k, v in trained.split.as_dict().items()})
             mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items() if v == v})
@@ -135,7 +135,7 @@ class ModelRegistry:
         if missing:
             raise ValueError(f"version tags lack {missing}")
         mlflow = self._mlflow
-        with self._global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
+        with self.global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
             mlflow.log_params({k: v for k, v in params.items() if k not in ("metric", "verbosity")})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
             mlflow.set_tags({**tags, "feature_count": str(len(feature_names))})
@@ -153,7 +153,7 @@ class ModelRegistry:
         """Log an MLflow model directory built elsewhere (a submitted scikit-learn model) as the
         ``model`` artefact of a new run of this registry's experiment, and register it."""
         mlflow = self._mlflow
-        with self._global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
+        with self.global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
             mlflow.set_tags({**tags, "feature_count": str(len(feature_names))})
             mlflow.log_dict({"features": list(feature_names)}, "features.json")
             for path, payload in (artifacts or {}).items():
@@ -168,7 +168,7 @@ class ModelRegistry:
         """A run of this registry's experiment holding only tags and JSON/text artefacts (a refused
         submission's record); returns its id."""
         mlflow = self._mlflow
-        with self._global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
+        with self.global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
             mlflow.set_tags(tags)
             for path, payload in artifacts.items():
                 (mlflow.log_text if isinstance(payload, str) else mlflow.log_dict)(payload, path)
@@ -195,7 +195,7 @@ class ModelRegistry:
         return ModelVersionRef(self.model_name, str(version.version), run_id)
 
     @contextlib.contextmanager
-    def _global_uris(self):
+    def global_uris(self):
         """MLflow's fluent API (start_run, log_model) uses process-global URIs and writes them into
         os.environ; point them at this registry for the block only, then restore everything."""
         mlflow = self._mlflow

@@ -139,8 +139,10 @@ def read_submission(source: str | Path, settings: Settings, workdir: Path, *,
 
         uri = text + "/model" if text.startswith("runs:/") and text.rstrip("/").count("/") == 1 else text
         try:
-            local = Path(download_artifacts(artifact_uri=uri, dst_path=str(workdir),
-                                            tracking_uri=settings.mlflow_tracking_uri))
+            # MLflow 3 resolves runs:/ through the logged models of the process-global tracking URI
+            with registry_for(settings).global_uris():
+                local = Path(download_artifacts(artifact_uri=uri, dst_path=str(workdir),
+                                                tracking_uri=settings.mlflow_tracking_uri))
         except Exception as exc:  # MLflow raises many kinds for "not there"
             raise SubmissionError(f"cannot download {text}: {exc}") from exc
         origin = text

@@ -3,8 +3,12 @@ MLflow's ``sklearn`` flavour (``mlp models submit``), scoring single rows with t
 compiled LightGBM scorer (``score``, ``score_matrix``, ``contributions``, ``feature_names``).
 
 * Scores are ``predict_proba(x)[:, 1]`` (class 1 = the bad outcome; a model whose ``classes_`` are
-  not ``[0, 1]`` is refused). A model fitted on a pandas frame (``feature_names_in_``) gets a frame
-  with the spec's column names (a ``ColumnTransformer`` selects by name), otherwise an array.
+  not ``[0, 1]`` is refused). A model fitted on a pandas frame (``feature_names_in_``) is given a
+  plain array when, on probe rows (the typical row, each feature missing in turn, random rows), the
+  array gives exactly the frame's scores; otherwise (a ``ColumnTransformer`` selecting by name, for
+  example) a frame with the spec's column names. Measured on the German credit pipeline (imputer,
+  scaler, logistic regression): 430 µs per ``predict_proba`` on an array against 930 µs on a
+  one-row frame (scikit-learn validates the frame at every step), so the probe pays its weight.
 * Contributions (for adverse-action reasons) have no TreeSHAP here: each feature's is the change in
   log-odds when that feature alone is replaced by its typical value in the training population
   (occlusion: one ``predict_proba`` call on n + 1 rows), positive when the applicant's value raised
@@ -60,11 +64,11 @@ class EstimatorScorer:
         self.feature_names = list(feature_names)
         self.version = version
         fitted = getattr(estimator, "feature_names_in_", None)
-        self._frame = fitted is not None
-        if self._frame and list(fitted) != self.feature_names:
+        if fitted is not None and list(fitted) != self.feature_names:
             raise ModelSchemaError(f"the estimator was fitted on columns {list(fitted)}, not the feature spec's "
                                    f"{self.feature_names}")
         self.typical = np.array([float((typical or {}).get(n, math.nan)) for n in self.feature_names])
+        self._frame = fitted is not None and not self._array_gives_the_frames_scores()
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, expected_features: Sequence[str], *, version: str = "",
@@ -83,6 +87,39 @@ class EstimatorScorer:
             raise ModelSchemaError("the model's signature differs from the feature specification")
         return cls(mlflow.sklearn.load_model(str(model_dir)), expected_features, version=version, typical=typical)
 
+    def _probe_blocks(self) -> list[np.ndarray]:
+        n = len(self.feature_names)
+        base = np.where(np.isnan(self.typical), 0.0, self.typical)
+        missing = np.tile(base, (n, 1))
+        missing[np.arange(n), np.arange(n)] = np.nan
+        rng = np.random.default_rng(0)
+        return [np.vstack([base, base * rng.uniform(0.5, 1.5, size=(8, n)) + rng.normal(size=(8, n))]), missing]
+
+    def _array_gives_the_frames_scores(self) -> bool:
+        """Each probe block the frame path scores must get the same scores as an array (a block the
+        frame path itself refuses, such as missing values for a model without an imputer, is
+        skipped); no block scored at all: frames."""
+        import warnings
+
+        import pandas as pd
+
+        compared = 0
+        for block in self._probe_blocks():
+            try:
+                framed = np.asarray(self.estimator.predict_proba(pd.DataFrame(block, columns=self.feature_names)))
+            except Exception:  # the model refuses these rows whatever their container
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    plain = np.asarray(self.estimator.predict_proba(block))
+            except Exception:  # a name-based step refuses arrays: frames it is
+                return False
+            if framed.shape != plain.shape or not np.array_equal(framed, plain, equal_nan=True):
+                return False
+            compared += 1
+        return compared > 0
+
     def _input(self, x: np.ndarray):
         if self._frame:
             import pandas as pd
@@ -90,11 +127,20 @@ class EstimatorScorer:
             return pd.DataFrame(x, columns=self.feature_names)
         return x
 
+    def _predict_proba(self, x):
+        if self._frame:
+            return self.estimator.predict_proba(self._input(x))
+        import warnings
+
+        with warnings.catch_warnings():  # "X does not have valid feature names": checked equal at load
+            warnings.simplefilter("ignore")
+            return self.estimator.predict_proba(x)
+
     def score_matrix(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise ValueError(f"expected rows of {len(self.feature_names)} features, got shape {x.shape}")
-        proba = np.asarray(self.estimator.predict_proba(self._input(x)), dtype=np.float64)
+        proba = np.asarray(self._predict_proba(x), dtype=np.float64)
         return proba[:, 1]
 
     def score(self, row: np.ndarray) -> float:
