@@ -221,8 +221,8 @@ def main() -> int:
         return Server(name, [*uvicorn, "--port", str(port), "--factory", "mlp_platform.serving.app:app_from_env"],
                       env, port, "/readyz", tmp / "logs" / f"{name}.log")
 
-    fraud_only = service("fraud_only", "")
-    both = service("fraud_and_credit", "credit")
+    fraud_only = service("fraud_only", "fraud")
+    both = service("fraud_and_credit", "fraud,credit")
     port = free_port()
     bare = Server("bare_credit", [*uvicorn, "--port", str(port), "--app-dir", str(Path(__file__).parent),
                                   "--factory", "bench_deciders:bare_credit_app"],

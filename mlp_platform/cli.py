@@ -344,6 +344,25 @@ def deciders_train(
         raise typer.Exit(2)
 
 
+@deciders_app.command("manifests")
+def deciders_manifests(check: bool = typer.Option(False, help="Only check the checked-in files are current.")) -> None:
+    """Render one Deployment + Service + HPA + PDB per decider into deploy/deciders/ (from
+    deploy/deciders/decider.yaml.j2 and each declaration's deployment section)."""
+    from mlp_platform.serving.manifests import stale_manifests, write_manifests
+
+    settings = load_settings()
+    target = settings.project_root / "deploy" / "deciders"
+    if check:
+        stale = stale_manifests(settings.deciders_dir, target)
+        if stale:
+            console.print(f"[red]out of date: {', '.join(stale)}: run `mlp deciders manifests`[/red]")
+            raise typer.Exit(1)
+        console.print("per-decider manifests in sync")
+        return
+    for name in write_manifests(settings.deciders_dir, target):
+        console.print(f"wrote deploy/deciders/{name}", markup=False, highlight=False)
+
+
 @deciders_app.command("export")
 def deciders_export(
     name: str = typer.Argument(..., help="an application decider (e.g. credit)"),

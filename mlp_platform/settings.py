@@ -177,9 +177,10 @@ class ServingSettings:
     #: MLP_TRACING (off, console, otlp) and OTEL_SERVICE_NAME: request tracing.
     tracing: str = ""
     otel_service_name: str = "mlp-scoring"
-    #: MLP_SERVE_DECIDERS: comma-separated application deciders this process also hosts under
-    #: /v1/deciders/{name}/... ("all": every application decider declared; empty: none). The
-    #: fraud decider (/v1/score) is always hosted.
+    #: MLP_SERVE_DECIDERS: the deciders this process hosts: "all" (every declared decider: fraud
+    #: on /v1/score, the application deciders under /v1/deciders/{name}/...), empty (the fraud
+    #: decider alone), or comma-separated names, exactly those ("credit": a credit-only process,
+    #: one Deployment per decider; "fraud,credit": both).
     deciders: str = "all"
     #: MLP_DECIDER_API_KEYS: comma-separated ``decider:key`` pairs (secrets): a key calls only its
     #: decider (admin keys call every decider; MLP_API_KEYS stay the fraud decider's keys).

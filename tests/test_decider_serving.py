@@ -200,3 +200,58 @@ def test_a_decider_without_a_champion_answers_503_and_the_others_serve(platform,
         assert c.post("/v1/score", json=txn(20), headers=AUTH).status_code == 200
         assert c.get("/v1/deciders").json()["credit"]["ready"] is False
     assert KEY  # the fraud key fixture is the fraud decider's
+
+
+def test_a_credit_only_process_hosts_credit_alone(platform, tmp_path):
+    """One Deployment per decider: MLP_SERVE_DECIDERS=credit starts a process (the uvicorn factory the
+    Deployment runs) with the credit decider and no fraud decider: /v1/score is not there, /readyz
+    says ready once credit serves its champion, decisions are logged in credit's own chain. Before
+    the fix, the fraud service was always built (its /v1/score answered and its readiness ruled)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    settings = platform["settings"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLP_DATA_DIR": str(settings.data_dir), "MLP_SERVE_DECIDERS": "credit",
+           "MLP_DECIDER_API_KEYS": f"credit:{CREDIT_KEY}", "MLP_ADMIN_KEYS": ADMIN,
+           "MLP_DECISION_LOG_DIR": str(tmp_path / "decisions" / "pod-0")}
+    env.pop("MLP_API_KEYS", None)
+    with (tmp_path / "server.log").open("wb") as server_log:
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "mlp_platform.serving.app:app_from_env",
+                                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=server_log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert ready is not None and ready.status_code == 200, (tmp_path / "server.log").read_text()[-2000:]
+        assert ready.json()["deciders"] == {"credit": {"version": platform["credit_v1"], "ready": True, "error": None}}
+        assert httpx.post(f"{base}/v1/score", headers=AUTH, json=txn(1)).status_code == 404
+        assert httpx.get(f"{base}/v1/deciders").json().keys() == {"credit"}
+        answer = httpx.post(f"{base}/v1/deciders/credit/decide", headers=CREDIT, json=platform["applications"][0])
+        assert answer.status_code == 200 and answer.json()["decider"] == "credit"
+        assert httpx.post(f"{base}/v1/deciders/credit/decide", headers=AUTH,
+                          json=platform["applications"][0]).status_code == 401  # the fraud key is nobody here
+        assert 'mlp_decider_decisions_total{decider="credit"' in httpx.get(f"{base}/metrics").text
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    # the pod's own chain under the decider's directory: two replicas never write one log
+    log_dir = tmp_path / "decisions" / "decisions-credit" / "pod-0"
+    assert verify_log(log_dir).ok and verify_log(log_dir).records >= 1
+    assert not (tmp_path / "decisions" / "pod-0").exists()  # no fraud decider, no fraud log

@@ -243,6 +243,28 @@ class SubmissionDecl(_Strict):
     default_source: str = "synthetic"
 
 
+class DeploymentDecl(_Strict):
+    """The decider's own Kubernetes Deployment (``deploy/deciders/<name>.yaml``, rendered from one
+    template by ``mlp deciders manifests``): its scaling and resources."""
+
+    min_replicas: int = Field(2, ge=1, le=100)
+    max_replicas: int = Field(12, ge=1, le=500)
+    #: The HPA's average CPU utilisation target (percent of the request).
+    cpu_target: int = Field(60, ge=10, le=95)
+    cpu_request: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$")] = "1"
+    memory_request: Annotated[str, Field(pattern=r"^[0-9]+(Mi|Gi)$")] = "1Gi"
+    memory_limit: Annotated[str, Field(pattern=r"^[0-9]+(Mi|Gi)$")] = "2Gi"
+    #: The PodDisruptionBudget's floor (below min_replicas, so a drain can proceed).
+    min_available: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeploymentDecl:
+        if not self.min_available < self.min_replicas <= self.max_replicas:
+            raise ValueError(f"need min_available ({self.min_available}) < min_replicas ({self.min_replicas}) "
+                             f"<= max_replicas ({self.max_replicas})")
+        return self
+
+
 class DeciderDeclaration(_Strict):
     """One decider, as declared in its file."""
 
@@ -260,6 +282,7 @@ class DeciderDeclaration(_Strict):
     counter_offer: CounterOfferDecl | None = None
     labels: LabelsDecl
     submission: SubmissionDecl = Field(default_factory=SubmissionDecl)
+    deployment: DeploymentDecl = Field(default_factory=DeploymentDecl)
     #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);
     #: checked by :func:`mlp_platform.deciders.validate.validate_decider`.
     gates: dict[str, Any] = Field(default_factory=dict)

@@ -379,6 +379,64 @@ def create_app(service: ScoringService, fast_path: bool = True, host=None):
     return ScoringFastPath(limited, service, config.max_body_bytes)
 
 
+def create_decider_app(host, admin_keys: tuple[str, ...], max_body_bytes: int = 64 * 1024):
+    """The ASGI app of a process that hosts application deciders only (no fraud decider: one
+    Deployment per decider, ``MLP_SERVE_DECIDERS=credit``): ``/v1/deciders/...``, ``/healthz``,
+    ``/readyz`` (ready once every hosted decider serves a champion), ``/metrics`` and the admin
+    reload. The decider routes, keys and logs are those of :func:`create_app`."""
+    from mlp_platform.serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics(host.metrics_registry)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        host.close()
+
+    app = FastAPI(title="mlp-platform decider API", version="1", lifespan=lifespan,
+                  description=f"Application decisions of {', '.join(host.names)}: decision, score, model version, "
+                              "adverse-action reasons, counter-offers.")
+
+    async def require_admin_key(bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                                x_api_key: str | None = Security(_API_KEY)) -> None:
+        if not key_matches(_credentials(bearer, x_api_key), admin_keys):
+            metrics.errors.labels("unauthorized_admin").inc()
+            raise HTTPException(401, "missing or invalid admin key", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        metrics.errors.labels("validation").inc()
+        detail = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+                  for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    _decider_routes(app, host, metrics)
+
+    @app.get("/healthz", summary="The process is alive", response_model=HealthOut)
+    async def healthz():
+        return {"status": "alive"}
+
+    @app.get("/readyz", summary="Every hosted decider serves a champion")
+    async def readyz():
+        status = host.status()
+        waiting = [n for n, s in status.items() if not s["ready"]]
+        body = {"ready": not waiting, "reason": "ok" if not waiting else f"no champion loaded: {', '.join(waiting)}",
+                "deciders": status}
+        return JSONResponse(status_code=503 if waiting else 200, content=body)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses=METRICS_RESPONSES)
+    async def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/admin/reload", dependencies=[Depends(require_admin_key)],
+              summary="Load each hosted decider's champion now where it changed")
+    async def reload():
+        return await asyncio.to_thread(host.refresh)
+
+    return BodyLimit(app, max_body_bytes)
+
+
 def _decider_routes(app: FastAPI, host, metrics) -> None:
     """``/v1/deciders``: the hosted application deciders, each behind its own keys. The ``name`` path
     parameter admits exactly the hosted names (the document says which)."""
@@ -476,9 +534,18 @@ def app_from_env():
     from mlp_platform.settings import load_settings
 
     logging.basicConfig(level=logging.INFO)
-    from mlp_platform.serving.deciders import build_host
+    from prometheus_client import CollectorRegistry
+
+    from mlp_platform.serving.deciders import build_host, serves_fraud
 
     settings = load_settings()
+    if not serves_fraud(settings.serving.deciders):
+        host = build_host(settings, CollectorRegistry())
+        if host is None:
+            raise ValueError("MLP_SERVE_DECIDERS names no decider to host")
+        app = create_decider_app(host, settings.serving.admin_keys)
+        log.info("hosting %s only; start-up heap frozen: %d objects", ", ".join(host.names), freeze_start_up_heap())
+        return app
     service = build_service(settings)
     host = build_host(settings, service.metrics.registry)
     app = create_app(service, fast_path=settings.serving.fast_path, host=host)

@@ -52,6 +52,7 @@ class DeciderMetrics:
     """The per-decider series (labelled ``decider``), in the service's registry."""
 
     def __init__(self, registry) -> None:
+        self.registry = registry
         self.decisions = Counter("mlp_decider_decisions_total", "Application decisions by decider and action",
                                  ["decider", "decision"], registry=registry)
         self.latency = Histogram("mlp_decider_request_latency_seconds", "Server-side latency by decider and route",
@@ -63,8 +64,17 @@ class DeciderMetrics:
                               ["decider", "result"], registry=registry)
 
 
+def serves_fraud(wanted: str) -> bool:
+    """Whether a process with MLP_SERVE_DECIDERS=``wanted`` hosts the fraud decider (``/v1/score``):
+    "all" and "" (the fraud decider alone) do; a list of names does when it names it."""
+    names = {n.strip() for n in wanted.split(",") if n.strip()}
+    return wanted.strip() in ("all", "") or DEFAULT_DECIDER in names
+
+
 def hosted_deciders(directory: Path, wanted: str) -> list[DeciderDeclaration]:
-    """The application deciders named by ``wanted`` (MLP_SERVE_DECIDERS: "all", "", or names)."""
+    """The application deciders named by ``wanted`` (MLP_SERVE_DECIDERS: "all" = every declared
+    decider; "" = the fraud decider alone; else the names, exactly those: ``credit`` is a
+    credit-only process, ``fraud,credit`` both)."""
     if wanted.strip() == "":
         return []
     declared = load_deciders(directory)
@@ -88,16 +98,19 @@ class DeciderHost:
     def __init__(self, deciders: list[DeciderDeclaration], *, log_root: Path, keys: dict[str, tuple[str, ...]],
                  admin_keys: tuple[str, ...], loader: Callable[[DeciderDeclaration], Callable[[str], Any]],
                  champion: Callable[[DeciderDeclaration], str | None], metrics: DeciderMetrics,
-                 group_commit_ms: float = 2.0) -> None:
+                 group_commit_ms: float = 2.0, log_leaf: str = "") -> None:
         self.admin_keys = admin_keys
         self.metrics = metrics
+        self.metrics_registry = metrics.registry
         self._loader = loader
         self._champion = champion
         self._loaders: dict[str, Callable[[str], Any]] = {}
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         for decl in deciders:
-            directory = log_root / f"decisions-{decl.name}"
+            # one writer per log: with ``log_leaf`` (the pod's or worker's own directory name) each
+            # process of a Deployment keeps its own chain under the decider's directory
+            directory = log_root / f"decisions-{decl.name}" / log_leaf if log_leaf else log_root / f"decisions-{decl.name}"
             self._slots[decl.name] = _Slot(decl, keys.get(decl.name, ()),
                                            DecisionLog(directory, group_commit_ms=group_commit_ms))
         self._stop = threading.Event()
@@ -271,8 +284,9 @@ def build_host(settings, metrics_registry) -> DeciderHost | None:
             registry = registries[decl.name] = ModelRegistry.from_settings(settings, decl)
         return registry.alias("champion")
 
-    # beside the fraud decider's log root (its own chains; the fraud tooling never reads them)
-    host = DeciderHost(deciders, log_root=settings.decision_log_root.parent,
+    # beside the fraud decider's log root (its own chains; the fraud tooling never reads them), one
+    # directory per process: decisions-<decider>/<the process's own log directory name>
+    host = DeciderHost(deciders, log_root=settings.decision_log_root.parent, log_leaf=settings.decision_log_root.name,
                        keys={k: tuple(v) for k, v in keys.items()}, admin_keys=settings.serving.admin_keys,
                        loader=lambda decl: registry_loader(settings, settings.serving.scorer_backend, decl),
                        champion=champion, metrics=DeciderMetrics(metrics_registry),
