@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:  # imported where used: importing this module does not load LightGBM
+    import lightgbm as lgb
 
 
 class ModelSchemaError(ValueError):
@@ -30,6 +33,8 @@ class Scorer:
     def from_model_dir(cls, model_dir: Path, expected_features: list[str] | None = None,
                        version: str = "") -> Scorer:
         """Load an MLflow LightGBM model directory; refuse it if its feature schema differs."""
+        import lightgbm as lgb
+
         model_dir = Path(model_dir)
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
         flavor = mlmodel.get("flavors", {}).get("lightgbm")
