@@ -127,6 +127,60 @@ def application_decider_assets(decider: DeciderDeclaration):
     return [training_data, candidate_model, candidate_evaluation, model_promotion], [promotion_gates], [job, submission]
 
 
+class MonitoringRunConfig(dg.Config):
+    #: The monitored day (ISO date); the schedule passes the day before its run.
+    day: str
+    #: The version monitored; empty: the decider's champion when the run starts (recorded).
+    model_version: str = ""
+    #: Synthetic drift from this day on (ISO date; empty: the settings' MLP_DRIFT_START).
+    drift_start: str = ""
+
+
+def monitoring_assets(decider: DeciderDeclaration):
+    """(asset, job, schedule) of one application decider's daily monitoring report."""
+    import datetime as dt
+
+    from mlp_platform.monitoring.applications import monitor_application_decider
+    from mlp_platform.registry.roles import registry_for
+
+    name = decider.name
+
+    @dg.asset(key=dg.AssetKey([name, "monitoring_report"]), group_name=f"{name}_monitoring", kinds={"python"},
+              description=f"The {name} decider's daily report: feature and score drift against the champion's "
+                          "training population, online/offline skew, label performance on matured "
+                          "applications; the decider's drift sensor reads its summary.")
+    def monitoring_report(context: AssetExecutionContext, config: MonitoringRunConfig,
+                          platform: PlatformSettingsResource):
+        settings = platform.get()
+        version = config.model_version or registry_for(settings, decider).alias("champion")
+        if version is None:
+            raise dg.Failure(f"decider {name} has no champion to monitor")
+        report = monitor_application_decider(
+            settings, decider, version, dt.date.fromisoformat(config.day),
+            drift_start=dt.date.fromisoformat(config.drift_start) if config.drift_start else None,
+            log_dir=settings.decision_log_root.parent / f"decisions-{name}")
+        summary = report["summary"]
+        context.log.info(f"{name} v{version} on {config.day}: drift {summary['drift_detected']} "
+                         f"({summary['severity']}), decay {summary['performance_decay']}")
+        return dg.MaterializeResult(metadata={
+            "summary": dg.MetadataValue.json(summary), "model_version": str(version), "day": config.day,
+            "drifted_features": ", ".join(summary["drifted_features"]) or "none",
+            "label_auc": summary["label_auc"] if summary["label_auc"] is not None else float("nan")})
+
+    job = dg.define_asset_job(f"{name}_monitoring_job", selection=dg.AssetSelection.assets(monitoring_report),
+                              description=f"The {name} decider's monitoring report for one day (config: day).")
+
+    @dg.schedule(name=f"{name}_monitoring_schedule", job=job, cron_schedule="30 2 * * *",
+                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description=f"Each night at 02:30 UTC, the {name} decider's report for the day before.")
+    def schedule(context: dg.ScheduleEvaluationContext):
+        day = (context.scheduled_execution_time.date() - dt.timedelta(days=1)).isoformat()
+        return dg.RunRequest(run_key=f"{name}-monitoring-{day}", run_config={
+            "ops": {f"{name}__monitoring_report": {"config": {"day": day}}}})
+
+    return monitoring_report, job, schedule
+
+
 def submission_job_name(decider_name: str) -> str:
     return f"{decider_name}_submission_job"
 
@@ -143,11 +197,14 @@ def application_deciders(settings) -> list[DeciderDeclaration]:
 
 
 def build_decider_assets(settings):
-    """Every application decider's graph (the fraud decider's graph is the platform's original one)."""
-    assets, checks, jobs = [], [], []
+    """Every application decider's graphs (the fraud decider's are the platform's original ones):
+    (assets, checks, jobs, schedules)."""
+    assets, checks, jobs, schedules = [], [], [], []
     for decider in application_deciders(settings):
         a, c, j = application_decider_assets(decider)
-        assets += a
+        report, monitoring_job, schedule = monitoring_assets(decider)
+        assets += [*a, report]
         checks += c
-        jobs += j
-    return assets, checks, jobs
+        jobs += [*j, monitoring_job]
+        schedules.append(schedule)
+    return assets, checks, jobs, schedules

@@ -18,18 +18,21 @@ from assets.rollout import ROLLOUT_JOBS
 from assets.scoring import build_scoring_assets
 from assets.serving import build_serving_assets
 from mlp_platform.settings import Settings, load_settings
+from sensors.decider_drift import build_decider_drift_sensors
 from sensors.definitions import build_automation
 from sensors.submissions import build_submission_sensors
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     monitoring_assets, monitoring_checks = build_monitoring_assets(settings)
-    decider_assets, decider_checks, decider_jobs = build_decider_assets(settings)
+    decider_assets, decider_checks, decider_jobs, decider_schedules = build_decider_assets(settings)
     assets = [*build_ingest_assets(settings), *build_feature_assets(settings), *MODEL_ASSETS,
               *build_serving_assets(settings), *build_scoring_assets(settings), *monitoring_assets, *decider_assets]
     jobs, schedules, sensors = build_automation(settings)
     jobs = [*jobs, *MODEL_JOBS, *ROLLOUT_JOBS, *decider_jobs]
-    sensors = [*sensors, *build_submission_sensors(application_deciders(settings))]
+    deciders = application_deciders(settings)
+    sensors = [*sensors, *build_submission_sensors(deciders), *build_decider_drift_sensors(deciders)]
+    schedules = [*schedules, *decider_schedules]
     # Locally one process runs a whole run (fast start, one DuckDB writer); in production the run
     # launcher of the Dagster deployment (dagster-k8s) isolates runs and steps run in subprocesses.
     executor = dg.in_process_executor if settings.env == "local" else dg.multiprocess_executor

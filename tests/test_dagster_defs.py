@@ -44,11 +44,14 @@ def test_definitions_load_and_match_the_graph_snapshot(platform_env):
     assert snapshot == json.loads(SNAPSHOT.read_text()), "asset graph changed: review, then UPDATE_SNAPSHOTS=1"
     repo = defs.get_repository_def()
     assert {j.name for j in repo.get_all_jobs()} >= {"daily_features_job", "training_set_job"}
-    assert [s.name for s in repo.schedule_defs] == ["nightly_schedule"]
+    assert sorted(s.name for s in repo.schedule_defs) == ["credit_monitoring_schedule", "nightly_schedule"]
     assert {"model_lifecycle_job", "rollback_job", "nightly_job", "retrain_job", "rollout_step_job",
             "abort_rollout_job", "staging_replay_job"} <= {j.name for j in repo.get_all_jobs()}
     sensors = {s.name: s for s in repo.sensor_defs}
-    assert {"drift_retrain_sensor", "rollout_sensor", "run_failure_alert_sensor"} <= set(sensors)
+    assert {"drift_retrain_sensor", "rollout_sensor", "run_failure_alert_sensor", "credit_drift_sensor",
+            "credit_submission_sensor"} <= set(sensors)
+    assert sensors["credit_drift_sensor"].job_name == "credit_train_job"
+    assert sensors["credit_submission_sensor"].job_name == "credit_submission_job"
     assert sensors["drift_retrain_sensor"].job_name == "retrain_job"
     assert sensors["rollout_sensor"].job_name == "rollout_step_job"
     # the nightly job covers the whole daily chain, one partition per run

@@ -54,11 +54,14 @@ def test_a_decider_added_as_a_file_gets_its_graph_and_its_gates_block(settings, 
     doc["gates"]["minimums"]["roc_auc"] = 0.97
     (directory / "credit_strict.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     monkeypatch.setenv("MLP_DECIDERS_DIR", str(directory))
-    assets, checks, jobs = build_decider_assets(load_settings())
+    assets, checks, jobs, schedules = build_decider_assets(load_settings())
     keys = {k.to_user_string() for a in assets for k in a.keys}
     assert {"credit/candidate_model", "credit_strict/candidate_model", "credit_strict/model_promotion"} <= keys
     assert {j.name for j in jobs} == {"credit_train_job", "credit_strict_train_job", "credit_submission_job",
-                                     "credit_strict_submission_job"}
+                                     "credit_strict_submission_job", "credit_monitoring_job",
+                                     "credit_strict_monitoring_job"}
+    assert {s.name for s in schedules} == {"credit_monitoring_schedule", "credit_strict_monitoring_schedule"}
+    assert "credit_strict/monitoring_report" in keys
     strict = load_decider(directory, "credit_strict")
     own_assets, own_checks, _ = application_decider_assets(strict)
     with dg.instance_for_test() as instance:

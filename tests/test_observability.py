@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlp_platform.serving.deciders import DeciderMetrics
 from mlp_platform.serving.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +185,9 @@ def exported_families() -> dict[str, set[str]]:
     """Metric family -> the series names ServiceMetrics exports for it, from its registry's families
     and their types (prometheus_client names a counter family without its `_total`)."""
     families: dict[str, set[str]] = {}
-    for family in ServiceMetrics().registry.collect():
+    metrics = ServiceMetrics()
+    DeciderMetrics(metrics.registry)  # the application deciders' series, in the same process
+    for family in metrics.registry.collect():
         if family.type == "counter":
             families[family.name] = {f"{family.name}_total"}
         elif family.type == "histogram":
@@ -204,7 +207,8 @@ def exported_labels() -> dict[str, set[str]]:
     """Series name -> its label names, from the exposition of a ServiceMetrics whose labelled metrics
     each got one child (a labelled metric without children exports nothing)."""
     metrics = ServiceMetrics()
-    for metric in vars(metrics).values():
+    deciders = DeciderMetrics(metrics.registry)
+    for metric in [*vars(metrics).values(), *vars(deciders).values()]:
         if isinstance(metric, Counter | Gauge | Histogram):
             labelnames = metric._labelnames
         else:
@@ -397,6 +401,9 @@ MUTATIONS = {
     "stale report after 3 days": ("MlpDriftReportStale", _replace("expr", "2 * 86400", "3 * 86400")),
     "shadow volume floor dropped": ("MlpShadowDisagreementHigh", _replace("expr", "> 100", "> 0")),
     "pipeline failure severity": ("MlpPipelineFailingRepeatedly", lambda r: r["labels"].update(severity="ticket")),
+    "decider latency budget loosened": ("MlpDeciderLatencyP99High", _replace("expr", "> 0.01", "> 0.05")),
+    "decider drift loses its decider": ("MlpDeciderDrift", _replace("expr", "max by (decider)", "max")),
+    "no-champion any instance": ("MlpDeciderNoChampion", _replace("expr", "max by (decider)", "min by (decider)")),
 }
 
 
@@ -565,7 +572,7 @@ def test_dashboard_structure():
     assert dash["uid"] == "mlp-scoring" and dash["title"] and 36 <= dash["schemaVersion"] <= 41
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert {"job", "instance", "arm", "model_version"} <= set(variables)
+    assert {"job", "instance", "arm", "model_version", "decider"} <= set(variables)
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     cells: dict[tuple[int, int], int] = {}
@@ -611,7 +618,7 @@ def test_the_checker_rejects_a_panel_with_a_made_up_metric():
 def test_dashboard_queries_are_valid_promql(tmp_path):
     """Every panel query, with Grafana's variables substituted, parses (promtool check rules)."""
     substitutions = {"$__rate_interval": "1m", "$job": "mlp-scoring", "$instance": ".*", "$arm": ".*",
-                     "$model_version": ".*", "$statistic": "psi"}
+                     "$model_version": ".*", "$statistic": "psi", "$decider": ".*"}
     rules = []
     for k, expr in enumerate(dashboard_exprs(load_dashboard())):
         for var, value in substitutions.items():

@@ -243,6 +243,21 @@ class SubmissionDecl(_Strict):
     default_source: str = "synthetic"
 
 
+class MonitoringDecl(_Strict):
+    """How the decider is watched and when drift retrains it (its own sensor and schedule)."""
+
+    #: Days of applications (or transactions) in each daily report.
+    window_days: int = Field(7, ge=1, le=90)
+    #: Dataset drift: at least this share of the features drifted beyond their thresholds.
+    drift_share: float = Field(0.3, gt=0.0, le=1.0)
+    #: Consecutive days counting against the champion before a retrain; then no retrain for this long.
+    retrain_min_days: int = Field(2, ge=1, le=30)
+    retrain_cooldown_hours: float = Field(24.0, ge=0.0)
+    retrain_severity: Literal["warn", "error"] = "error"
+    #: The training source a drift retrain uses.
+    retrain_source: str = "synthetic"
+
+
 class DeploymentDecl(_Strict):
     """The decider's own Kubernetes Deployment (``deploy/deciders/<name>.yaml``, rendered from one
     template by ``mlp deciders manifests``): its scaling and resources."""
@@ -283,6 +298,7 @@ class DeciderDeclaration(_Strict):
     labels: LabelsDecl
     submission: SubmissionDecl = Field(default_factory=SubmissionDecl)
     deployment: DeploymentDecl = Field(default_factory=DeploymentDecl)
+    monitoring: MonitoringDecl = Field(default_factory=MonitoringDecl)
     #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);
     #: checked by :func:`mlp_platform.deciders.validate.validate_decider`.
     gates: dict[str, Any] = Field(default_factory=dict)

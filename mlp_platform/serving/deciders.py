@@ -11,6 +11,7 @@ path only reads the current slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from mlp_platform.deciders.declaration import DEFAULT_DECIDER, DeciderDeclaration, load_decider, load_deciders
 from mlp_platform.serving.application import ApplicationDecider, CounterOffers
@@ -62,6 +63,20 @@ class DeciderMetrics:
                                ["decider", "outcome"], registry=registry)
         self.offers = Counter("mlp_decider_counter_offers_total", "Counter-offer calls by decider and result",
                               ["decider", "result"], registry=registry)
+        self.ready = Gauge("mlp_decider_ready", "1 when the decider serves a champion", ["decider"], registry=registry)
+        # the decider's latest monitoring report (<monitoring dir>/<decider>/latest.json)
+        self.drifted_share = Gauge("mlp_decider_drifted_feature_share", "Share of features drifted in the latest "
+                                   "report", ["decider"], registry=registry)
+        self.drift_detected = Gauge("mlp_decider_drift_detected", "1 when the latest report detected drift",
+                                    ["decider"], registry=registry)
+        self.decay = Gauge("mlp_decider_performance_decay", "1 when the latest report found label performance "
+                           "below the recorded expectation", ["decider"], registry=registry)
+        self.label_auc = Gauge("mlp_decider_label_auc", "ROC AUC on matured outcomes in the latest report",
+                               ["decider"], registry=registry)
+        self.skewed = Gauge("mlp_decider_skew_mismatched_features", "Features whose online and offline values "
+                            "differ in the latest report", ["decider"], registry=registry)
+        self.report_time = Gauge("mlp_decider_report_timestamp_seconds", "When the latest report was computed",
+                                 ["decider"], registry=registry)
 
 
 def serves_fraud(wanted: str) -> bool:
@@ -98,10 +113,11 @@ class DeciderHost:
     def __init__(self, deciders: list[DeciderDeclaration], *, log_root: Path, keys: dict[str, tuple[str, ...]],
                  admin_keys: tuple[str, ...], loader: Callable[[DeciderDeclaration], Callable[[str], Any]],
                  champion: Callable[[DeciderDeclaration], str | None], metrics: DeciderMetrics,
-                 group_commit_ms: float = 2.0, log_leaf: str = "") -> None:
+                 group_commit_ms: float = 2.0, log_leaf: str = "", monitoring_dir: Path | None = None) -> None:
         self.admin_keys = admin_keys
         self.metrics = metrics
         self.metrics_registry = metrics.registry
+        self.monitoring_dir = monitoring_dir
         self._loader = loader
         self._champion = champion
         self._loaders: dict[str, Callable[[str], Any]] = {}
@@ -162,7 +178,31 @@ class DeciderHost:
                     self.metrics.reloads.labels(name, "refused").inc()
                     log.warning("decider %s: version %s refused: %s", name, version, exc)
             out[name] = slot.version
+            self.metrics.ready.labels(name).set(1 if slot.runtime is not None else 0)
+            self._export_report(name)
         return out
+
+    def _export_report(self, name: str) -> None:
+        """The decider's latest monitoring summary as its gauges (absent or unreadable: unchanged)."""
+        import datetime as dt
+        import json
+
+        if self.monitoring_dir is None:
+            return
+        path = self.monitoring_dir / name / "latest.json"
+        try:
+            summary = json.loads(path.read_text())["summary"]
+        except (OSError, ValueError, KeyError):
+            return
+        m = self.metrics
+        m.drifted_share.labels(name).set(float(summary.get("drifted_share") or 0.0))
+        m.drift_detected.labels(name).set(1 if summary.get("drift_detected") else 0)
+        m.decay.labels(name).set(1 if summary.get("performance_decay") else 0)
+        auc = summary.get("label_auc")
+        m.label_auc.labels(name).set(float("nan") if auc is None else float(auc))
+        m.skewed.labels(name).set(len(summary.get("skew_mismatched_features") or []))
+        with contextlib.suppress(KeyError, ValueError):
+            m.report_time.labels(name).set(dt.datetime.fromisoformat(summary["computed_at"]).timestamp())
 
     def start(self, interval_s: float) -> None:
         def loop() -> None:
@@ -287,6 +327,7 @@ def build_host(settings, metrics_registry) -> DeciderHost | None:
     # beside the fraud decider's log root (its own chains; the fraud tooling never reads them), one
     # directory per process: decisions-<decider>/<the process's own log directory name>
     host = DeciderHost(deciders, log_root=settings.decision_log_root.parent, log_leaf=settings.decision_log_root.name,
+                       monitoring_dir=settings.monitoring_dir,
                        keys={k: tuple(v) for k, v in keys.items()}, admin_keys=settings.serving.admin_keys,
                        loader=lambda decl: registry_loader(settings, settings.serving.scorer_backend, decl),
                        champion=champion, metrics=DeciderMetrics(metrics_registry),
