@@ -240,7 +240,8 @@ def test_a_credit_only_process_hosts_credit_alone(platform, tmp_path):
                 pass
             time.sleep(0.2)
         assert ready is not None and ready.status_code == 200, (tmp_path / "server.log").read_text()[-2000:]
-        assert ready.json()["deciders"] == {"credit": {"version": platform["credit_v1"], "ready": True, "error": None}}
+        champion = ModelRegistry.from_settings(settings, platform["credit"]).alias("champion")
+        assert ready.json()["deciders"] == {"credit": {"version": champion, "ready": True, "error": None}}
         assert httpx.post(f"{base}/v1/score", headers=AUTH, json=txn(1)).status_code == 404
         assert httpx.get(f"{base}/v1/deciders").json().keys() == {"credit"}
         answer = httpx.post(f"{base}/v1/deciders/credit/decide", headers=CREDIT, json=platform["applications"][0])
