@@ -17,6 +17,7 @@ from mlp_platform import application_lifecycle as lifecycle
 from mlp_platform.deciders.declaration import DeciderDeclaration, load_deciders
 from mlp_platform.evaluation.cv_backtest import CVBacktestConfig, backtest_table
 from mlp_platform.evaluation.impact import action_impact_markdown
+from mlp_platform.registry.submission import submission_run_config  # noqa: F401  (the sensor's run config)
 
 GATES = ("data", "performance", "fairness", "monotonicity", "consistency", "latency")
 
@@ -183,12 +184,6 @@ def monitoring_assets(decider: DeciderDeclaration):
 
 def submission_job_name(decider_name: str) -> str:
     return f"{decider_name}_submission_job"
-
-
-def submission_run_config(decider_name: str, version: str, source: str) -> dict:
-    """The run config of a submission run: the version to judge and the data to judge it on."""
-    return {"ops": {f"{decider_name}__training_data": {"config": {"source": source}},
-                    f"{decider_name}__candidate_model": {"config": {"submitted_version": version}}}}
 
 
 def application_deciders(settings) -> list[DeciderDeclaration]:

@@ -7,6 +7,7 @@ the CLI does is recorded in the same instance and visible in the UI.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -111,8 +112,13 @@ def prepare() -> None:
 def demo(
     source: str = typer.Option(None, help="synthetic (default) or handbook; overrides MLP_SOURCE."),
     days: int = typer.Option(None, help="Only the first N days of the source."),
+    decider: str = typer.Option(None, help="Only this decider's steps: fraud, or credit (train on the German "
+                                           "data, then a data scientist's model submitted and judged)."),
 ) -> None:
     """Materialise the asset graph on the embedded default and print where to look."""
+    if decider not in (None, "fraud", "credit"):
+        console.print(f"[red]--decider {decider}: fraud or credit[/red]")
+        raise typer.Exit(1)
     if source:
         os.environ["MLP_SOURCE"] = source
     settings = load_settings()
@@ -123,34 +129,55 @@ def demo(
     env = platform_env(settings, MLP_SOURCE=settings.source)
     dagster = [_bin("dagster"), "asset", "materialize", "-m", "assets.definitions"]
     nightly = [*dagster, "--select", NIGHTLY_MONITORING, "--partition", f"{last}"]
-    steps = [
-        ("prepare: spec -> dbt, dbt parse, DAGSTER_HOME", None),
-        (f"ingest + features, {settings.source} {first}..{last}",
-         [*dagster, "--select", PARTITIONED_GROUPS, "--partition-range", f"{first}...{last}"]),
-        ("training set (labels as of maturity)", [*dagster, "--select", UNPARTITIONED_GROUPS]),
-        ("model: train, register, backtest, gates, promotion, card", [*dagster, "--select", MODEL_GROUPS]),
-        (f"nightly for {last}: batch features online, batch scoring, decision log, drift report", nightly),
-    ]
-    if settings.german_credit_path.exists():  # the credit decider on the real German credit data
+    steps: list = [("prepare: spec -> dbt, dbt parse, DAGSTER_HOME", None)]
+    if decider in (None, "fraud"):
+        steps += [
+            (f"ingest + features, {settings.source} {first}..{last}",
+             [*dagster, "--select", PARTITIONED_GROUPS, "--partition-range", f"{first}...{last}"]),
+            ("training set (labels as of maturity)", [*dagster, "--select", UNPARTITIONED_GROUPS]),
+            ("model: train, register, backtest, gates, promotion, card", [*dagster, "--select", MODEL_GROUPS]),
+            (f"nightly for {last}: batch features online, batch scoring, decision log, drift report", nightly),
+        ]
+    if decider == "credit" and not settings.german_credit_path.exists():
+        console.print(f"[red]the German credit data is not at {settings.german_credit_path} "
+                      "(MLP_GERMAN_CREDIT_PATH)[/red]")
+        raise typer.Exit(1)
+    if settings.german_credit_path.exists() and decider in (None, "credit"):  # the real German credit data
         steps.append(("credit decider: German data, backtest vs scorecard, gates, promotion",
                       [*dagster, "--select", "group:credit"]))
+    if decider == "credit":
+        steps.append(("credit: a data scientist's model (export, train elsewhere, mlp models submit)", "submit"))
+        steps.append(("credit: the submission run (holdout vs scorecard, gates, decision impact, card)",
+                      [*dagster, "--select", "group:credit", "--config-json"]))
     started = time.perf_counter()
     refused = False
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("demo", total=len(steps))
+        submitted = None
         for description, cmd in steps:
             progress.update(task, description=description)
             if cmd is None:
                 prepare_project(settings)
+            elif cmd == "submit":
+                submitted = _demo_submission(settings)
+            elif cmd[-1] == "--config-json":
+                from mlp_platform.registry.submission import submission_run_config
+
+                config = submission_run_config("credit", submitted, "german")
+                refused |= not _run([*cmd, json.dumps(config)], env, settings.project_root, description,
+                                    allow_gate_refusal=True)
             elif cmd is nightly and not _has_champion(settings):
                 console.print("no champion: nothing to batch-score or monitor yet")
             else:
                 refused |= not _run(cmd, env, settings.project_root, description, allow_gate_refusal=True)
             progress.advance(task)
     console.print(f"[green]demo done[/green] in {time.perf_counter() - started:.0f}s")
-    warehouse_summary(settings)
-    model_summary(settings, refused)
+    if decider in (None, "fraud"):
+        warehouse_summary(settings)
+        model_summary(settings, refused)
+    if decider == "credit":
+        credit_summary(settings, submitted)
     console.print(
         f"\nWhere to look:\n"
         f"  warehouse:  {settings.duckdb_path} (schemas raw, staging, features, training, scoring, monitoring)\n"
@@ -158,6 +185,47 @@ def demo(
         f"  models:     MLflow store {settings.mlflow_tracking_uri} (mlp model roles, mlp model card N)\n"
         f"  Dagster UI: make ui  (or: DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml)"
         f" then http://127.0.0.1:3000 -> Assets; runs of this demo are in Runs\n")
+
+
+def _demo_submission(settings: Settings) -> str:
+    """What a data scientist does outside the platform, then hands over: train a monotone LightGBM
+    on `mlp deciders export credit` in plain LightGBM (a notebook), save it, submit it. Returns the
+    pending version."""
+    import lightgbm as lgb
+
+    from mlp_platform.application_lifecycle import load_application_data, training_export
+    from mlp_platform.registry.submission import submit_model
+
+    credit = load_decider(settings.deciders_dir, "credit")
+    frame = training_export(credit, load_application_data(settings, credit, "german"))
+    names = credit.spec.feature_names
+    params = {"objective": "binary", "verbosity": -1, "num_leaves": 8, "learning_rate": 0.05, "seed": 1,
+              "monotone_constraints": [credit.model.monotone_constraints.get(n, 0) for n in names]}
+    booster = lgb.train(params, lgb.Dataset(frame.select(names).to_numpy(), frame["label"].to_numpy(),
+                                            feature_name=names), 120)
+    path = settings.data_dir / "demo" / "credit_notebook_model.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path))
+    result = submit_model(settings, credit, path, submitted_by="demo-data-scientist", evaluation_source="german")
+    if not result.accepted:
+        raise RuntimeError("; ".join(result.report.lines()))
+    return result.ref.version
+
+
+def credit_summary(settings: Settings, submitted: str | None) -> None:
+    from mlp_platform.registry.roles import audit_for, registry_for
+
+    credit = load_decider(settings.deciders_dir, "credit")
+    registry = registry_for(settings, credit)
+    roles = {role: v for role, v in registry.roles().items() if v}
+    console.print(f"credit model roles: {roles or 'none yet'}")
+    for record in audit_for(settings, credit).records()[-3:]:
+        console.print(f"  audit {record['seq']}: {record['event']} v{record.get('version')}: "
+                      f"{str(record.get('reason', ''))[:160]}", markup=False, highlight=False)
+    if submitted:
+        status = registry.version_tags(submitted).get("submission")
+        console.print(f"submitted v{submitted}: {status}; its card: mlp models card {submitted} --decider credit; "
+                      f"serve it: mlp serve, then POST /v1/deciders/credit/decide", markup=False, highlight=False)
 
 
 def _has_champion(settings: Settings) -> bool:

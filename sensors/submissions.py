@@ -7,9 +7,9 @@ A sensor reads only its own decider's model: one decider's submissions never sta
 
 import dagster as dg
 
-from assets.deciders import submission_job_name, submission_run_config
+from assets.deciders import submission_job_name
 from mlp_platform.deciders.declaration import DeciderDeclaration
-from mlp_platform.registry.submission import pending_submissions
+from mlp_platform.registry.submission import pending_submissions, submission_run_config
 from mlp_platform.settings import load_settings
 
 
