@@ -119,13 +119,34 @@ def application_decider_assets(decider: DeciderDeclaration):
             "promoted": outcome.promoted, "version": outcome.version, "role": outcome.role or "none",
             "reason": outcome.reason, "audit_seq": outcome.audit_seq, "model_card": dg.MetadataValue.md(card)})
 
+    @dg.asset(key=key("model_card"), group_name=name, kinds={"mlflow"}, automation_condition=dg.AutomationCondition.eager(),
+              ins={"candidate_evaluation": dg.AssetIn(key("candidate_evaluation")),
+                   "model_promotion": dg.AssetIn(key("model_promotion"))},
+              description="The candidate's model card (Markdown and HTML, stored with its MLflow run): what it "
+                          "decides, on what data, the backtest against the scorecard, the decision impact "
+                          "against the champion, every gate, and the verdict.")
+    def model_card(candidate_evaluation, model_promotion, platform: PlatformSettingsResource):
+        from mlp_platform.evaluation.model_card import render_html
+        from mlp_platform.registry.promotion import PromotionOutcome
+        from mlp_platform.registry.roles import registry_for
+
+        candidate, gates = candidate_evaluation["candidate"], candidate_evaluation["gates"]
+        markdown = lifecycle.application_model_card(decider, candidate, gates, PromotionOutcome(**model_promotion))
+        registry = registry_for(platform.get(), decider)
+        registry.log_text(candidate.ref.run_id, markdown, lifecycle.MODEL_CARD)
+        registry.log_text(candidate.ref.run_id, render_html(markdown, f"{candidate.ref.name} v{candidate.ref.version}"),
+                          "model_card.html")
+        return dg.Output(markdown, metadata={"version": candidate.ref.version,
+                                             "model_card": dg.MetadataValue.md(markdown)})
+
     job = dg.define_asset_job(f"{name}_train_job", selection=dg.AssetSelection.groups(name),
                               description=f"Train, backtest, gate and promote the {name} decider's model.")
     submission = dg.define_asset_job(
         submission_job_name(name), selection=dg.AssetSelection.groups(name),
         description=f"Judge a model submitted to the {name} decider (mlp models submit): the same evaluation, "
                     "gates, decision impact and model card; requested by the decider's submission sensor.")
-    return [training_data, candidate_model, candidate_evaluation, model_promotion], [promotion_gates], [job, submission]
+    return ([training_data, candidate_model, candidate_evaluation, model_promotion, model_card], [promotion_gates],
+            [job, submission])
 
 
 class MonitoringRunConfig(dg.Config):
@@ -138,7 +159,7 @@ class MonitoringRunConfig(dg.Config):
 
 
 def monitoring_assets(decider: DeciderDeclaration):
-    """(asset, job, schedule) of one application decider's daily monitoring report."""
+    """([batch scores, monitoring report], job, schedule) of one application decider's day."""
     import datetime as dt
 
     from mlp_platform.monitoring.applications import monitor_application_decider
@@ -168,8 +189,26 @@ def monitoring_assets(decider: DeciderDeclaration):
             "drifted_features": ", ".join(summary["drifted_features"]) or "none",
             "label_auc": summary["label_auc"] if summary["label_auc"] is not None else float("nan")})
 
-    job = dg.define_asset_job(f"{name}_monitoring_job", selection=dg.AssetSelection.assets(monitoring_report),
-                              description=f"The {name} decider's monitoring report for one day (config: day).")
+    @dg.asset(key=dg.AssetKey([name, "batch_scores"]), group_name=f"{name}_monitoring", kinds={"duckdb"},
+              description=f"Every application of the day scored by the {name} decider's champion (its registered "
+                          f"artefact, its declared policy): scoring.{name}_batch_scores, the day replaced.")
+    def batch_scores(context: AssetExecutionContext, config: MonitoringRunConfig, platform: PlatformSettingsResource):
+        from mlp_platform.batch.scoring import score_applications_day
+
+        settings = platform.get()
+        version = config.model_version or registry_for(settings, decider).alias("champion")
+        if version is None:
+            raise dg.Failure(f"decider {name} has no champion to score with")
+        out = score_applications_day(settings, decider, version, dt.date.fromisoformat(config.day),
+                                     dt.date.fromisoformat(config.drift_start) if config.drift_start else None)
+        context.log.info(f"{name} v{version}: {out['rows']} applications of {config.day} scored")
+        return dg.MaterializeResult(metadata={**{k: v for k, v in out.items() if k != "decisions"},
+                                              "decisions": dg.MetadataValue.json(out["decisions"])})
+
+    job = dg.define_asset_job(f"{name}_monitoring_job", selection=dg.AssetSelection.assets(batch_scores,
+                                                                                          monitoring_report),
+                              description=f"The {name} decider's day: batch scores and the monitoring report "
+                                          "(config: day).")
 
     @dg.schedule(name=f"{name}_monitoring_schedule", job=job, cron_schedule="30 2 * * *",
                  default_status=dg.DefaultScheduleStatus.STOPPED,
@@ -177,9 +216,10 @@ def monitoring_assets(decider: DeciderDeclaration):
     def schedule(context: dg.ScheduleEvaluationContext):
         day = (context.scheduled_execution_time.date() - dt.timedelta(days=1)).isoformat()
         return dg.RunRequest(run_key=f"{name}-monitoring-{day}", run_config={
-            "ops": {f"{name}__monitoring_report": {"config": {"day": day}}}})
+            "ops": {f"{name}__monitoring_report": {"config": {"day": day}},
+                    f"{name}__batch_scores": {"config": {"day": day}}}})
 
-    return monitoring_report, job, schedule
+    return [batch_scores, monitoring_report], job, schedule
 
 
 def submission_job_name(decider_name: str) -> str:
@@ -197,8 +237,8 @@ def build_decider_assets(settings):
     assets, checks, jobs, schedules = [], [], [], []
     for decider in application_deciders(settings):
         a, c, j = application_decider_assets(decider)
-        report, monitoring_job, schedule = monitoring_assets(decider)
-        assets += [*a, report]
+        daily, monitoring_job, schedule = monitoring_assets(decider)
+        assets += [*a, *daily]
         checks += c
         jobs += [*j, monitoring_job]
         schedules.append(schedule)

@@ -96,7 +96,7 @@ def test_sustained_drift_retrains_that_decider_only(platform, tmp_path):
     doc["name"], doc["model"]["registered_name"] = "credit_two", "credit-two"
     (directory / "credit_two.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     two = load_decider(directory, "credit_two")
-    report, job, _schedule = monitoring_assets(credit)
+    (_batch, report), job, _schedule = monitoring_assets(credit)
     sensor = build_decider_drift_sensor(credit)
     with dg.instance_for_test() as instance:
         for day in (QUIET_DAY, DRIFT_DAYS[0]):
@@ -146,3 +146,23 @@ def test_the_scoring_process_exports_the_latest_report_per_decider(platform, tmp
     assert 'mlp_decider_ready{decider="credit"} 1.0' in text
     assert 'mlp_decider_drift_detected{decider="credit"} 1.0' in text
     assert 'mlp_decider_label_auc{decider="credit"} 0.' in text
+
+
+def test_batch_scores_replace_the_day_with_the_champions_decisions(platform):
+    import duckdb
+
+    settings, credit, version = platform["settings"], platform["credit"], platform["version"]
+    (batch, _report), _job, _schedule = monitoring_assets(credit)
+    config = {"ops": {"credit__batch_scores": {"config": {"day": str(QUIET_DAY)}}}}
+    with dg.instance_for_test() as instance:
+        for _ in range(2):  # a re-run replaces the day: the same rows, not twice as many
+            result = dg.materialize([batch], instance=instance, resources={"platform": PlatformSettingsResource()},
+                                    run_config=config)
+            assert result.success
+    apps, _ = synthetic_window(settings, credit, QUIET_DAY, 1)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        rows = con.execute("select decision, model_version, count(*) from scoring.credit_batch_scores "
+                           "where event_date = ? group by all", [QUIET_DAY]).fetchall()
+    assert sum(n for _, _, n in rows) == apps.height > 50
+    assert {v for _, v, _ in rows} == {version}
+    assert {d for d, _, _ in rows} <= set(credit.policy.actions) and len({d for d, _, _ in rows}) >= 3
