@@ -12,7 +12,6 @@ import json
 import dagster as dg
 import orjson
 import pytest
-import yaml
 
 from assets.deciders import monitoring_assets
 from assets.resources import PlatformSettingsResource
@@ -39,7 +38,7 @@ def platform(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLP_DATA_DIR", str(tmp / "data"))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("MLP_DRIFT_START", raising=False)
+        mp.delenv("MLP_SYNTH_DRIFT_START", raising=False)
         settings = load_settings()
         credit = load_decider(PROJECT_ROOT / "deciders", "credit")
         candidate = train_application_candidate(settings, credit, load_application_data(settings, credit, "synthetic"),
@@ -91,10 +90,7 @@ def test_skew_compares_what_the_service_logged_with_the_offline_features(platfor
 def test_sustained_drift_retrains_that_decider_only(platform, tmp_path):
     credit = platform["credit"]
     directory = tmp_path / "deciders"
-    write_variant(credit, directory, {})
-    doc = yaml.safe_load((directory / "credit.yaml").read_text())
-    doc["name"], doc["model"]["registered_name"] = "credit_two", "credit-two"
-    (directory / "credit_two.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_variant(credit, directory, {"model": {"registered_name": "credit-two"}}, as_name="credit_two")
     two = load_decider(directory, "credit_two")
     (_batch, report), job, _schedule = monitoring_assets(credit)
     sensor = build_decider_drift_sensor(credit)

@@ -13,7 +13,6 @@ import dagster as dg
 import lightgbm as lgb
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from assets.deciders import application_decider_assets
@@ -274,10 +273,7 @@ def test_unsafe_or_unreadable_submissions_are_refused_clearly(german_settings, c
 def test_a_deciders_sensor_sees_only_its_own_submissions(german_settings, credit, export, tmp_path):
     _, frame = export
     directory = tmp_path / "deciders"
-    write_variant(credit, directory, {})
-    doc = yaml.safe_load((directory / "credit.yaml").read_text())
-    doc["name"], doc["model"]["registered_name"] = "credit_two", "credit-two"
-    (directory / "credit_two.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_variant(credit, directory, {"model": {"registered_name": "credit-two"}}, as_name="credit_two")
     two = load_decider(directory, "credit_two")
     path = tmp_path / "m.txt"
     notebook_booster(credit, frame, monotone=True).save_model(str(path))

@@ -445,10 +445,13 @@ def load_deciders(directory: Path) -> dict[str, DeciderDeclaration]:
     return out
 
 
-def write_variant(decl: DeciderDeclaration, directory: Path, updates: dict[str, Any]) -> Path:
+def write_variant(decl: DeciderDeclaration, directory: Path, updates: dict[str, Any],
+                  as_name: str | None = None) -> Path:
     """Write a copy of ``decl``'s file into ``directory`` with ``updates`` merged into its sections
     (a mapping merges key by key, anything else replaces) and its feature spec path made absolute:
-    the same decider with other values, for a test, a what-if or a benchmark. Returns the directory."""
+    the same decider with other values, for a test, a what-if or a benchmark; ``as_name``: a new
+    decider of that name (its file ``<as_name>.yaml``; give it its own registered model in
+    ``updates``). Returns the directory."""
     if decl.source is None:
         raise DeciderError(f"decider {decl.name!r} was not read from a file")
     doc = yaml.safe_load(decl.source.read_text())
@@ -460,7 +463,9 @@ def write_variant(decl: DeciderDeclaration, directory: Path, updates: dict[str, 
         return into
 
     merge(doc, updates)
-    parse_decider(doc, directory / f"{decl.name}.yaml")  # refuse an invalid variant before writing it
+    name = as_name or decl.name
+    doc["name"] = name
+    parse_decider(doc, directory / f"{name}.yaml")  # refuse an invalid variant before writing it
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{decl.name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (directory / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return directory
