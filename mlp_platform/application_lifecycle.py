@@ -16,7 +16,7 @@ Gates (each a :class:`~mlp_platform.registry.promotion.GateResult` that explains
 * ``consistency``: the registered artefact, loaded through the serving scorer, gives the training
   path's scores (max abs diff <= the declared tolerance);
 * ``latency``: a decision with adverse-action reasons, through the serving decider, within the
-  declared p99 budget.
+  declared p99 budget (its CPU time, the quietest of three passes: see decision_latency_passes_us).
 """
 
 from __future__ import annotations
@@ -350,12 +350,13 @@ def gate_application_candidate(settings: Settings, decider: DeciderDeclaration,
     decider_runtime = ApplicationDecider(decider, served, populations, version=candidate.ref.version)
     requests = candidate_requests(candidate, config.latency_samples)
     per_pass = decision_latency_passes_us(decider_runtime, requests)
-    p99 = min(per_pass)
+    p99 = min(p["cpu_p99_us"] for p in per_pass)
+    wall = min(p["wall_p99_us"] for p in per_pass)
     gates.append(_gate("latency", p99 <= config.latency_p99_budget_us,
-                       f"decision with adverse-action reasons p99 {p99:.0f} us over {len(requests)} applications "
-                       f"(quietest of {len(per_pass)} passes) through the {candidate.flavour} serving path "
-                       f"(budget {config.latency_p99_budget_us:.0f} us)",
-                       p99_us=p99, passes_p99_us=per_pass, flavour=candidate.flavour))
+                       f"decision with adverse-action reasons p99 {p99:.0f} us of CPU time ({wall:.0f} us wall) over "
+                       f"{len(requests)} applications (quietest of {len(per_pass)} passes) through the "
+                       f"{candidate.flavour} serving path (budget {config.latency_p99_budget_us:.0f} us)",
+                       p99_us=p99, wall_p99_us=wall, passes=per_pass, flavour=candidate.flavour))
     return gates
 
 
@@ -391,24 +392,28 @@ def candidate_requests(candidate: ApplicationCandidate, n: int) -> list[dict]:
     return apps.sample(take, seed=0).to_dicts() if take else []
 
 
-def decision_latency_passes_us(decider, requests: list[dict], warmup: int = 50, passes: int = 3) -> list[float]:
-    """p99 of ``decider.decide`` over ``requests`` (each decided once per pass, after a warm-up), per
-    pass. The latency gate judges the quietest pass: on a shared machine one pass can catch another
-    process's burst, and the gate is about the model's cost, not the neighbours' (a model that is
-    slow is slow in every pass: the gradient-boosting pipeline of bench/bench_submission.py never
-    came under 2.7 ms)."""
+def decision_latency_passes_us(decider, requests: list[dict], warmup: int = 50,
+                               passes: int = 3) -> list[dict[str, float]]:
+    """Per pass (each request decided once, after a warm-up): the p99 of ``decider.decide`` in wall
+    time and in the thread's CPU time. The latency gate judges the CPU time of the quietest pass:
+    the model path's own cost, which a neighbour's load on a shared machine does not inflate (in a
+    loaded test run, the wall-clock p99 of a 150 us model reached 4.4-8.4 ms in all three passes);
+    a slow flavour is slow in CPU time too (the gradient-boosting pipeline of
+    bench/bench_submission.py never came under 2.7 ms). Wall-clock latency in service is watched by
+    the MlpDeciderLatencyP99High alert and measured by the benchmarks."""
     if not requests:
-        return [math.nan]
+        return [{"wall_p99_us": math.nan, "cpu_p99_us": math.nan}]
     for request in requests[:warmup]:
         decider.decide(request)
     out = []
     for _ in range(passes):
-        times = []
+        wall, cpu = [], []
         for request in requests:
-            t0 = time.perf_counter_ns()
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
             decider.decide(request)
-            times.append((time.perf_counter_ns() - t0) / 1000)
-        out.append(float(np.percentile(times, 99)))
+            wall.append((time.perf_counter_ns() - t0) / 1000)
+            cpu.append((time.thread_time_ns() - c0) / 1000)
+        out.append({"wall_p99_us": float(np.percentile(wall, 99)), "cpu_p99_us": float(np.percentile(cpu, 99))})
     return out
 
 
