@@ -222,6 +222,35 @@ def monitoring_assets(decider: DeciderDeclaration):
     return [batch_scores, monitoring_report], job, schedule
 
 
+def rollout_step_job(decider: DeciderDeclaration) -> dg.JobDefinition:
+    """The decider's staged-rollout step (requested by its rollout sensor): re-evaluates the
+    guardrails from the decider's own decision logs and applies advance / complete / rollback."""
+    from mlp_platform.deciders.validate import rollout_config
+    from mlp_platform.rollout.machine import step_rollout
+
+    name = decider.name
+
+    @dg.op(name=f"{name}_rollout_step", description=f"One step of the {name} decider's staged rollout.")
+    def rollout_step(context: dg.OpExecutionContext, platform: PlatformSettingsResource) -> dict:
+        import datetime as dt
+
+        decision, outcome = step_rollout(platform.get(), context.run_id, rollout_config(decider), "dagster",
+                                         now=dt.datetime.now(dt.UTC), decider=decider)
+        context.log.info(f"{name} rollout: {decision.action}: {decision.reason} -> {outcome.message}")
+        context.add_output_metadata({"action": decision.action, "applied": outcome.applied,
+                                     "candidate": str(decision.candidate), "reason": decision.reason,
+                                     "outcome": dg.MetadataValue.json(outcome.to_dict())})
+        return outcome.to_dict()
+
+    @dg.job(name=f"{name}_rollout_step_job",
+            description=f"One staged-rollout step of the {name} decider: shadow -> canary stages -> champion, or "
+                        "an automatic rollback when a guardrail fails.")
+    def job():
+        rollout_step()
+
+    return job
+
+
 def submission_job_name(decider_name: str) -> str:
     return f"{decider_name}_submission_job"
 
@@ -240,6 +269,6 @@ def build_decider_assets(settings):
         daily, monitoring_job, schedule = monitoring_assets(decider)
         assets += [*a, *daily]
         checks += c
-        jobs += [*j, monitoring_job]
+        jobs += [*j, monitoring_job, rollout_step_job(decider)]
         schedules.append(schedule)
     return assets, checks, jobs, schedules

@@ -19,6 +19,7 @@ from assets.scoring import build_scoring_assets
 from assets.serving import build_serving_assets
 from mlp_platform.settings import Settings, load_settings
 from sensors.decider_drift import build_decider_drift_sensors
+from sensors.decider_rollout import build_decider_rollout_sensors
 from sensors.definitions import build_automation
 from sensors.submissions import build_submission_sensors
 
@@ -31,7 +32,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     jobs, schedules, sensors = build_automation(settings)
     jobs = [*jobs, *MODEL_JOBS, *ROLLOUT_JOBS, *decider_jobs]
     deciders = application_deciders(settings)
-    sensors = [*sensors, *build_submission_sensors(deciders), *build_decider_drift_sensors(deciders)]
+    sensors = [*sensors, *build_submission_sensors(deciders), *build_decider_drift_sensors(deciders),
+               *build_decider_rollout_sensors(deciders)]
     schedules = [*schedules, *decider_schedules]
     # Locally one process runs a whole run (fast start, one DuckDB writer); in production the run
     # launcher of the Dagster deployment (dagster-k8s) isolates runs and steps run in subprocesses.

@@ -455,9 +455,25 @@ def application_model_card(decider: DeciderDeclaration, candidate: ApplicationCa
 def decide_application_candidate(settings: Settings, decider: DeciderDeclaration, candidate: ApplicationCandidate,
                                  gates: list[GateResult], *, run_id: str, actor: str) -> PromotionOutcome:
     """Promote (every gate passed) or refuse, in the decider's own audit trail; the model card with
-    the decision is stored with the version."""
+    the decision is stored with the version. A decider declaring ``promotion: staged`` with a
+    champion starts the staged rollout of the candidate instead (shadow first; the decider's rollout
+    sensor takes it through the canary stages to champion, or back)."""
+    from mlp_platform.registry.roles import sync_routing
+
     registry = registry_for(settings, decider)
-    outcome = promote(registry, audit_for(settings, decider), candidate.ref, gates, run_id=run_id, actor=actor)
+    passed = bool(gates) and all(g.passed for g in gates)
+    registry.set_version_tag(candidate.ref.version, "gates", "passed" if passed else "failed")
+    if passed and decider.promotion == "staged" and registry.alias("champion") is not None:
+        from mlp_platform.deciders.validate import rollout_config
+        from mlp_platform.rollout.machine import start_rollout
+
+        started = start_rollout(settings, candidate.ref.version, run_id, rollout_config(decider), actor,
+                                decider=decider)
+        outcome = PromotionOutcome(True, candidate.ref.version, "shadow", registry.alias("champion"),
+                                   started.message, started.audit_seq if started.audit_seq is not None else -1)
+    else:
+        outcome = promote(registry, audit_for(settings, decider), candidate.ref, gates, run_id=run_id, actor=actor)
+        sync_routing(settings, f"promotion run {run_id} ({actor})", decider=decider)
     if candidate.submission:
         registry.set_version_tag(candidate.ref.version, "submission", "promoted" if outcome.promoted else "refused")
     registry.log_text(candidate.ref.run_id, application_model_card(decider, candidate, gates, outcome), MODEL_CARD)

@@ -297,6 +297,10 @@ class DeciderDeclaration(_Strict):
     counter_offer: CounterOfferDecl | None = None
     labels: LabelsDecl
     submission: SubmissionDecl = Field(default_factory=SubmissionDecl)
+    #: A candidate that passes its gates becomes champion at once ("champion"), or goes through the
+    #: staged rollout of the ``rollout`` section ("staged": shadow, canary stages, champion; the
+    #: first model of a decider serves directly: nothing to compare with).
+    promotion: Literal["champion", "staged"] = "champion"
     deployment: DeploymentDecl = Field(default_factory=DeploymentDecl)
     monitoring: MonitoringDecl = Field(default_factory=MonitoringDecl)
     #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);

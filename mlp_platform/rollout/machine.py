@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlp_platform.deciders.declaration import DEFAULT_DECIDER
 from mlp_platform.registry import roles
 from mlp_platform.registry.promotion import GateResult, promote
 from mlp_platform.rollout.guardrails import FAIL, NOT_EVALUATED, WAIT, GuardrailResult, RolloutConfig, judge
@@ -130,9 +131,18 @@ def _metrics_snapshot(metrics_text: str | None) -> dict[str, float] | None:
     return parse_metrics(metrics_text) if metrics_text is not None else None
 
 
-def rollout_state(settings) -> RolloutState | None:
-    """The current (or last) rollout, or None if none was ever started."""
-    return RolloutStateFile(settings.rollout_path).read()
+def _log_root(settings, decider) -> Path:
+    """The decision logs a decider's rollout reads: the service's (default decider), else the
+    decider's own chains (one directory per process under ``decisions-<decider>``)."""
+    if decider is None or decider.name == DEFAULT_DECIDER:
+        return decision_log_root(settings)
+    return settings.decision_log_root.parent / f"decisions-{decider.name}"
+
+
+def rollout_state(settings, *, decider=None) -> RolloutState | None:
+    """The current (or last) rollout of ``decider`` (default: the default decider), or None if none
+    was ever started."""
+    return RolloutStateFile(roles.rollout_path_for(settings, decider)).read()
 
 
 # --- start -------------------------------------------------------------------------------------
@@ -140,7 +150,7 @@ def rollout_state(settings) -> RolloutState | None:
 
 def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, actor: str = "dagster",
                   metrics_text: str | None = None, *, now: dt.datetime | None = None,
-                  require_gates: bool = True) -> RolloutOutcome:
+                  require_gates: bool = True, decider=None) -> RolloutOutcome:
     """Start rolling ``version`` out: it becomes the ``shadow`` (scored off the critical path next to
     the champion) and the rollout state starts at the shadow stage. With no champion at all it
     becomes champion at once (nothing to compare with). ``require_gates``: refuse a version whose
@@ -151,9 +161,9 @@ def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, ac
 
     now = _now(now)
     version = str(version)
-    registry = roles.registry_for(settings)
-    audit = roles.audit_for(settings)
-    files = RolloutStateFile(settings.rollout_path)
+    registry = roles.registry_for(settings, decider)
+    audit = roles.audit_for(settings, decider)
+    files = RolloutStateFile(roles.rollout_path_for(settings, decider))
     try:
         ref = registry.ref(version)
         tags = registry.version_tags(version)
@@ -184,7 +194,7 @@ def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, ac
                     policy="champion", actor=actor)
             if registry.alias("shadow") == version:
                 registry.clear_alias("shadow")
-            routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} champion",
+            routing = roles.sync_routing(settings, decider=decider, updated_by=f"{updated_by}: v{version} champion",
                                              challenger_share=0.0)
             state = files.write(served_directly(version, run_id, now, config.to_dict(), why))
             record = audit.append("rollout_completed", model=ref.name, version=version, baseline_champion=None,
@@ -196,7 +206,7 @@ def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, ac
             registry.clear_alias("challenger")
         registry.set_alias("shadow", version)
         registry.set_version_tag(version, "promotion", "rollout:shadow")
-        routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} shadow")
+        routing = roles.sync_routing(settings, decider=decider, updated_by=f"{updated_by}: v{version} shadow")
         state = files.write(begin(version, champion, run_id, now, config.to_dict(), snapshot))
         reason = f"staged rollout of v{version} against champion v{champion} starts in shadow"
         record = audit.append("rollout_started", model=ref.name, version=version, baseline_champion=champion,
@@ -211,12 +221,12 @@ def start_rollout(settings, version: str, run_id: str, config: RolloutConfig, ac
 
 
 def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_text: str | None = None,
-                     *, decision_log_dir: Path | None = None) -> RolloutDecision:
+                     *, decision_log_dir: Path | None = None, decider=None) -> RolloutDecision:
     """Judge the current stage (read-only): none / wait / advance / rollback / complete, with every
     guardrail. ``decision_log_dir``: the service's decision-log root (default: as the service)."""
     now = _now(now)
     at = utc_iso(now)
-    state = rollout_state(settings)
+    state = rollout_state(settings, decider=decider)
     if state is None or not state.active:
         why = "no rollout was ever started" if state is None else f"the rollout of v{state.candidate} is {state.stage}"
         return RolloutDecision("none", f"no active rollout: {why}", evaluated_at=at,
@@ -224,7 +234,7 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
     base = {"candidate": state.candidate, "baseline_champion": state.baseline_champion,
             "from_stage": state.stage, "from_share": state.share, "stage_started_at": state.stage_started_at,
             "evaluated_at": at}
-    champion = roles.registry_for(settings).alias("champion")
+    champion = roles.registry_for(settings, decider).alias("champion")
     if champion == state.candidate and state.stage == CANARY:
         return RolloutDecision("complete", f"v{state.candidate} is already champion: a completion was interrupted "
                                "before the rollout state was written; finishing it", to_stage=COMPLETED,
@@ -233,7 +243,7 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
         return RolloutDecision("rollback", f"the champion changed during the rollout (v{state.baseline_champion} "
                                f"at start, now v{champion}): the evidence compares with another model",
                                to_stage=ROLLED_BACK, to_share=0.0, **base)
-    obs = observe(state, decision_log_dir or decision_log_root(settings), now, metrics_text)
+    obs = observe(state, decision_log_dir or _log_root(settings, decider), now, metrics_text)
     accumulated = ScoreSample.from_dict(state.champion_reference)
     guardrails = tuple(judge(obs, config, accumulated, state.candidate))
     observation = {**obs.summary(), "champion_sample": obs.champion.to_dict()}
@@ -274,7 +284,8 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
 
 
 def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, actor: str = "dagster",
-                           metrics_text: str | None = None, *, now: dt.datetime | None = None) -> RolloutOutcome:
+                           metrics_text: str | None = None, *, now: dt.datetime | None = None,
+                           decider=None) -> RolloutOutcome:
     """Carry out an ``advance`` / ``complete`` / ``rollback`` decision (registry aliases, routing,
     rollout state, audit). ``metrics_text``: the service's metrics now, the new stage's snapshot.
     A ``none``/``wait`` decision, or one taken on another position of the rollout, changes nothing."""
@@ -284,15 +295,15 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
         return RolloutOutcome(False, decision.action, f"nothing to apply: {decision.reason}")
     now = _now(now)
     snapshot = _metrics_snapshot(metrics_text)
-    files = RolloutStateFile(settings.rollout_path)
+    files = RolloutStateFile(roles.rollout_path_for(settings, decider))
     with files.locked():
         state = files.read()
         if state is None or not state.active or state.position != decision.position:
             where = "no rollout" if state is None else f"{state.position}"
             return RolloutOutcome(False, decision.action, f"stale decision not applied: taken on {decision.position}, "
                                   f"the rollout is now at {where}", state)
-        registry = roles.registry_for(settings)
-        audit = roles.audit_for(settings)
+        registry = roles.registry_for(settings, decider)
+        audit = roles.audit_for(settings, decider)
         version = state.candidate
         guardrails = [g.to_dict() for g in decision.guardrails]
         updated_by = f"rollout run {run_id} ({actor})"
@@ -308,7 +319,7 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                 if registry.alias(role) == version:
                     registry.clear_alias(role)
             registry.set_version_tag(version, "promotion", "rolled_back")
-            routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} rolled back",
+            routing = roles.sync_routing(settings, decider=decider, updated_by=f"{updated_by}: v{version} rolled back",
                                              challenger_share=0.0)
             new = files.write(step(state, ROLLED_BACK, 0.0, now, decision.reason, run_id, guardrails, snapshot))
             record = audit.append("rollout_rolled_back", **common, stage_to=ROLLED_BACK, share_to=0.0,
@@ -329,7 +340,7 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
                 raise RolloutError(f"v{version} no longer holds the challenger role (now "
                                    f"{registry.alias('challenger')}): abort the rollout")
             registry.set_version_tag(version, "promotion", f"rollout:canary {share:g}")
-            routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} canary {share:g}",
+            routing = roles.sync_routing(settings, decider=decider, updated_by=f"{updated_by}: v{version} canary {share:g}",
                                              challenger_share=share)
             new = files.write(step(state, CANARY, share, now, decision.reason, run_id, guardrails, snapshot,
                                    reference_doc))
@@ -345,7 +356,7 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
         for role in ("shadow", "challenger"):
             if registry.alias(role) == version:
                 registry.clear_alias(role)
-        routing = roles.sync_routing(settings, updated_by=f"{updated_by}: v{version} champion",
+        routing = roles.sync_routing(settings, decider=decider, updated_by=f"{updated_by}: v{version} champion",
                                          challenger_share=0.0)
         new = files.write(step(state, COMPLETED, 1.0, now, decision.reason, run_id, guardrails, snapshot,
                                reference_doc))
@@ -357,23 +368,23 @@ def apply_rollout_decision(settings, decision: RolloutDecision, run_id: str, act
 
 def step_rollout(settings, run_id: str, config: RolloutConfig, actor: str = "dagster",
                  metrics_text: str | None = None, *, now: dt.datetime | None = None,
-                 decision_log_dir: Path | None = None) -> tuple[RolloutDecision, RolloutOutcome]:
+                 decision_log_dir: Path | None = None, decider=None) -> tuple[RolloutDecision, RolloutOutcome]:
     """Evaluate and apply in one go (a job that re-judges when it runs rather than trusting the
     decision its sensor saw). ``metrics_text`` serves as evidence and as the next stage's snapshot."""
     now = _now(now)
-    decision = evaluate_rollout(settings, now, config, metrics_text, decision_log_dir=decision_log_dir)
-    return decision, apply_rollout_decision(settings, decision, run_id, actor, metrics_text, now=now)
+    decision = evaluate_rollout(settings, now, config, metrics_text, decision_log_dir=decision_log_dir, decider=decider)
+    return decision, apply_rollout_decision(settings, decision, run_id, actor, metrics_text, now=now, decider=decider)
 
 
 def abort_rollout(settings, run_id: str, reason: str, actor: str = "operator",
-                  *, now: dt.datetime | None = None) -> RolloutOutcome:
+                  *, now: dt.datetime | None = None, decider=None) -> RolloutOutcome:
     """Roll the active rollout back by hand (same effects as a failed guardrail)."""
     if not reason or not reason.strip():
         raise ValueError("aborting a rollout needs a reason (it goes to the audit trail)")
-    state = rollout_state(settings)
+    state = rollout_state(settings, decider=decider)
     if state is None or not state.active:
         return RolloutOutcome(False, "rollback", "no active rollout to abort", state)
     decision = RolloutDecision("rollback", f"aborted by {actor}: {reason}", state.candidate, state.baseline_champion,
                                state.stage, state.share, state.stage_started_at, ROLLED_BACK, 0.0,
                                utc_iso(_now(now)))
-    return apply_rollout_decision(settings, decision, run_id, actor, now=now)
+    return apply_rollout_decision(settings, decision, run_id, actor, now=now, decider=decider)

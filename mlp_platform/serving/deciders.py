@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from mlp_platform.deciders.declaration import DEFAULT_DECIDER, DeciderDeclaration, load_decider, load_deciders
 from mlp_platform.serving.application import ApplicationDecider, CounterOffers
 from mlp_platform.serving.decision_log import DecisionLog
+from mlp_platform.serving.routing import BUCKETS, RoutingFile, bucket
 from mlp_platform.serving.service import key_matches, utc_now_iso
 
 log = logging.getLogger(__name__)
+#: Shadow decisions waiting for the shadow worker; beyond this they are dropped (and counted).
+SHADOW_QUEUE = 10_000
 
 
 class DeciderUnavailable(RuntimeError):
@@ -47,6 +51,13 @@ class _Slot:
     runtime: ApplicationDecider | None = None
     version: str | None = None
     load_error: str | None = None
+    #: The staged rollout's arms (from the decider's routing state): a challenger serving
+    #: ``share`` of the applicants, a shadow scored beside the champion and logged only.
+    challenger: ApplicationDecider | None = None
+    share: float = 0.0
+    shadow: ApplicationDecider | None = None
+    #: version -> loaded runtime (what the routing names stays loaded; the rest is dropped).
+    loaded: dict[str, ApplicationDecider] = field(default_factory=dict)
 
 
 class DeciderMetrics:
@@ -63,6 +74,8 @@ class DeciderMetrics:
                                ["decider", "outcome"], registry=registry)
         self.offers = Counter("mlp_decider_counter_offers_total", "Counter-offer calls by decider and result",
                               ["decider", "result"], registry=registry)
+        self.shadows = Counter("mlp_decider_shadow_scores_total", "Shadow decisions by decider and result "
+                               "(scored, dropped under overload, failed)", ["decider", "result"], registry=registry)
         self.ready = Gauge("mlp_decider_ready", "1 when the decider serves a champion", ["decider"], registry=registry)
         # the decider's latest monitoring report (<monitoring dir>/<decider>/latest.json)
         self.drifted_share = Gauge("mlp_decider_drifted_feature_share", "Share of features drifted in the latest "
@@ -113,13 +126,18 @@ class DeciderHost:
     def __init__(self, deciders: list[DeciderDeclaration], *, log_root: Path, keys: dict[str, tuple[str, ...]],
                  admin_keys: tuple[str, ...], loader: Callable[[DeciderDeclaration], Callable[[str], Any]],
                  champion: Callable[[DeciderDeclaration], str | None], metrics: DeciderMetrics,
-                 group_commit_ms: float = 2.0, log_leaf: str = "", monitoring_dir: Path | None = None) -> None:
+                 group_commit_ms: float = 2.0, log_leaf: str = "", monitoring_dir: Path | None = None,
+                 routing: Callable[[DeciderDeclaration], Any] | None = None) -> None:
         self.admin_keys = admin_keys
         self.metrics = metrics
         self.metrics_registry = metrics.registry
         self.monitoring_dir = monitoring_dir
         self._loader = loader
         self._champion = champion
+        #: decider -> its RoutingState (None: no staged rollout ever; the champion alias rules)
+        self._routing = routing
+        self._shadow_queue: queue.Queue = queue.Queue(maxsize=SHADOW_QUEUE)
+        self._shadow_thread: threading.Thread | None = None
         self._loaders: dict[str, Callable[[str], Any]] = {}
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
@@ -148,39 +166,72 @@ class DeciderHost:
 
     # -- loading ------------------------------------------------------------------------------------
     def refresh(self, only: str | None = None) -> dict[str, str | None]:
-        """Load each hosted decider's champion where it changed; a failed load keeps the previous
-        version serving. Returns decider -> version now served."""
+        """Load what each hosted decider's routing names (champion, and during a staged rollout its
+        challenger and shadow) where it changed; a failed load keeps the previous versions serving.
+        Returns decider -> champion version now served."""
         out = {}
         for name, slot in self._slots.items():
             if only is not None and name != only:
                 continue
             try:
-                version = self._champion(slot.declaration)
-            except Exception as exc:  # registry unreachable: keep serving what is loaded
+                wanted, share = self._wanted(slot.declaration)
+            except Exception as exc:  # registry or routing unreadable: keep serving what is loaded
                 slot.load_error = f"registry: {exc}"
                 self.metrics.reloads.labels(name, "registry_error").inc()
                 out[name] = slot.version
                 continue
-            if version is not None and version != slot.version:
-                try:
-                    load = self._loaders.get(name)
-                    if load is None:
-                        load = self._loaders[name] = self._loader(slot.declaration)
-                    model = load(version)
-                    runtime = ApplicationDecider(slot.declaration, model.scorer, model.populations,
-                                                 version=version, operating_threshold=model.operating_threshold)
-                    with self._lock:
-                        slot.runtime, slot.version, slot.load_error = runtime, version, None
-                    self.metrics.reloads.labels(name, "loaded").inc()
-                    log.info("decider %s: serving version %s", name, version)
-                except Exception as exc:
-                    slot.load_error = f"version {version}: {exc}"
-                    self.metrics.reloads.labels(name, "refused").inc()
-                    log.warning("decider %s: version %s refused: %s", name, version, exc)
+            try:
+                runtimes = {role: self._runtime_of(slot, version) if version else None
+                            for role, version in wanted.items()}
+            except Exception as exc:
+                slot.load_error = f"version {exc.args[0] if exc.args else exc}"
+                self.metrics.reloads.labels(name, "refused").inc()
+                log.warning("decider %s: %s refused: %s", name, wanted, exc)
+                out[name] = slot.version
+                continue
+            with self._lock:
+                champion = runtimes.get("champion")
+                if champion is not None:
+                    slot.runtime, slot.version, slot.load_error = champion, champion.version, None
+                slot.challenger = runtimes.get("challenger") if share > 0 else None
+                slot.share = share if slot.challenger is not None else 0.0
+                slot.shadow = runtimes.get("shadow")
+                keep = {r.version for r in (slot.runtime, slot.challenger, slot.shadow) if r is not None}
+                slot.loaded = {v: r for v, r in slot.loaded.items() if v in keep}
+            if slot.shadow is not None:
+                self._start_shadow_worker()
             out[name] = slot.version
             self.metrics.ready.labels(name).set(1 if slot.runtime is not None else 0)
             self._export_report(name)
         return out
+
+    def _wanted(self, decl: DeciderDeclaration) -> tuple[dict[str, str | None], float]:
+        """(role -> version, challenger share) the decider should serve now."""
+        state = self._routing(decl) if self._routing is not None else None
+        if state is None:
+            return {"champion": self._champion(decl)}, 0.0
+        return ({"champion": state.champion, "challenger": state.challenger,
+                 "shadow": state.shadows[0] if state.shadows else None}, float(state.challenger_share))
+
+    def _runtime_of(self, slot: _Slot, version: str) -> ApplicationDecider:
+        """The loaded runtime of ``version`` (loaded now if it is not yet)."""
+        runtime = slot.loaded.get(version)
+        if runtime is not None:
+            return runtime
+        name = slot.declaration.name
+        try:
+            load = self._loaders.get(name)
+            if load is None:
+                load = self._loaders[name] = self._loader(slot.declaration)
+            model = load(version)
+            runtime = ApplicationDecider(slot.declaration, model.scorer, model.populations, version=version,
+                                         operating_threshold=model.operating_threshold)
+        except Exception as exc:
+            raise RuntimeError(f"{version}: {exc}") from exc
+        slot.loaded[version] = runtime
+        self.metrics.reloads.labels(name, "loaded").inc()
+        log.info("decider %s: version %s loaded", name, version)
+        return runtime
 
     def _export_report(self, name: str) -> None:
         """The decider's latest monitoring summary as its gauges (absent or unreadable: unchanged)."""
@@ -213,26 +264,76 @@ class DeciderHost:
         self._thread.start()
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {name: {"version": s.version, "ready": s.runtime is not None, "error": s.load_error}
-                for name, s in sorted(self._slots.items())}
+        out = {}
+        for name, s in sorted(self._slots.items()):
+            out[name] = {"version": s.version, "ready": s.runtime is not None, "error": s.load_error}
+            if s.challenger is not None or s.shadow is not None:
+                out[name].update(challenger=s.challenger.version if s.challenger else None, challenger_share=s.share,
+                                 shadow=s.shadow.version if s.shadow else None)
+        return out
 
     # -- decisions ----------------------------------------------------------------------------------
-    def _runtime(self, name: str) -> tuple[_Slot, ApplicationDecider]:
+    def _runtime(self, name: str, request: dict[str, Any] | None = None) -> tuple[_Slot, ApplicationDecider, str]:
+        """(slot, runtime, arm) for ``request``: the challenger for its share of applicants (sticky
+        by applicant, else by the entity key) during a canary stage, the champion otherwise."""
         slot = self.slot(name)
-        runtime = slot.runtime
+        with self._lock:
+            runtime, challenger, share = slot.runtime, slot.challenger, slot.share
         if runtime is None:
             raise DeciderUnavailable(f"decider {name!r} has no champion loaded"
                                      + (f" ({slot.load_error})" if slot.load_error else ""))
-        return slot, runtime
+        if challenger is not None and share > 0 and request is not None:
+            who = request.get("applicant_id") or request.get(slot.declaration.entity.key)
+            if who is not None and bucket(f"{name}:{who}") < share * BUCKETS:
+                return slot, challenger, "challenger"
+        return slot, runtime, "champion"
+
+    def _shadow_job(self, slot: _Slot, request: dict[str, Any], decision_id: str, served: str) -> None:
+        shadow = slot.shadow
+        if shadow is None:
+            return
+        try:
+            self._shadow_queue.put_nowait((slot, shadow, request, decision_id, served))
+        except queue.Full:
+            self.metrics.shadows.labels(slot.declaration.name, "dropped").inc()
+
+    def _start_shadow_worker(self) -> None:
+        if self._shadow_thread is not None:
+            return
+        self._shadow_thread = threading.Thread(target=self._shadow_loop, name="decider-shadow", daemon=True)
+        self._shadow_thread.start()
+
+    def _shadow_loop(self) -> None:
+        """Off the request path: the shadow version decides the same application; its record (kind
+        ``shadow``, ``of_decision``) is logged in the background, as the fraud service's are."""
+        while True:
+            job = self._shadow_queue.get()
+            if job is None:
+                return
+            slot, shadow, request, decision_id, served = job
+            name = slot.declaration.name
+            try:
+                decision = shadow.decide(request)
+                slot.log.append_many([{
+                    "decision_id": f"{decision_id}:shadow:{shadow.version}", "kind": "shadow", "decider": name,
+                    "of_decision": decision_id, "time": utc_now_iso(), "model_version": shadow.version,
+                    "score": decision.score, "decision": decision.action, "served_decision": served}],
+                    background=True)
+                self.metrics.shadows.labels(name, "scored").inc()
+            except Exception:
+                self.metrics.shadows.labels(name, "failed").inc()
+                log.exception("decider %s: shadow scoring failed", name)
 
     @staticmethod
     def _decision_id() -> str:
         return os.urandom(16).hex()
 
-    def _record(self, name: str, runtime: ApplicationDecider, decision, decision_id: str, route: str) -> dict[str, Any]:
+    def _record(self, name: str, runtime: ApplicationDecider, decision, decision_id: str, route: str,
+                arm: str = "champion") -> dict[str, Any]:
         names = runtime.featurizer.feature_names
         return {
-            "decision_id": decision_id, "kind": "decision", "decider": name, "route": route, "time": utc_now_iso(),
+            "decision_id": decision_id, "kind": "decision", "decider": name, "route": route, "arm": arm,
+            "time": utc_now_iso(),
             "application_id": decision.application_id, "decision": decision.action, "score": decision.score,
             "model": runtime.decider.model_name, "model_version": decision.model_version,
             "policy_version": runtime.policy.tag(decision.thresholds),
@@ -244,23 +345,25 @@ class DeciderHost:
 
     async def decide(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        slot, runtime = self._runtime(name)
+        slot, runtime, arm = self._runtime(name, request)
         decision = runtime.decide(request)
         decision_id = self._decision_id()
-        await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide"))
+        await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide", arm))
+        if arm == "champion":
+            self._shadow_job(slot, request, decision_id, decision.action)
         self.metrics.decisions.labels(name, decision.action).inc()
         self.metrics.latency.labels(name, "decide").observe(time.perf_counter() - started)
         return _answer(name, decision_id, decision)
 
     async def counter_offer(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        slot, runtime = self._runtime(name)
+        slot, runtime, arm = self._runtime(name, request)
         if runtime.offer is None:
             raise UnknownDecider(f"decider {name!r} declares no counter-offers")
         result: CounterOffers = runtime.counter_offers(request)
         decision = result.decision
         decision_id = self._decision_id()
-        record = self._record(name, runtime, decision, decision_id, "counter_offer")
+        record = self._record(name, runtime, decision, decision_id, "counter_offer", arm)
         record["offer"] = None if result.offer is None else _condition(result.offer)
         records = [record] + [
             {"decision_id": f"{decision_id}:candidate:{i}", "kind": "counter_offer_candidate", "decider": name,
@@ -285,6 +388,9 @@ class DeciderHost:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._shadow_thread is not None:
+            self._shadow_queue.put(None)
+            self._shadow_thread.join(timeout=5)
         for slot in self._slots.values():
             slot.log.close()
 
@@ -324,10 +430,16 @@ def build_host(settings, metrics_registry) -> DeciderHost | None:
             registry = registries[decl.name] = ModelRegistry.from_settings(settings, decl)
         return registry.alias("champion")
 
+    from mlp_platform.registry.roles import routing_path_for
+
+    def routing(decl: DeciderDeclaration):
+        path = routing_path_for(settings, decl)
+        return RoutingFile(path).read() if path.exists() else None
+
     # beside the fraud decider's log root (its own chains; the fraud tooling never reads them), one
     # directory per process: decisions-<decider>/<the process's own log directory name>
     host = DeciderHost(deciders, log_root=settings.decision_log_root.parent, log_leaf=settings.decision_log_root.name,
-                       monitoring_dir=settings.monitoring_dir,
+                       monitoring_dir=settings.monitoring_dir, routing=routing,
                        keys={k: tuple(v) for k, v in keys.items()}, admin_keys=settings.serving.admin_keys,
                        loader=lambda decl: registry_loader(settings, settings.serving.scorer_backend, decl),
                        champion=champion, metrics=DeciderMetrics(metrics_registry),
