@@ -59,7 +59,8 @@ def test_a_decider_added_as_a_file_gets_its_graph_and_its_gates_block(settings, 
     assert {"credit/candidate_model", "credit_strict/candidate_model", "credit_strict/model_promotion"} <= keys
     assert {j.name for j in jobs} == {"credit_train_job", "credit_strict_train_job", "credit_submission_job",
                                      "credit_strict_submission_job", "credit_monitoring_job",
-                                     "credit_strict_monitoring_job"}
+                                     "credit_strict_monitoring_job", "credit_rollout_step_job",
+                                     "credit_strict_rollout_step_job"}
     assert {s.name for s in schedules} == {"credit_monitoring_schedule", "credit_strict_monitoring_schedule"}
     assert "credit_strict/monitoring_report" in keys
     strict = load_decider(directory, "credit_strict")
