@@ -17,7 +17,6 @@ from mlp_platform import application_lifecycle as lifecycle
 from mlp_platform.deciders.declaration import DeciderDeclaration, load_deciders
 from mlp_platform.evaluation.cv_backtest import CVBacktestConfig, backtest_table
 from mlp_platform.evaluation.impact import action_impact_markdown
-from mlp_platform.registry.submission import submission_run_config  # noqa: F401  (the sensor's run config)
 
 GATES = ("data", "performance", "fairness", "monotonicity", "consistency", "latency")
 

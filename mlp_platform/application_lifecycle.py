@@ -205,8 +205,6 @@ def evaluate_submitted_candidate(settings: Settings, decider: DeciderDeclaration
     (:func:`~mlp_platform.evaluation.cv_backtest.holdout_backtest`), its reference profile (the
     non-holdout population, for reasons and drift) logged with the version. A model that cannot
     score the rows is returned with ``failure`` set (its gates fail with that reason)."""
-    import lightgbm as lgb
-
     from mlp_platform.monitoring.profile import build_reference_profile
     from mlp_platform.runtime.loading import model_flavour
 
@@ -220,10 +218,9 @@ def evaluate_submitted_candidate(settings: Settings, decider: DeciderDeclaration
     flavour = model_flavour(model_dir)
     booster = None
     if flavour == "lightgbm":
-        import yaml
+        from mlp_platform.runtime.scorer import Scorer
 
-        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
-        booster = lgb.Booster(model_file=str(model_dir / mlmodel["flavors"]["lightgbm"]["data"]))
+        booster = Scorer.from_model_dir(model_dir, decider.spec.feature_names, version=version).booster
     predict = NativeModel.from_model_dir(flavour, model_dir, booster)
     spec = decider.spec
     joined = data.applications.join(data.outcomes.select("application_id", "label"), on="application_id")

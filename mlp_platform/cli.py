@@ -595,8 +595,15 @@ def model_card(version: str, html: Path = typer.Option(None, help="Also write th
     settings = load_settings()
     decider = load_decider(settings.deciders_dir, decider_name)
     if decider.request.schema_name == "application":
+        from mlflow.exceptions import MlflowException
+
         registry = registry_for(settings, decider)
-        markdown = registry.load_text(registry.ref(version).run_id, "model_card.md") or "no model card yet"
+        try:
+            run_id = registry.ref(version).run_id
+        except MlflowException as err:
+            console.print(f"[red]{decider.model_name} has no version {version}[/red]")
+            raise typer.Exit(1) from err
+        markdown = registry.load_text(run_id, "model_card.md") or "no model card yet"
         console.print(markdown, markup=False, highlight=False)
         if html:
             html.write_text(render_html(markdown, f"{decider.model_name} v{version}"))

@@ -140,11 +140,7 @@ class ModelRegistry:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
             mlflow.set_tags({**tags, "feature_count": str(len(feature_names))})
             mlflow.log_dict({"features": list(feature_names)}, "features.json")
-            for path, payload in (artifacts or {}).items():
-                if isinstance(payload, str):
-                    mlflow.log_text(payload, path)
-                else:
-                    mlflow.log_dict(payload, path)
+            self._log_payloads(artifacts)
             return self._register_booster(booster, feature_names, run.info.run_id, version_tags)
 
     def log_model_dir(self, model_dir: Path, feature_names: list[str], *, tags: dict[str, str],
@@ -156,8 +152,7 @@ class ModelRegistry:
         with self.global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
             mlflow.set_tags({**tags, "feature_count": str(len(feature_names))})
             mlflow.log_dict({"features": list(feature_names)}, "features.json")
-            for path, payload in (artifacts or {}).items():
-                (mlflow.log_text if isinstance(payload, str) else mlflow.log_dict)(payload, path)
+            self._log_payloads(artifacts)
             mlflow.log_artifacts(str(model_dir), "model")
             run_id = run.info.run_id
             version = mlflow.register_model(f"runs:/{run_id}/model", self.model_name, tags={
@@ -170,9 +165,13 @@ class ModelRegistry:
         mlflow = self._mlflow
         with self.global_uris(), mlflow.start_run(experiment_id=self.experiment_id()) as run:
             mlflow.set_tags(tags)
-            for path, payload in artifacts.items():
-                (mlflow.log_text if isinstance(payload, str) else mlflow.log_dict)(payload, path)
+            self._log_payloads(artifacts)
             return run.info.run_id
+
+    def _log_payloads(self, artifacts: dict[str, dict[str, Any] | str] | None) -> None:
+        """Inside an active run: each artefact path -> its text (a str) or JSON (a dict)."""
+        for path, payload in (artifacts or {}).items():
+            (self._mlflow.log_text if isinstance(payload, str) else self._mlflow.log_dict)(payload, path)
 
     def _register_booster(self, booster, feature_names: list[str], run_id: str,
                           version_tags: dict[str, str]) -> ModelVersionRef:

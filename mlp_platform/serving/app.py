@@ -386,7 +386,7 @@ def create_decider_app(host, admin_keys: tuple[str, ...], max_body_bytes: int = 
     reload. The decider routes, keys and logs are those of :func:`create_app`."""
     from mlp_platform.serving.metrics import ServiceMetrics
 
-    metrics = ServiceMetrics(host.metrics_registry)
+    metrics = ServiceMetrics(host.metrics.registry)
 
     @asynccontextmanager
     async def lifespan(_app):

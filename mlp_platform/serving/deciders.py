@@ -130,7 +130,6 @@ class DeciderHost:
                  routing: Callable[[DeciderDeclaration], Any] | None = None) -> None:
         self.admin_keys = admin_keys
         self.metrics = metrics
-        self.metrics_registry = metrics.registry
         self.monitoring_dir = monitoring_dir
         self._loader = loader
         self._champion = champion
@@ -432,9 +431,11 @@ def build_host(settings, metrics_registry) -> DeciderHost | None:
 
     from mlp_platform.registry.roles import routing_path_for
 
+    routing_files = {d.name: RoutingFile(routing_path_for(settings, d)) for d in deciders}
+
     def routing(decl: DeciderDeclaration):
-        path = routing_path_for(settings, decl)
-        return RoutingFile(path).read() if path.exists() else None
+        file = routing_files[decl.name]  # one per decider: its cache skips unchanged files
+        return file.read() if file.path.exists() else None
 
     # beside the fraud decider's log root (its own chains; the fraud tooling never reads them), one
     # directory per process: decisions-<decider>/<the process's own log directory name>
