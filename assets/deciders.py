@@ -2,7 +2,9 @@
 declaration file in ``deciders/`` whose request schema is ``application``; each under its own key
 prefix and group (the decider's name), the same shape for every such decider:
 
-    training_data -> candidate_model -> candidate_evaluation (blocking gate checks) -> model_promotion
+    applications -> features (its generated dbt model, assets.features) -> training_data (blocking
+    feature_parity check) -> candidate_model -> candidate_evaluation (blocking gate checks)
+    -> model_promotion -> model_card
 
 A decider added as a file appears here with no code change. The steps are the plain functions of
 :mod:`mlp_platform.application_lifecycle`; the candidate (its registered version) is passed
@@ -43,15 +45,39 @@ def application_decider_assets(decider: DeciderDeclaration):
     def key(asset: str) -> dg.AssetKey:
         return dg.AssetKey([*prefix, asset])
 
+    @dg.asset(key=key("applications"), group_name=name, kinds={"polars", "duckdb"},
+              description=f"The {name} decider's applications and outcomes from the configured source, "
+                          f"through the application and outcome contracts (synthetic: only applications whose "
+                          f"performance window ended), written to raw.{name}_applications and "
+                          f"raw.{name}_outcomes for its dbt feature model.")
+    def applications(config: ApplicationSourceConfig, platform: PlatformSettingsResource):
+        settings = platform.get()
+        data = lifecycle.load_application_data(settings, decider, config.source)
+        summary = lifecycle.store_application_data(settings, decider, data)
+        return dg.Output(summary, metadata={**{k: v for k, v in summary.items() if k != "absent_fields"},
+                                            "absent_fields": ", ".join(data.absent_fields) or "none"})
+
     @dg.asset(key=key("training_data"), group_name=name, kinds={"polars"},
-              description=f"The {name} decider's applications and outcomes, through the application and "
-                          "outcome contracts (synthetic: only applications whose performance window ended).")
-    def training_data(config: ApplicationSourceConfig, platform: PlatformSettingsResource):
-        data = lifecycle.load_application_data(platform.get(), decider, config.source)
+              ins={"applications": dg.AssetIn(key("applications"))}, deps=[key("features")],
+              description=f"The {name} decider's training data read back from the warehouse: applications, "
+                          "outcomes and the features its dbt model computed (checked against the in-process "
+                          "engine by the blocking feature_parity check).")
+    def training_data(applications, platform: PlatformSettingsResource):
+        data = lifecycle.read_application_data(platform.get(), decider, applications)
         return dg.Output(data, metadata={
             "source": data.source, "applications": data.applications.height,
             "bads": int(data.outcomes["label"].sum()), "immature_left_out": data.immature,
+            "features_from": f"features.{name}_features (dbt)",
             "absent_fields": ", ".join(data.absent_fields) or "none"})
+
+    @dg.asset_check(asset=key("training_data"), name="feature_parity", blocking=True,
+                    description="The warehouse's features (the generated dbt model) equal the in-process "
+                                "engine's on every application; a difference stops training.")
+    def feature_parity(training_data):
+        problems = lifecycle.feature_parity(decider, training_data)
+        return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR, metadata={
+            "applications": training_data.applications.height,
+            "differences": "\n".join(problems) or "none"})
 
     @dg.asset(key=key("candidate_model"), group_name=name, kinds={"lightgbm", "mlflow"},
               ins={"training_data": dg.AssetIn(key("training_data"))},
@@ -110,9 +136,13 @@ def application_decider_assets(decider: DeciderDeclaration):
               description="When every gate passed: the candidate becomes the decider's champion; a refusal "
                           "is recorded too. Both go to the decider's own audit trail, with the model card.")
     def model_promotion(context: AssetExecutionContext, candidate_evaluation, platform: PlatformSettingsResource):
+        from assets.rollout import service_metrics
+
+        settings = platform.get()
         candidate, gates = candidate_evaluation["candidate"], candidate_evaluation["gates"]
-        outcome = lifecycle.decide_application_candidate(platform.get(), decider, candidate, gates,
-                                                         run_id=context.run_id, actor="dagster")
+        metrics = service_metrics(settings, context.log.warning, decider=name) if decider.promotion == "staged" else None
+        outcome = lifecycle.decide_application_candidate(settings, decider, candidate, gates, run_id=context.run_id,
+                                                         actor="dagster", metrics_text=metrics)
         card = lifecycle.application_model_card(decider, candidate, gates, outcome)
         return dg.Output(outcome.__dict__, metadata={
             "promoted": outcome.promoted, "version": outcome.version, "role": outcome.role or "none",
@@ -144,7 +174,8 @@ def application_decider_assets(decider: DeciderDeclaration):
         submission_job_name(name), selection=dg.AssetSelection.groups(name),
         description=f"Judge a model submitted to the {name} decider (mlp models submit): the same evaluation, "
                     "gates, decision impact and model card; requested by the decider's submission sensor.")
-    return ([training_data, candidate_model, candidate_evaluation, model_promotion, model_card], [promotion_gates],
+    return ([applications, training_data, candidate_model, candidate_evaluation, model_promotion, model_card],
+            [feature_parity, promotion_gates],
             [job, submission])
 
 
@@ -233,8 +264,12 @@ def rollout_step_job(decider: DeciderDeclaration) -> dg.JobDefinition:
     def rollout_step(context: dg.OpExecutionContext, platform: PlatformSettingsResource) -> dict:
         import datetime as dt
 
-        decision, outcome = step_rollout(platform.get(), context.run_id, rollout_config(decider), "dagster",
-                                         now=dt.datetime.now(dt.UTC), decider=decider)
+        from assets.rollout import service_metrics
+
+        settings = platform.get()
+        metrics = service_metrics(settings, context.log.warning, decider=name)
+        decision, outcome = step_rollout(settings, context.run_id, rollout_config(decider),
+                                         "dagster", metrics, now=dt.datetime.now(dt.UTC), decider=decider)
         context.log.info(f"{name} rollout: {decision.action}: {decision.reason} -> {outcome.message}")
         context.add_output_metadata({"action": decision.action, "applied": outcome.applied,
                                      "candidate": str(decision.candidate), "reason": decision.reason,

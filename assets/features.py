@@ -18,6 +18,8 @@ from mlp_platform.deciders.declaration import load_decider
 from mlp_platform.settings import Settings
 
 _GROUPS = {"staging": "staging", "features": "features", "training": "training"}
+#: Where the application deciders' generated feature models live (mlp_platform.features.dbt_codegen).
+DECIDER_FOLDER = "deciders"
 _KIND = {"duckdb": "duckdb", "snowflake": "snowflake"}
 
 
@@ -34,8 +36,10 @@ class PlatformDbtTranslator(DagsterDbtTranslator):
         if props.get("resource_type") != "model":
             return spec
         folder = props["fqn"][1] if len(props["fqn"]) > 2 else "features"
-        return spec.replace_attributes(group_name=_GROUPS.get(folder, "features"),
-                                       kinds={"dbt", _KIND[self._warehouse_kind]})
+        kinds = {"dbt", _KIND[self._warehouse_kind]}
+        if folder == DECIDER_FOLDER:  # a decider's generated model: its key and group come from its meta
+            return spec.replace_attributes(kinds=kinds)
+        return spec.replace_attributes(group_name=_GROUPS.get(folder, "features"), kinds=kinds)
 
     def get_asset_check_spec(self, asset_spec, manifest, unique_id, project):
         """dbt tests are blocking checks: a failed data test stops everything downstream (the model
@@ -61,9 +65,10 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             f"dbt manifest missing at {project.manifest_path}: run `make prepare` (or `mlp prepare`) once; "
             "it compiles the feature spec for dbt and parses the project")
     translator = PlatformDbtTranslator(settings.warehouse)
+    manifest = json.loads(project.manifest_path.read_text())  # read once for the three definitions
 
     @dbt_assets(
-        manifest=project.manifest_path,
+        manifest=manifest,
         project=project,
         select="path:models/staging path:models/features",
         partitions_def=daily_partitions(settings),
@@ -80,7 +85,7 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         yield from dbt.cli(args, context=context).stream()
 
     @dbt_assets(
-        manifest=project.manifest_path,
+        manifest=manifest,
         project=project,
         select="path:models/training",
         dagster_dbt_translator=translator,
@@ -92,4 +97,27 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         os.environ.update(dbt_environment(current))
         yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars(current))], context=context).stream()
 
-    return [daily_feature_models, training_models]
+    out = [daily_feature_models, training_models]
+    if _has_decider_models(manifest):
+        @dbt_assets(
+            manifest=manifest,
+            project=project,
+            select=f"path:models/{DECIDER_FOLDER}",
+            dagster_dbt_translator=translator,
+            name="decider_feature_models",
+        )
+        def decider_feature_models(context: AssetExecutionContext, dbt: DbtCliResource,
+                                   platform: PlatformSettingsResource):
+            """Each application decider's feature table (``<decider>/features``), in its own group."""
+            current = platform.get()
+            os.environ.update(dbt_environment(current))
+            yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars(current))], context=context).stream()
+
+        out.append(decider_feature_models)
+    return out
+
+
+def _has_decider_models(manifest: Mapping[str, Any]) -> bool:
+    """Whether the parsed project holds a generated decider model (none: no such asset definition)."""
+    nodes = manifest["nodes"].values()
+    return any(n.get("resource_type") == "model" and n.get("fqn", [None, None])[1] == DECIDER_FOLDER for n in nodes)

@@ -20,16 +20,18 @@ def rollout_config(settings: Settings) -> RolloutConfig:
     return deciders_rollout_config(load_decider(settings.deciders_dir), settings.rollout_config)
 
 
-def service_metrics(settings: Settings, log=None) -> str | None:
-    """The scoring service's metrics text, or None when not configured or unreachable (the latency and
-    error guardrails then say "not evaluated")."""
-    if not settings.service_metrics_url:
+def service_metrics(settings: Settings, log=None, decider: str | None = None) -> str | None:
+    """The scoring service's metrics text (``decider``'s service for an application decider), or
+    None when not configured or unreachable (the latency and error guardrails then say "not
+    evaluated", or wait with ``require_metrics``)."""
+    url = settings.metrics_url(decider)
+    if not url:
         return None
     try:
-        return fetch_metrics_text(settings.service_metrics_url)
+        return fetch_metrics_text(url)
     except Exception as err:  # the guardrails report the gap; a step is not blocked by a scrape
         if log:
-            log(f"service metrics unreachable at {settings.service_metrics_url}: {err}")
+            log(f"service metrics unreachable at {url}: {err}")
         return None
 
 

@@ -45,7 +45,7 @@ from mlp_platform.evaluation.cv_backtest import (
     holdout_mask,
 )
 from mlp_platform.evaluation.impact import action_impact, action_impact_markdown
-from mlp_platform.features.request import feature_frame
+from mlp_platform.features.request import aligned_features, feature_frame
 from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelVersionRef, git_sha
 from mlp_platform.registry.promotion import GateResult, PromotionOutcome, promote
 from mlp_platform.registry.roles import audit_for, registry_for
@@ -65,6 +65,80 @@ class ApplicationData:
     #: Applications left out because their outcome was not known yet at ``as_of`` (synthetic only).
     immature: int = 0
     absent_fields: tuple[str, ...] = ()
+    #: The applications' features as the warehouse computed them (the decider's generated dbt model,
+    #: keyed by the entity key); None: computed in process from the same spec (feature_frame).
+    features: pl.DataFrame | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "applications": self.applications.height,
+                "bads": int(self.outcomes["label"].sum()), "immature": self.immature,
+                "absent_fields": list(self.absent_fields)}
+
+
+def _with_labels(data: ApplicationData) -> pl.DataFrame:
+    return data.applications.join(data.outcomes.select("application_id", "label"), on="application_id",
+                                  maintain_order="left")
+
+
+def raw_tables(decider: DeciderDeclaration) -> tuple[str, str]:
+    """The decider's raw tables in the warehouse (schema ``raw``): applications, outcomes."""
+    return f"{decider.name}_applications", f"{decider.name}_outcomes"
+
+
+def store_application_data(settings: Settings, decider: DeciderDeclaration, data: ApplicationData) -> dict[str, Any]:
+    """Write the decider's applications and outcomes to its raw warehouse tables (each replaced
+    whole: the source is re-read each time), where its dbt feature model reads them. Returns the
+    summary the training data is read back with."""
+    from mlp_platform.data.warehouse import warehouse_for
+
+    warehouse = warehouse_for(settings)
+    apps_table, outcomes_table = raw_tables(decider)
+    warehouse.replace_table(apps_table, data.applications)
+    warehouse.replace_table(outcomes_table, data.outcomes)
+    return data.summary()
+
+
+def read_application_data(settings: Settings, decider: DeciderDeclaration, summary: dict[str, Any]) -> ApplicationData:
+    """The training data back from the warehouse: the raw applications and outcomes (through the
+    contracts again) and the features the decider's dbt model computed from them."""
+    from mlp_platform.data.warehouse import warehouse_for
+    from mlp_platform.features.dbt_codegen import decider_model_name
+
+    warehouse = warehouse_for(settings)
+    apps_table, outcomes_table = raw_tables(decider)
+    apps, _ = validate_applications(warehouse.query(f"select * from raw.{apps_table}"))
+    outcomes, _ = validate_outcomes(warehouse.query(f"select * from raw.{outcomes_table}"), apps)
+    try:
+        features = warehouse.query(f"select * from features.{decider_model_name(decider.name)}")
+    except Exception as exc:
+        raise RuntimeError(f"the {decider.name} decider's feature table is not in the warehouse "
+                           f"({type(exc).__name__}: {exc}); materialise {decider.name}/features "
+                           "(run `mlp prepare` first if the decider is new)") from exc
+    if apps.height != summary["applications"]:
+        raise RuntimeError(f"raw.{apps_table} holds {apps.height} applications, the applications asset wrote "
+                           f"{summary['applications']}: another run replaced it meanwhile")
+    return ApplicationData(summary["source"], apps, outcomes, summary["immature"], tuple(summary["absent_fields"]),
+                           features)
+
+
+def feature_parity(decider: DeciderDeclaration, data: ApplicationData) -> list[str]:
+    """Where the warehouse's features differ from the in-process engine's on the same applications
+    (empty: equal, nulls in the same places). The serving engine's parity with the in-process one
+    is tested; this checks the warehouse's at every training run."""
+    if data.features is None:
+        return []
+    spec, key = decider.spec, decider.entity.key
+    offline = aligned_features(spec, data.applications, key, data.features)
+    expected = feature_frame(spec, data.applications)
+    problems = []
+    keys = data.applications[key]
+    for name in spec.feature_names:
+        a, b = offline[name], expected[name]
+        differ = (a.is_null() != b.is_null()) | (a.is_not_null() & b.is_not_null() & (a != b)).fill_null(False)
+        if differ.any():
+            first = keys.filter(differ).head(3).to_list()
+            problems.append(f"{name}: {int(differ.sum())} application(s) differ (e.g. {', '.join(map(str, first))})")
+    return problems
 
 
 def load_application_data(settings: Settings, decider: DeciderDeclaration, source: str) -> ApplicationData:
@@ -136,10 +210,10 @@ def train_application_candidate(settings: Settings, decider: DeciderDeclaration,
     from mlp_platform.monitoring.profile import build_reference_profile
 
     spec = decider.spec
-    joined = data.applications.join(data.outcomes.select("application_id", "label"), on="application_id")
-    features = feature_frame(spec, joined)
+    joined = _with_labels(data)
+    features = aligned_features(spec, joined, decider.entity.key, data.features)
     y = joined["label"].to_numpy().astype(np.int8)
-    backtest = cross_validated_backtest(decider, data.applications, data.outcomes, cv)
+    backtest = cross_validated_backtest(decider, data.applications, data.outcomes, cv, data.features)
     x = features.to_numpy().astype(np.float64)
     booster = fit_monotone_booster(x, y, spec.feature_names, decider.model.monotone_constraints)
     scores = booster.predict(x, num_threads=1)
@@ -164,11 +238,12 @@ def training_export(decider: DeciderDeclaration, data: ApplicationData) -> pl.Da
     """What a data scientist trains a submission on: the decider's feature columns (the spec's
     names and order, Float64, null for missing) and the label, for every application outside the
     platform holdout, keyed by the entity key."""
-    joined = data.applications.join(data.outcomes.select("application_id", "label"), on="application_id")
+    joined = _with_labels(data)
     key = decider.entity.key
     mask = holdout_mask(joined[key].to_list(), decider.submission.holdout_share)
     kept = joined.filter(pl.Series(~mask))
-    return feature_frame(decider.spec, kept, keep=(key,)).with_columns(kept["label"].cast(pl.Int8))
+    features = aligned_features(decider.spec, kept, key, data.features)
+    return pl.concat([kept.select(key), features, kept.select(pl.col("label").cast(pl.Int8))], how="horizontal")
 
 
 @dataclass
@@ -223,9 +298,9 @@ def evaluate_submitted_candidate(settings: Settings, decider: DeciderDeclaration
         booster = Scorer.from_model_dir(model_dir, decider.spec.feature_names, version=version).booster
     predict = NativeModel.from_model_dir(flavour, model_dir, booster)
     spec = decider.spec
-    joined = data.applications.join(data.outcomes.select("application_id", "label"), on="application_id")
+    joined = _with_labels(data)
     holdout = holdout_mask(joined[decider.entity.key].to_list(), decider.submission.holdout_share)
-    features = feature_frame(spec, joined)
+    features = aligned_features(spec, joined, decider.entity.key, data.features)
     x = features.to_numpy().astype(np.float64)
     y = joined["label"].to_numpy().astype(np.int8)
     submission = {k: tags.get(k, "") for k in ("submitted_by", "flavour", "evaluation_source")}
@@ -242,7 +317,8 @@ def evaluate_submitted_candidate(settings: Settings, decider: DeciderDeclaration
     except Exception as exc:  # the submitter's model: any error is a reason to refuse it, reported
         candidate.failure = f"the model could not score the {data.source} applications: {type(exc).__name__}: {exc}"
         return candidate
-    candidate.backtest = holdout_backtest(decider, data.applications, data.outcomes, scores, holdout, config)
+    candidate.backtest = holdout_backtest(decider, data.applications, data.outcomes, scores, holdout, config,
+                                         data.features)
     profile = build_reference_profile(features.filter(pl.Series(~holdout)), spec.feature_names, scores[~holdout],
                                       seed=0)
     registry.log_text(ref.run_id, profile.to_json(), REFERENCE_PROFILE)
@@ -450,11 +526,13 @@ def application_model_card(decider: DeciderDeclaration, candidate: ApplicationCa
 
 
 def decide_application_candidate(settings: Settings, decider: DeciderDeclaration, candidate: ApplicationCandidate,
-                                 gates: list[GateResult], *, run_id: str, actor: str) -> PromotionOutcome:
+                                 gates: list[GateResult], *, run_id: str, actor: str,
+                                 metrics_text: str | None = None) -> PromotionOutcome:
     """Promote (every gate passed) or refuse, in the decider's own audit trail; the model card with
     the decision is stored with the version. A decider declaring ``promotion: staged`` with a
     champion starts the staged rollout of the candidate instead (shadow first; the decider's rollout
-    sensor takes it through the canary stages to champion, or back)."""
+    sensor takes it through the canary stages to champion, or back). ``metrics_text``: the decider's
+    service metrics now, the shadow stage's snapshot (without it its error guardrail is not evaluated)."""
     from mlp_platform.registry.roles import sync_routing
 
     registry = registry_for(settings, decider)
@@ -465,7 +543,7 @@ def decide_application_candidate(settings: Settings, decider: DeciderDeclaration
         from mlp_platform.rollout.machine import start_rollout
 
         started = start_rollout(settings, candidate.ref.version, run_id, rollout_config(decider), actor,
-                                decider=decider)
+                                metrics_text, decider=decider)
         outcome = PromotionOutcome(True, candidate.ref.version, "shadow", registry.alias("champion"),
                                    started.message, started.audit_seq if started.audit_seq is not None else -1)
     else:

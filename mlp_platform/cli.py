@@ -21,7 +21,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Column, Table
 
 from mlp_platform.deciders.declaration import DeciderError, load_decider
-from mlp_platform.features.dbt_codegen import spec_macro_in_sync, write_spec_macro
+from mlp_platform.features.dbt_codegen import (
+    decider_models_out_of_date,
+    spec_macro_in_sync,
+    write_decider_models,
+    write_spec_macro,
+)
 from mlp_platform.features.spec import default_spec
 from mlp_platform.settings import Settings, SettingsError
 from mlp_platform.settings import load_settings as _load_settings
@@ -89,8 +94,9 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path, what: str, allow_gate_r
 
 
 def prepare_project(settings: Settings) -> None:
-    """Compile the feature spec for dbt, parse the dbt project, create DAGSTER_HOME. Idempotent."""
-    write_spec_macro(settings.dbt_project_dir, default_spec())
+    """Compile the feature specs for dbt (the fraud macro, each application decider's model), parse
+    the dbt project, create DAGSTER_HOME. Idempotent."""
+    compile_specs(settings)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     instance_yaml = settings.dagster_home / "dagster.yaml"
     template = settings.project_root / "deploy" / "local" / "dagster.yaml"
@@ -515,22 +521,37 @@ def spec_show() -> None:
     console.print(table)
 
 
+def compile_specs(settings: Settings) -> list[Path]:
+    """Write the fraud spec's dbt macro and every application decider's generated feature model."""
+    from mlp_platform.deciders.declaration import load_deciders
+
+    macro = write_spec_macro(settings.dbt_project_dir, default_spec())
+    return [macro, *write_decider_models(settings.dbt_project_dir, load_deciders(settings.deciders_dir).values())]
+
+
 @spec_app.command("compile")
 def spec_compile() -> None:
-    """Regenerate the dbt macro that carries the specification."""
+    """Regenerate what dbt reads of the feature specs: the fraud macro and the deciders' models."""
     settings = load_settings()
-    path = write_spec_macro(settings.dbt_project_dir, default_spec())
-    console.print(f"wrote {path}")
+    for path in compile_specs(settings):
+        console.print(f"wrote {path}")
 
 
 @spec_app.command("check")
 def spec_check() -> None:
-    """Fail if the dbt macro is out of date with the specification."""
+    """Fail if the dbt macro or a decider's generated feature model is out of date."""
+    from mlp_platform.deciders.declaration import load_deciders
+
     settings = load_settings()
-    if not spec_macro_in_sync(settings.dbt_project_dir, default_spec()):
-        console.print("[red]dbt feature spec macro is out of date: run `mlp spec compile`[/red]")
+    problems = [] if spec_macro_in_sync(settings.dbt_project_dir, default_spec()) else [
+        "macros/generated/feature_spec.sql: out of date"]
+    problems += decider_models_out_of_date(settings.dbt_project_dir, load_deciders(settings.deciders_dir).values())
+    if problems:
+        for problem in problems:
+            console.print(f"[red]{problem}[/red]")
+        console.print("[red]run `mlp spec compile`[/red]")
         raise typer.Exit(1)
-    console.print("feature spec and dbt macro in sync")
+    console.print("feature specs and their dbt files in sync")
 
 
 @model_app.command("roles")

@@ -247,6 +247,8 @@ class Settings:
     #: Staged rollout overrides (JSON object of mlp_platform.rollout RolloutConfig fields).
     rollout_config: dict = field(default_factory=dict)
     #: The scoring service's /metrics URL for the rollout guardrails (error rate, latency); empty: not read.
+    #: ``{decider}`` in it names an application decider's own service (one Deployment per decider),
+    #: e.g. http://mlp-decider-{decider}.mlp.svc:8000/metrics; without it every decider reads this one.
     service_metrics_url: str = ""
     #: MLP_DECISION_LOG_DIR; None: <data_dir>/serving/decisions (see decision_log_root).
     decision_log_dir: Path | None = None
@@ -302,6 +304,10 @@ class Settings:
     @property
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
+
+    def metrics_url(self, decider: str | None = None) -> str:
+        """The /metrics URL whose series judge ``decider``'s rollout (None: the fraud decider's)."""
+        return self.service_metrics_url.replace("{decider}", decider or "fraud")
 
     @property
     def dbt_project_dir(self) -> Path:

@@ -60,7 +60,7 @@ def build_decider_drift_sensor(decider: DeciderDeclaration) -> dg.SensorDefiniti
         context.log.info(f"requesting a {name} retrain: {decision.reason}")
         return dg.RunRequest(run_key=f"{name}:{decision.run_key}", tags={
             "decider": name, "retrain_reason": decision.reason[:200], "incident_start": decision.incident_start or ""},
-            run_config={"ops": {f"{name}__training_data": {"config": {"source": decider.monitoring.retrain_source}}}})
+            run_config={"ops": {f"{name}__applications": {"config": {"source": decider.monitoring.retrain_source}}}})
 
     return decider_drift_sensor
 

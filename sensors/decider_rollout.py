@@ -1,6 +1,7 @@
 """Rollout sensors: one per application decider. Each judges its decider's active staged rollout
 (soak elapsed, enough observations in the decider's own decision logs, guardrails: score
-distribution against the champion, shadow disagreement, decline rate) and requests the decider's
+distribution against the champion, shadow disagreement, decline rate, and its own error rate and
+challenger latency from its service's metrics, MLP_SERVICE_METRICS_URL with ``{decider}``) and requests the decider's
 rollout step job to advance, complete or roll back. The run key names the position (candidate,
 stage, share, stage start, action), so one position gives one step; another decider's rollout is
 never touched."""
@@ -9,6 +10,7 @@ import datetime as dt
 
 import dagster as dg
 
+from assets.rollout import service_metrics
 from mlp_platform.deciders.declaration import DeciderDeclaration
 from mlp_platform.deciders.validate import rollout_config
 from mlp_platform.rollout.machine import evaluate_rollout
@@ -23,8 +25,10 @@ def build_decider_rollout_sensor(decider: DeciderDeclaration) -> dg.SensorDefini
                description=f"Drives the {name} decider's staged rollouts (promotion: staged): shadow, canary "
                            "stages, champion; a failed guardrail rolls back at once.")
     def decider_rollout_sensor(context: dg.SensorEvaluationContext):
-        decision = evaluate_rollout(load_settings(), dt.datetime.now(dt.UTC), rollout_config(decider), None,
-                                    decider=decider)
+        settings = load_settings()
+        metrics = service_metrics(settings, context.log.warning, decider=name)
+        decision = evaluate_rollout(settings, dt.datetime.now(dt.UTC), rollout_config(decider),
+                                    metrics, decider=decider)
         if decision.action not in ("advance", "complete", "rollback"):
             return dg.SkipReason(f"{decision.action}: {decision.reason}")
         p = decision.position

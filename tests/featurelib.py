@@ -149,3 +149,11 @@ def feature_mismatches(
         if bad:
             problems.append(f"{name}: {len(bad)} mismatch(es): " + "; ".join(bad[:8]))
     return problems
+
+
+def decider_feature_models(settings):
+    """The Dagster dbt asset definition of the application deciders' generated feature models (from
+    the parsed manifest of ``settings``' dbt project): what a decider's graph materialises with."""
+    from assets.features import build_feature_assets
+
+    return next(a for a in build_feature_assets(settings) if a.op.name == "decider_feature_models")

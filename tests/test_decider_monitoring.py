@@ -110,7 +110,7 @@ def test_sustained_drift_retrains_that_decider_only(platform, tmp_path):
         assert isinstance(request, dg.RunRequest)
         assert request.job_name in (None, "credit_train_job") and request.tags["decider"] == "credit"
         assert request.run_key == f"credit:retrain:{platform['version']}:{DRIFT_DAYS[0]}"
-        assert request.run_config["ops"]["credit__training_data"]["config"]["source"] == "synthetic"
+        assert request.run_config["ops"]["credit__applications"]["config"]["source"] == "synthetic"
         # one incident, one retrain
         again = sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor))
         assert isinstance(again, dg.SkipReason)

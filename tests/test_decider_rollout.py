@@ -48,11 +48,12 @@ def staged(german_settings, tmp_path):
     return load_decider(directory, "credit_staged")
 
 
-def train_and_decide(settings, decider):
+def train_and_decide(settings, decider, metrics: str | None = None):
     candidate = train_application_candidate(settings, decider, load_application_data(settings, decider, "german"),
                                             QUICK)
     gates = gate_application_candidate(settings, decider, candidate)
-    return decide_application_candidate(settings, decider, candidate, gates, run_id="t", actor="t")
+    return decide_application_candidate(settings, decider, candidate, gates, run_id="t", actor="t",
+                                        metrics_text=metrics)
 
 
 def host_for(settings, decider, tmp_path) -> DeciderHost:
@@ -66,6 +67,17 @@ def host_for(settings, decider, tmp_path) -> DeciderHost:
                        metrics=DeciderMetrics(CollectorRegistry()), routing=routing)
     host.refresh()
     return host
+
+
+def metrics_text(host) -> str:
+    """What the service's /metrics answers (the host's registry, exposition format)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(host.metrics.registry).decode()
+
+
+def verdicts(decision) -> dict:
+    return {g.name: g for g in decision.guardrails}
 
 
 def decide_all(host, name, applications) -> list[dict]:
@@ -94,8 +106,10 @@ def test_a_staged_candidate_goes_shadow_canary_champion(german_settings, staged,
     settings, name = german_settings, staged.name
     first = train_and_decide(settings, staged)
     assert first.promoted and first.role == "champion"  # the first model serves directly
-    second = train_and_decide(settings, staged)
+    host = host_for(settings, staged, tmp_path)
+    second = train_and_decide(settings, staged, metrics_text(host))  # the shadow stage's metrics snapshot
     assert second.promoted and second.role == "shadow"
+    host.refresh()
     registry = registry_for(settings, staged)
     v1, v2 = first.version, second.version
     assert registry.alias("champion") == v1 and registry.alias("shadow") == v2
@@ -103,7 +117,6 @@ def test_a_staged_candidate_goes_shadow_canary_champion(german_settings, staged,
 
     apps = load_application_data(settings, staged, "german").applications
     requests = [{k: v for k, v in r.items() if v is not None} for r in apps.head(240).to_dicts()]
-    host = host_for(settings, staged, tmp_path)
     config = rollout_config(staged)
     logs = tmp_path / "logs" / f"decisions-{name}"
     try:
@@ -111,9 +124,12 @@ def test_a_staged_candidate_goes_shadow_canary_champion(german_settings, staged,
         answers = decide_all(host, name, requests[:60])
         assert {a["model_version"] for a in answers} == {v1}  # a shadow is never served
         wait_for_shadows(tmp_path, name, 60)
-        decision = evaluate_rollout(settings, dt.datetime.now(dt.UTC), config, decision_log_dir=logs, decider=staged)
+        decision = evaluate_rollout(settings, dt.datetime.now(dt.UTC), config, metrics_text(host),
+                                    decision_log_dir=logs, decider=staged)
         assert decision.action == "advance" and decision.to_share == 0.5, decision.reason
-        assert apply_rollout_decision(settings, decision, "t", decider=staged).applied
+        shadow_errors = verdicts(decision)["error_rate"]
+        assert shadow_errors.verdict == "pass" and shadow_errors.observations >= 60 and "shadow decisions of" in shadow_errors.detail
+        assert apply_rollout_decision(settings, decision, "t", metrics_text=metrics_text(host), decider=staged).applied
         host.refresh()
         assert host.status()[name]["challenger"] == v2 and host.status()[name]["challenger_share"] == 0.5
 
@@ -126,8 +142,14 @@ def test_a_staged_candidate_goes_shadow_canary_champion(german_settings, staged,
         again = decide_all(host, name, requests[60:80])
         assert [a["model_version"] for a in again] == served[:20]
 
-        decision = evaluate_rollout(settings, dt.datetime.now(dt.UTC), config, decision_log_dir=logs, decider=staged)
+        decision = evaluate_rollout(settings, dt.datetime.now(dt.UTC), config, metrics_text(host),
+                                    decision_log_dir=logs, decider=staged)
         assert decision.action == "advance" and decision.to_share == 1.0, decision.reason
+        # the decider's own series judge its canary (before: "not evaluated", no metrics were read)
+        judged = verdicts(decision)
+        assert judged["error_rate"].verdict == "pass" and judged["error_rate"].observations == served.count(v2) + 20 - \
+            [a["model_version"] for a in again].count(v1)
+        assert judged["latency_p99_ms"].verdict == "pass" and judged["latency_p99_ms"].observations == judged["error_rate"].observations
         assert apply_rollout_decision(settings, decision, "t", decider=staged).applied
         host.refresh()
         assert {a["model_version"] for a in decide_all(host, name, requests[180:220])} == {v2}
@@ -161,3 +183,49 @@ def test_an_aborted_staged_rollout_leaves_the_champion_serving(german_settings, 
         assert host.status()[staged.name] == {"version": v1, "ready": True, "error": None}
     finally:
         host.close()
+
+
+def test_a_failing_challenger_is_rolled_back_by_the_deciders_error_guardrail(german_settings, staged, tmp_path):
+    """A challenger whose decisions fail (here its scorer raises) is rolled back by the decider's
+    own error-rate guardrail, read from its service's metrics by arm; the champion arm is unharmed."""
+    settings, name = german_settings, staged.name
+    v1 = train_and_decide(settings, staged).version
+    host = host_for(settings, staged, tmp_path)
+    v2 = train_and_decide(settings, staged, metrics_text(host)).version
+    host.refresh()
+    config = rollout_config(staged)
+    logs = tmp_path / "logs" / f"decisions-{name}"
+    apps = load_application_data(settings, staged, "german").applications
+    requests = [{k: v for k, v in r.items() if v is not None} for r in apps.head(200).to_dicts()]
+    try:
+        decide_all(host, name, requests[:40])
+        wait_for_shadows(tmp_path, name, 40)
+        decision = evaluate_rollout(settings, dt.datetime.now(dt.UTC), config, metrics_text(host),
+                                    decision_log_dir=logs, decider=staged)
+        assert decision.action == "advance", decision.reason
+        assert apply_rollout_decision(settings, decision, "t", metrics_text=metrics_text(host), decider=staged).applied
+        host.refresh()
+        challenger = host.slot(name).challenger
+        assert challenger is not None and challenger.version == v2
+
+        def broken(request):
+            raise RuntimeError("the challenger's scorer failed")
+        challenger.decide = broken  # a fault in the model under rollout, not in the guardrail
+        failures = 0
+        for request in requests[40:200]:
+            try:
+                decide_all(host, name, [request])
+            except RuntimeError:
+                failures += 1
+        assert failures > 10
+        decision = evaluate_rollout(settings, dt.datetime.now(dt.UTC), config, metrics_text(host),
+                                    decision_log_dir=logs, decider=staged)
+        errors = verdicts(decision)["error_rate"]
+        assert decision.action == "rollback" and errors.verdict == "fail", decision.reason
+        assert errors.value == 1.0 and errors.observations == failures  # every challenger-arm request, none of the champion's
+        assert apply_rollout_decision(settings, decision, "t", decider=staged).applied
+        host.refresh()
+        assert host.status()[name] == {"version": v1, "ready": True, "error": None}
+    finally:
+        host.close()
+    assert registry_for(settings, staged).alias("champion") == v1

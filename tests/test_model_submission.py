@@ -13,10 +13,11 @@ import dagster as dg
 import lightgbm as lgb
 import numpy as np
 import pytest
+from featurelib import decider_feature_models
 from typer.testing import CliRunner
 
 from assets.deciders import application_decider_assets
-from assets.resources import PlatformSettingsResource
+from assets.resources import resources_for
 from mlp_platform import application_lifecycle as lifecycle
 from mlp_platform.cli import app
 from mlp_platform.deciders.declaration import load_decider, write_variant
@@ -129,8 +130,9 @@ def test_a_submitted_model_is_picked_up_by_the_sensor_gated_and_promoted(german_
     with dg.instance_for_test() as instance:
         requests = list(sensor(dg.build_sensor_context(instance=instance)))
         assert [r.run_key for r in requests] == [f"credit-submission-v{version}"]
-        run = dg.materialize([*assets, *checks], instance=instance, run_config=requests[0].run_config,
-                             resources={"platform": PlatformSettingsResource()})
+        run = dg.materialize([*assets, *checks, decider_feature_models(german_settings)], instance=instance,
+                             run_config=requests[0].run_config, resources=resources_for(german_settings),
+                             selection=dg.AssetSelection.groups("credit"))
         assert run.success
         assert all(e.passed for e in run.get_asset_check_evaluations())
         outcome = run.output_for_node("credit__model_promotion")

@@ -36,3 +36,12 @@ def test_bad_settings_name_the_variable(platform_env, monkeypatch, var, value, m
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=message):
         load_settings()
+
+
+def test_the_metrics_url_names_a_deciders_own_service(platform_env, monkeypatch):
+    monkeypatch.setenv("MLP_SERVICE_METRICS_URL", "http://mlp-decider-{decider}.mlp.svc:8000/metrics")
+    s = load_settings()
+    assert s.metrics_url("credit") == "http://mlp-decider-credit.mlp.svc:8000/metrics"
+    assert s.metrics_url() == "http://mlp-decider-fraud.mlp.svc:8000/metrics"
+    monkeypatch.setenv("MLP_SERVICE_METRICS_URL", "http://127.0.0.1:8000/metrics")
+    assert load_settings().metrics_url("credit") == "http://127.0.0.1:8000/metrics"  # one process hosts all

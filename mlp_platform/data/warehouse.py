@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +24,8 @@ RAW_TABLES = ("transactions", "labels")
 class Warehouse(Protocol):
     def replace_days(self, table: str, frame: pl.DataFrame, first_day: dt.date, end_day: dt.date) -> int: ...
 
+    def replace_table(self, table: str, frame: pl.DataFrame) -> int: ...
+
     def query(self, sql: str) -> pl.DataFrame: ...
 
 
@@ -33,6 +36,15 @@ def with_event_date(frame: pl.DataFrame, time_column: str = "event_time") -> pl.
 def _check_table(table: str) -> None:
     if table not in RAW_TABLES:
         raise ValueError(f"unknown raw table {table!r}; expected one of {RAW_TABLES}")
+
+
+_DECIDER_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,40}_(applications|outcomes)$")
+
+
+def _check_decider_table(table: str) -> None:
+    if not _DECIDER_TABLE.match(table):
+        raise ValueError(f"raw table {table!r}: a decider's raw tables are <decider>_applications and "
+                         "<decider>_outcomes")
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,18 @@ class DuckDBWarehouse:
             con.execute(f"delete from {RAW_SCHEMA}.{table} where event_date >= ? and event_date < ?",
                         [first_day, end_day])
             con.execute(f"insert into {RAW_SCHEMA}.{table} by name select * from arrow")
+            con.execute("commit")
+        return frame.height
+
+    def replace_table(self, table: str, frame: pl.DataFrame) -> int:
+        """Make raw.<table> (a decider's applications or outcomes) hold exactly ``frame``, in one
+        transaction: a reader sees the old rows or the new ones, never a mix."""
+        _check_decider_table(table)
+        arrow = frame.to_arrow()  # noqa: F841  (referenced by name in SQL below)
+        with self.connect() as con:
+            con.execute(f"create schema if not exists {RAW_SCHEMA}")
+            con.execute("begin transaction")
+            con.execute(f"create or replace table {RAW_SCHEMA}.{table} as select * from arrow")
             con.execute("commit")
         return frame.height
 
@@ -119,6 +143,23 @@ class SnowflakeWarehouse:
                             (first_day, end_day))
                 write_pandas(con, pdf, table.upper(), schema=RAW_SCHEMA.upper(), use_logical_type=True)
                 cur.execute("commit")
+        finally:
+            con.close()
+        return frame.height
+
+    def replace_table(self, table: str, frame: pl.DataFrame) -> int:
+        """Make raw.<table> (a decider's applications or outcomes) hold exactly ``frame``
+        (write_pandas with overwrite: a new table swapped in for the old)."""
+        from snowflake.connector.pandas_tools import write_pandas
+
+        _check_decider_table(table)
+        pdf = frame.to_pandas()
+        pdf.columns = [c.upper() for c in pdf.columns]
+        con = self.connect()
+        try:
+            con.cursor().execute(f"create schema if not exists {RAW_SCHEMA}")
+            write_pandas(con, pdf, table.upper(), schema=RAW_SCHEMA.upper(), auto_create_table=True,
+                         overwrite=True, use_logical_type=True)
         finally:
             con.close()
         return frame.height

@@ -28,7 +28,7 @@ from mlp_platform.deciders.declaration import DeciderDeclaration
 from mlp_platform.evaluation.fairness import fairness_report, judge_fairness
 from mlp_platform.evaluation.metrics import percentile_interval, resample_indices, roc_auc
 from mlp_platform.evaluation.scorecard import fit_scorecard
-from mlp_platform.features.request import feature_frame
+from mlp_platform.features.request import aligned_features
 from mlp_platform.training.trainer import fit_monotone_booster
 
 METRICS = ("roc_auc", "gini", "ks", "cost_per_application", "approval_rate", "bad_rate_approved")
@@ -90,10 +90,11 @@ def _folds(y: np.ndarray, config: CVBacktestConfig):
 
 
 def out_of_fold_scores(decider: DeciderDeclaration, applications: pl.DataFrame, y: np.ndarray,
-                       config: CVBacktestConfig) -> dict[str, np.ndarray]:
-    """(n_repeats, n) out-of-fold scores of the decider's model and of the scorecard, same folds."""
+                       config: CVBacktestConfig, table: pl.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """(n_repeats, n) out-of-fold scores of the decider's model and of the scorecard, same folds
+    (features from ``table``, the decider's feature table, when given; see aligned_features)."""
     spec = decider.spec
-    features = feature_frame(spec, applications)
+    features = aligned_features(spec, applications, decider.entity.key, table)
     x = features.to_numpy().astype(np.float64)
     x_pd = features.to_pandas()
     names = spec.feature_names
@@ -142,15 +143,18 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], accept_below: float, c
 
 
 def cross_validated_backtest(decider: DeciderDeclaration, applications: pl.DataFrame, outcomes: pl.DataFrame,
-                             config: CVBacktestConfig | None = None) -> dict[str, Any]:
-    """The backtest report (a JSON-safe dict) of ``decider`` on undated applications and outcomes."""
+                             config: CVBacktestConfig | None = None, table: pl.DataFrame | None = None
+                             ) -> dict[str, Any]:
+    """The backtest report (a JSON-safe dict) of ``decider`` on undated applications and outcomes
+    (their features from ``table`` when given: the decider's feature table)."""
     config = config or CVBacktestConfig()
-    joined = applications.join(outcomes.select("application_id", "label"), on="application_id", how="inner")
+    joined = applications.join(outcomes.select("application_id", "label"), on="application_id", how="inner",
+                               maintain_order="left")
     if joined.height != applications.height:
         raise ValueError(f"{applications.height - joined.height} application(s) have no outcome")
     y = joined["label"].to_numpy().astype(np.int8)
     accept_below = decider.policy.thresholds(0.5)[decider.policy.bands[0].action]
-    scores = out_of_fold_scores(decider, joined, y, config)
+    scores = out_of_fold_scores(decider, joined, y, config, table)
     report = compare(y, scores, accept_below, config)
     fairness = fairness_judgements(decider, joined, scores["model"][0], accept_below, config)
     return {
@@ -188,19 +192,20 @@ def holdout_mask(keys: Sequence[str], share: float) -> np.ndarray:
 
 
 def holdout_backtest(decider: DeciderDeclaration, applications: pl.DataFrame, outcomes: pl.DataFrame,
-                     all_scores: np.ndarray, holdout: np.ndarray, config: CVBacktestConfig | None = None
-                     ) -> dict[str, Any]:
+                     all_scores: np.ndarray, holdout: np.ndarray, config: CVBacktestConfig | None = None,
+                     table: pl.DataFrame | None = None) -> dict[str, Any]:
     """The backtest report of a model trained elsewhere (a submission): ``all_scores`` (its scores of
     every application, in order) judged on the holdout rows against the scorecard fitted on the
     other rows, with the same metrics, intervals and paired differences as
     :func:`cross_validated_backtest` (one "repeat"); its fairness over every application."""
     config = config or CVBacktestConfig()
-    joined = applications.join(outcomes.select("application_id", "label"), on="application_id", how="inner")
+    joined = applications.join(outcomes.select("application_id", "label"), on="application_id", how="inner",
+                               maintain_order="left")
     if joined.height != applications.height:
         raise ValueError(f"{applications.height - joined.height} application(s) have no outcome")
     y = joined["label"].to_numpy().astype(np.int8)
     spec = decider.spec
-    x_pd = feature_frame(spec, joined).to_pandas()
+    x_pd = aligned_features(spec, joined, decider.entity.key, table).to_pandas()
     card = fit_scorecard(x_pd[~holdout], y[~holdout], spec, seed=config.seed)
     scorecard = card.predict_proba(x_pd[holdout])
     y_h = y[holdout]

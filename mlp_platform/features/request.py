@@ -6,8 +6,10 @@ list; their parity is tested on generated, real and hostile applications.
 Semantics shared by both engines (any input the rule does not cover is missing, NaN in the matrix):
 
 * ``request_value``: the column's number; null, NaN or infinite is missing.
-* ``level_code``: the position of the column's level (stripped, lower case) in the declared levels;
-  an unknown level or null is missing.
+* ``level_code``: the position of the column's level (stripped of ASCII whitespace, lower case) in
+  the declared levels; an unknown level or null is missing. Only the ASCII set is stripped (space,
+  tab, newline, vertical tab, form feed, carriage return) because that is what the warehouses' TRIM
+  strips in the generated dbt model too (``dbt_codegen.request_feature_sql``).
 * ``feature_ratio``: numerator / denominator (two earlier features); missing if either is missing or
   the denominator is 0.
 """
@@ -21,6 +23,9 @@ from typing import Any
 import polars as pl
 
 from mlp_platform.features.spec import REQUEST_ONLY_KINDS, FeatureSpec, SpecError
+
+#: Stripped around a level by every engine (Python, polars, the warehouses' SQL).
+LEVEL_WHITESPACE = " \t\n\x0b\x0c\r"
 
 
 def _request_features(spec: FeatureSpec):
@@ -41,7 +46,7 @@ def feature_frame(spec: FeatureSpec, frame: pl.DataFrame, keep: tuple[str, ...] 
             value = pl.col(f.column).cast(pl.Float64)
             expr = pl.when(value.is_finite()).then(value)
         elif f.kind == "level_code":
-            expr = (pl.col(f.column).str.strip_chars().str.to_lowercase()
+            expr = (pl.col(f.column).str.strip_chars(LEVEL_WHITESPACE).str.to_lowercase()
                     .replace_strict(f.params, default=None, return_dtype=pl.Float64))
         else:  # feature_ratio
             num, den = exprs[f.numerator], exprs[f.denominator]
@@ -73,7 +78,7 @@ class RequestFeaturizer:
                 value = _number(request.get(column))
             elif kind == "level_code":
                 raw = request.get(column)
-                code = params.get(raw.strip().lower()) if isinstance(raw, str) else None
+                code = params.get(raw.strip(LEVEL_WHITESPACE).lower()) if isinstance(raw, str) else None
                 value = nan if code is None else float(code)
             else:
                 a, b = out[num], out[den]
@@ -88,3 +93,27 @@ def _number(value: Any) -> float:
         return math.nan
     value = float(value)
     return value if math.isfinite(value) else math.nan
+
+
+def aligned_features(spec: FeatureSpec, rows: pl.DataFrame, key: str, table: pl.DataFrame | None = None
+                     ) -> pl.DataFrame:
+    """The spec's features of every row of ``rows``, row for row: looked up by ``key`` in ``table``
+    (a keyed feature table: the decider's dbt model in the warehouse) when one is given, else
+    computed from ``rows`` (:func:`feature_frame`). A table that lacks a column or a row, or holds a
+    key twice, is an error: training never silently falls back to another engine."""
+    if table is None:
+        return feature_frame(spec, rows)
+    names = spec.feature_names
+    absent_columns = [c for c in (key, *names) if c not in table.columns]
+    if absent_columns:
+        raise ValueError(f"the feature table lacks column(s) {', '.join(absent_columns)} "
+                         "(out of date with the feature spec? run `mlp prepare`)")
+    if table[key].is_duplicated().any():
+        raise ValueError(f"the feature table holds {int(table[key].is_duplicated().sum())} duplicated {key} row(s)")
+    found = table.select(key, *names).with_columns(pl.lit(True).alias("__found"))
+    out = rows.select(key).join(found, on=key, how="left", maintain_order="left")
+    absent = out["__found"].null_count()
+    if absent:
+        raise ValueError(f"{absent} of {rows.height} application(s) have no row in the feature table "
+                         "(built before these applications were loaded?)")
+    return out.select(pl.col(n).cast(pl.Float64) for n in names)

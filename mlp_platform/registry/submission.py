@@ -294,5 +294,5 @@ def pending_submissions(settings: Settings, decider: DeciderDeclaration) -> list
 def submission_run_config(decider_name: str, version: str, source: str) -> dict:
     """The Dagster run config of a decider's submission run (its graph's ops are ``<decider>__<asset>``):
     the version to judge and the data to judge it on. The sensor and ``mlp demo`` use it."""
-    return {"ops": {f"{decider_name}__training_data": {"config": {"source": source}},
+    return {"ops": {f"{decider_name}__applications": {"config": {"source": source}},
                     f"{decider_name}__candidate_model": {"config": {"submitted_version": version}}}}

@@ -19,6 +19,11 @@ Per stage:
   does not label errors by arm, so this is the whole service's, conservatively), p99 latency of the
   challenger arm (``mlp_request_latency_seconds{endpoint="score",arm="challenger"}``; the upper
   bound of the histogram bucket holding the 99th percentile).
+
+An application decider's error and latency guardrails read its own series instead, by arm:
+``mlp_decider_shadow_scores_total{decider,result}`` in shadow, the challenger arm's
+``mlp_decider_requests_total{decider,arm,outcome}`` and
+``mlp_decider_request_latency_seconds{decider,route="decide",arm}`` in canary.
 """
 
 from __future__ import annotations
@@ -133,8 +138,10 @@ def reference_sample(obs: Observation, accumulated: ScoreSample | None, config: 
 
 
 def judge(obs: Observation, config: RolloutConfig, accumulated: ScoreSample | None = None,
-          candidate_version: str | None = None) -> list[GuardrailResult]:
-    """Every guardrail of the observed stage, in a fixed order."""
+          candidate_version: str | None = None, decider: str | None = None) -> list[GuardrailResult]:
+    """Every guardrail of the observed stage, in a fixed order. ``decider``: an application
+    decider's name; its error and latency guardrails then read its own series (labelled
+    ``decider``, by arm) instead of the fraud service's ``/v1/score`` ones."""
     stage, needed = obs.stage, config.min_observations(obs.stage)
     results: list[GuardrailResult] = []
     # --- shadow disagreement
@@ -165,6 +172,14 @@ def judge(obs: Observation, config: RolloutConfig, accumulated: ScoreSample | No
     metrics = obs.metrics
     if metrics is None:
         results.append(_no_metrics("error_rate", config.max_error_rate, obs, config))
+    elif stage == SHADOW and decider is not None:
+        errors = metrics.total("mlp_decider_shadow_scores_total", decider=decider, result="failed")
+        scored = metrics.total("mlp_decider_shadow_scores_total", decider=decider, result="scored")
+        n = int(errors + scored)
+        results.append(_too_few("error_rate", config.max_error_rate, n, needed, "shadow decisions in the metrics")
+                       if n < needed else
+                       _judge("error_rate", errors / n, config.max_error_rate, n,
+                              f"{errors:.0f} failed of {n} shadow decisions of {decider}"))
     elif stage == SHADOW:
         errors = metrics.total("mlp_errors_total", type="shadow")
         scored = metrics.total("mlp_shadow_scores_total", model_version=candidate_version or "")
@@ -173,6 +188,15 @@ def judge(obs: Observation, config: RolloutConfig, accumulated: ScoreSample | No
                        if n < needed else
                        _judge("error_rate", errors / n, config.max_error_rate, n,
                               f"{errors:.0f} failed of {n} shadow scorings"))
+    elif decider is not None:
+        labels = {"decider": decider, "arm": "challenger"}
+        n = int(metrics.total("mlp_decider_requests_total", **labels))
+        failed = metrics.total("mlp_decider_requests_total", **labels, outcome="error")
+        results.append(_too_few("error_rate", config.max_error_rate, n, needed,
+                                "challenger-arm requests in the metrics")
+                       if n < needed else
+                       _judge("error_rate", failed / n, config.max_error_rate, n,
+                              f"{failed:.0f} of {n} challenger-arm requests of {decider} failed"))
     else:
         total = metrics.total("mlp_requests_total", endpoint=SCORE_ENDPOINT)
         failed = sum(v for labels, v in metrics.series("mlp_requests_total", endpoint=SCORE_ENDPOINT)
@@ -189,8 +213,10 @@ def judge(obs: Observation, config: RolloutConfig, accumulated: ScoreSample | No
     elif metrics is None:
         results.append(_no_metrics("latency_p99_ms", config.max_p99_latency_ms, obs, config))
     else:
-        p99, count = metrics.quantile_ms(0.99, "mlp_request_latency_seconds_bucket", endpoint="score",
-                                         arm="challenger")
+        p99, count = (metrics.quantile_ms(0.99, "mlp_decider_request_latency_seconds_bucket", decider=decider,
+                                          route="decide", arm="challenger") if decider is not None else
+                      metrics.quantile_ms(0.99, "mlp_request_latency_seconds_bucket", endpoint="score",
+                                          arm="challenger"))
         n = int(count)
         if n < needed:
             results.append(_too_few("latency_p99_ms", config.max_p99_latency_ms, n, needed,

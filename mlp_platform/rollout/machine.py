@@ -245,7 +245,8 @@ def evaluate_rollout(settings, now: dt.datetime, config: RolloutConfig, metrics_
                                to_stage=ROLLED_BACK, to_share=0.0, **base)
     obs = observe(state, decision_log_dir or _log_root(settings, decider), now, metrics_text)
     accumulated = ScoreSample.from_dict(state.champion_reference)
-    guardrails = tuple(judge(obs, config, accumulated, state.candidate))
+    guardrails = tuple(judge(obs, config, accumulated, state.candidate,
+                             decider.name if decider is not None else None))
     observation = {**obs.summary(), "champion_sample": obs.champion.to_dict()}
     base.update(guardrails=guardrails, observation=observation)
     unevaluated = "; ".join(f"{g.name} not evaluated ({g.detail})" for g in guardrails

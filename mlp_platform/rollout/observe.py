@@ -48,6 +48,9 @@ KEPT_SAMPLES = frozenset({
     "mlp_requests_total", "mlp_errors_total", "mlp_request_latency_seconds_bucket",
     "mlp_request_latency_seconds_count", "mlp_shadow_scores_total", "mlp_shadow_dropped_total",
     "mlp_shadow_disagreements_total", "mlp_decisions_total",
+    # an application decider's own series (labelled decider)
+    "mlp_decider_requests_total", "mlp_decider_shadow_scores_total", "mlp_decider_request_latency_seconds_bucket",
+    "mlp_decider_request_latency_seconds_count",
 })
 SCORE_ENDPOINT = "/v1/score"
 _SEGMENT = re.compile(rf"^{re.escape(SEGMENT_PREFIX)}(\d+){re.escape(SEGMENT_SUFFIX)}$")

@@ -67,8 +67,11 @@ class DeciderMetrics:
         self.registry = registry
         self.decisions = Counter("mlp_decider_decisions_total", "Application decisions by decider and action",
                                  ["decider", "decision"], registry=registry)
-        self.latency = Histogram("mlp_decider_request_latency_seconds", "Server-side latency by decider and route",
-                                 ["decider", "route"], registry=registry,
+        self.requests = Counter("mlp_decider_requests_total", "Decider requests by route, arm and outcome "
+                                "(ok, error: the rollout's error-rate guardrail)", ["decider", "route", "arm", "outcome"],
+                                registry=registry)
+        self.latency = Histogram("mlp_decider_request_latency_seconds", "Server-side latency by decider, route and arm",
+                                 ["decider", "route", "arm"], registry=registry,
                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self.reloads = Counter("mlp_decider_model_loads_total", "Champion loads by decider and outcome",
                                ["decider", "outcome"], registry=registry)
@@ -345,36 +348,51 @@ class DeciderHost:
     async def decide(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         slot, runtime, arm = self._runtime(name, request)
-        decision = runtime.decide(request)
-        decision_id = self._decision_id()
-        await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide", arm))
+        with self._counted(name, "decide", arm):
+            decision = runtime.decide(request)
+            decision_id = self._decision_id()
+            await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide", arm))
         if arm == "champion":
             self._shadow_job(slot, request, decision_id, decision.action)
         self.metrics.decisions.labels(name, decision.action).inc()
-        self.metrics.latency.labels(name, "decide").observe(time.perf_counter() - started)
+        self.metrics.latency.labels(name, "decide", arm).observe(time.perf_counter() - started)
         return _answer(name, decision_id, decision)
+
+    @contextlib.contextmanager
+    def _counted(self, name: str, route: str, arm: str):
+        """Counts the request by arm and outcome: an exception while deciding or logging is an
+        ``error`` (the client gets a 5xx; the rollout's error-rate guardrail reads these)."""
+        try:
+            yield
+        except UnknownDecider:
+            raise
+        except BaseException:
+            self.metrics.requests.labels(name, route, arm, "error").inc()
+            raise
+        self.metrics.requests.labels(name, route, arm, "ok").inc()
 
     async def counter_offer(self, name: str, request: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         slot, runtime, arm = self._runtime(name, request)
         if runtime.offer is None:
             raise UnknownDecider(f"decider {name!r} declares no counter-offers")
-        result: CounterOffers = runtime.counter_offers(request)
-        decision = result.decision
-        decision_id = self._decision_id()
-        record = self._record(name, runtime, decision, decision_id, "counter_offer", arm)
-        record["offer"] = None if result.offer is None else _condition(result.offer)
-        records = [record] + [
-            {"decision_id": f"{decision_id}:candidate:{i}", "kind": "counter_offer_candidate", "decider": name,
-             "of_decision": decision_id, "time": record["time"], **_condition(c),
-             "offered": result.offer is c, "model_version": decision.model_version}
-            for i, c in enumerate(result.candidates)]
-        failed = [r for r in await asyncio.to_thread(slot.log.append_many, records) if isinstance(r, BaseException)]
-        if failed:  # never acknowledge a decision whose trace is not all logged
-            raise failed[0]
+        with self._counted(name, "counter_offer", arm):
+            result: CounterOffers = runtime.counter_offers(request)
+            decision = result.decision
+            decision_id = self._decision_id()
+            record = self._record(name, runtime, decision, decision_id, "counter_offer", arm)
+            record["offer"] = None if result.offer is None else _condition(result.offer)
+            records = [record] + [
+                {"decision_id": f"{decision_id}:candidate:{i}", "kind": "counter_offer_candidate", "decider": name,
+                 "of_decision": decision_id, "time": record["time"], **_condition(c),
+                 "offered": result.offer is c, "model_version": decision.model_version}
+                for i, c in enumerate(result.candidates)]
+            failed = [r for r in await asyncio.to_thread(slot.log.append_many, records) if isinstance(r, BaseException)]
+            if failed:  # never acknowledge a decision whose trace is not all logged
+                raise failed[0]
         self.metrics.decisions.labels(name, decision.action).inc()
         self.metrics.offers.labels(name, "offer" if result.offer else "none" if result.candidates else "not_needed").inc()
-        self.metrics.latency.labels(name, "counter_offer").observe(time.perf_counter() - started)
+        self.metrics.latency.labels(name, "counter_offer", arm).observe(time.perf_counter() - started)
         answer = _answer(name, decision_id, decision)
         answer["offer"] = None if result.offer is None else _condition(result.offer)
         answer["candidates"] = [_condition(c) for c in result.candidates]
