@@ -71,6 +71,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def uv_command() -> list[str]:
+    """uv as `make setup` installed it: on PATH, or as a module of the interpreter that made .venv."""
+    if shutil.which("uv"):
+        return [shutil.which("uv")]
+    for python in (os.environ.get("PYTHON"), "python3", "python"):
+        found = python and shutil.which(python)
+        if found and subprocess.run([found, "-m", "uv", "--version"], capture_output=True).returncode == 0:
+            return [found, "-m", "uv"]
+    raise RuntimeError("uv is not installed (make setup installs it)")
+
+
 def build_image_venv(tmp: Path) -> tuple[Path, Path]:
     """(virtualenv, /opt/mlp equivalent) built as the Dockerfile builds them."""
     parts = stages(DOCKERFILE.read_text())
@@ -86,8 +97,7 @@ def build_image_venv(tmp: Path) -> tuple[Path, Path]:
     # machine's paths
     env = {**os.environ, **image_env(parts["build"]), "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": sys.executable}
     env.pop("VIRTUAL_ENV", None)
-    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
-    done = subprocess.run([uv, "sync", "--frozen", "--no-dev", "--no-editable", "--quiet"], cwd=src, env=env,
+    done = subprocess.run([*uv_command(), "sync", "--frozen", "--no-dev", "--no-editable", "--quiet"], cwd=src, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     for source, dest in copies(parts["runtime"]):  # the runtime stage's files, at their place under /opt/mlp
