@@ -84,37 +84,25 @@ def build_feature_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         args = ["build", "--vars", json.dumps(dbt_vars(current, first_day, end_day))]
         yield from dbt.cli(args, context=context).stream()
 
-    @dbt_assets(
-        manifest=manifest,
-        project=project,
-        select="path:models/training",
-        dagster_dbt_translator=translator,
-        name="training_models",
-    )
-    def training_models(context: AssetExecutionContext, dbt: DbtCliResource,
-                        platform: PlatformSettingsResource):
+    out = [daily_feature_models, unpartitioned_models(manifest, project, translator, "path:models/training",
+                                                      "training_models")]
+    if _has_decider_models(manifest):
+        # each application decider's feature table (``<decider>/features``), in its own group
+        out.append(unpartitioned_models(manifest, project, translator, f"path:models/{DECIDER_FOLDER}",
+                                        "decider_feature_models"))
+    return out
+
+
+def unpartitioned_models(manifest, project, translator, select: str, name: str) -> dg.AssetsDefinition:
+    """The dbt models of ``select`` as one unpartitioned definition (built with the run's dbt vars)."""
+
+    @dbt_assets(manifest=manifest, project=project, select=select, dagster_dbt_translator=translator, name=name)
+    def models(context: AssetExecutionContext, dbt: DbtCliResource, platform: PlatformSettingsResource):
         current = platform.get()
         os.environ.update(dbt_environment(current))
         yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars(current))], context=context).stream()
 
-    out = [daily_feature_models, training_models]
-    if _has_decider_models(manifest):
-        @dbt_assets(
-            manifest=manifest,
-            project=project,
-            select=f"path:models/{DECIDER_FOLDER}",
-            dagster_dbt_translator=translator,
-            name="decider_feature_models",
-        )
-        def decider_feature_models(context: AssetExecutionContext, dbt: DbtCliResource,
-                                   platform: PlatformSettingsResource):
-            """Each application decider's feature table (``<decider>/features``), in its own group."""
-            current = platform.get()
-            os.environ.update(dbt_environment(current))
-            yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars(current))], context=context).stream()
-
-        out.append(decider_feature_models)
-    return out
+    return models
 
 
 def _has_decider_models(manifest: Mapping[str, Any]) -> bool:

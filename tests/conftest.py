@@ -39,3 +39,21 @@ def german_settings(tmp_path, monkeypatch):
     if not settings.german_credit_path.exists():
         pytest.skip("shared dataset not mounted (MLP_GERMAN_CREDIT_PATH)")
     return settings
+
+
+@pytest.fixture
+def fakesnow_warehouse(monkeypatch):
+    """The production (Snowflake) warehouse writer over fakesnow, with its database created: yields
+    a SnowflakeWarehouse inside the patch (Snowflake itself cannot be reached here)."""
+    fakesnow = pytest.importorskip("fakesnow")
+    from mlp_platform.data.warehouse import SnowflakeWarehouse
+
+    for var, value in {"SNOWFLAKE_ACCOUNT": "acct", "SNOWFLAKE_USER": "u", "SNOWFLAKE_PASSWORD": "p"}.items():
+        monkeypatch.setenv(var, value)
+    with fakesnow.patch():
+        import snowflake.connector
+
+        con = snowflake.connector.connect()
+        con.cursor().execute("create database if not exists MLP")
+        con.close()
+        yield SnowflakeWarehouse.from_env()

@@ -21,7 +21,7 @@ from featurelib import DBT_PROJECT_DIR, read_table, run_dbt
 
 from mlp_platform.data.credit_synthetic import CreditSyntheticConfig, generate_day
 from mlp_platform.data.german_credit import load_german_credit
-from mlp_platform.data.warehouse import DuckDBWarehouse, SnowflakeWarehouse
+from mlp_platform.data.warehouse import DuckDBWarehouse
 from mlp_platform.deciders.declaration import load_decider, load_deciders, write_variant
 from mlp_platform.features.dbt_codegen import (
     DECIDER_MODELS,
@@ -149,10 +149,9 @@ def test_a_feature_table_missing_rows_or_columns_is_refused(credit):
         aligned_features(spec, apps, key, pl.concat([table, table.head(1)]))
 
 
-def test_the_generated_sql_runs_in_the_snowflake_dialect(credit, monkeypatch):
+def test_the_generated_sql_runs_in_the_snowflake_dialect(credit, fakesnow_warehouse):
     """Snowflake cannot be reached here: the model's SELECT is parsed in sqlglot's Snowflake dialect
     and executed through fakesnow over the raw table the production writer creates."""
-    fakesnow = pytest.importorskip("fakesnow")
     spec, key = credit.spec, credit.entity.key
     body = render_decider_model(credit).split("\n", 2)[2]  # the header comment and config() go
     sql = body.replace("{{ source('credit', 'applications') }}", "raw.credit_applications")
@@ -160,18 +159,10 @@ def test_the_generated_sql_runs_in_the_snowflake_dialect(credit, monkeypatch):
     assert [e.alias_or_name for e in parsed.expressions] == [key, "event_time", *spec.feature_names]
     assert len(request_feature_sql(spec)) == len(spec.feature_names)
     apps = hostile_applications().drop("event_time")  # fakesnow's pandas writer and naive timestamps
-    for var, value in {"SNOWFLAKE_ACCOUNT": "acct", "SNOWFLAKE_USER": "u", "SNOWFLAKE_PASSWORD": "p"}.items():
-        monkeypatch.setenv(var, value)
-    with fakesnow.patch():
-        import snowflake.connector
-
-        con = snowflake.connector.connect()
-        con.cursor().execute("create database if not exists MLP")
-        con.close()
-        warehouse = SnowflakeWarehouse.from_env()
-        warehouse.replace_table("credit_applications", apps)
-        warehouse.replace_table("credit_applications", apps)  # replaced whole, not appended
-        out = warehouse.query(sql.replace("  event_time,\n", ""))
+    warehouse = fakesnow_warehouse
+    warehouse.replace_table("credit_applications", apps)
+    warehouse.replace_table("credit_applications", apps)  # replaced whole, not appended
+    out = warehouse.query(sql.replace("  event_time,\n", ""))
     assert out.height == apps.height
     got = aligned_features(spec, apps, key, out).to_numpy().astype(float)
     want = feature_frame(spec, apps).to_numpy().astype(float)

@@ -47,21 +47,12 @@ def test_ingest_synthetic_days(platform_env):
         ingest_days(settings, wh, dt.date(2025, 12, 31), D2)
 
 
-def test_snowflake_warehouse_through_fakesnow(monkeypatch):
+def test_snowflake_warehouse_through_fakesnow(fakesnow_warehouse):
     """The production writer, exercised against fakesnow (Snowflake cannot be reached here)."""
-    fakesnow = pytest.importorskip("fakesnow")
-    for var, value in {"SNOWFLAKE_ACCOUNT": "acct", "SNOWFLAKE_USER": "u", "SNOWFLAKE_PASSWORD": "p"}.items():
-        monkeypatch.setenv(var, value)
-    with fakesnow.patch():
-        import snowflake.connector
-
-        con = snowflake.connector.connect()
-        con.cursor().execute("create database if not exists MLP")
-        con.close()
-        wh = SnowflakeWarehouse.from_env()
-        wh.replace_days("transactions", frame(["a", "b"], D1), D1, D2)
-        wh.replace_days("transactions", frame(["a"], D1, 7.0), D1, D2)
-        out = wh.query("select transaction_id, amount from raw.transactions order by 1")
+    wh = fakesnow_warehouse
+    wh.replace_days("transactions", frame(["a", "b"], D1), D1, D2)
+    wh.replace_days("transactions", frame(["a"], D1, 7.0), D1, D2)
+    out = wh.query("select transaction_id, amount from raw.transactions order by 1")
     assert out.rows() == [("a", 7.0)]
 
 
