@@ -364,9 +364,7 @@ class DeciderHost:
         ``error`` (the client gets a 5xx; the rollout's error-rate guardrail reads these)."""
         try:
             yield
-        except UnknownDecider:
-            raise
-        except BaseException:
+        except Exception:
             self.metrics.requests.labels(name, route, arm, "error").inc()
             raise
         self.metrics.requests.labels(name, route, arm, "ok").inc()
