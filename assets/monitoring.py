@@ -11,9 +11,10 @@ from dagster import AssetExecutionContext
 from assets.partitions import daily_partitions, partition_days
 from assets.resources import PlatformSettingsResource
 from mlp_platform import lifecycle
-from mlp_platform.batch.decisions import load_decisions
+from mlp_platform.batch.decisions import load_decisions, load_decisions_from_stream
 from mlp_platform.monitoring import daily
 from mlp_platform.settings import Settings
+from mlp_platform.streaming.decision_stream import stream_config
 
 TRANSACTION_FEATURES = dg.AssetKey(["features", "transaction_features"])
 STG_LABELS = dg.AssetKey(["staging", "stg_labels"])
@@ -34,11 +35,15 @@ def build_monitoring_assets(settings: Settings) -> tuple[list, list]:
         backfill_policy=dg.BackfillPolicy.single_run(),
         description="Loads the scoring service's decision log into the warehouse (monitoring.decisions, "
                     "monitoring.served_features: the exact feature vectors served, monitoring.shadow_scores), "
-                    "incrementally and only after verifying its hash chain. Run nightly after the day ends.",
+                    "incrementally and only after verifying its hash chain: from the decision stream "
+                    "(NATS JetStream, MLP_DECISION_STREAM_URL) in production, from the local log segments "
+                    "on a laptop. Run nightly after the day ends.",
     )
     def served_decisions(context: AssetExecutionContext, platform: PlatformSettingsResource) -> dg.MaterializeResult:
         current = platform.get()
-        result = load_decisions(current, current.decision_log_root)
+        stream = stream_config(current)
+        result = (load_decisions_from_stream(current, stream) if stream is not None
+                  else load_decisions(current, current.decision_log_root))
         context.log.info(f"decision log loaded: {result}")
         first, end = partition_days(context)
         per_day = daily.served_counts(current, first, end)

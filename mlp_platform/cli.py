@@ -353,6 +353,32 @@ def audit_verify(directory: Path = typer.Option(None, help="Decision log directo
         raise typer.Exit(1)
 
 
+stream_app = typer.Typer(help="The decision stream (NATS JetStream): the shipper beside the service.",
+                         no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+
+
+@stream_app.command("ship")
+def stream_ship(
+    log_root: Path = typer.Option(None, help="Decision log root (default: the service's, MLP_DECISION_LOG_DIR)."),
+    metrics_port: int = typer.Option(None, help="Serve the shipper's Prometheus series on this port."),
+) -> None:
+    """Ship the sealed decision records to the stream (MLP_DECISION_STREAM_URL) until SIGTERM."""
+    from mlp_platform.streaming.decision_stream import run_shipper, stream_config
+
+    settings = load_settings()
+    config = stream_config(settings)
+    if config is None:
+        console.print("MLP_DECISION_STREAM_URL is not set: there is no stream to ship to", style="red")
+        raise typer.Exit(2)
+    status = run_shipper(config, log_root or settings.decision_log_root, metrics_port=metrics_port)
+    console.print(f"shipped {status.shipped} records ({status.duplicates} duplicates dropped by the stream, "
+                  f"{status.failures} failed batches retried)", markup=False)
+    if status.broken:
+        console.print(f"not shipped (broken chain): {status.broken}", style="red", markup=False)
+        raise typer.Exit(1)
+
+
 @deciders_app.command("check")
 def deciders_check() -> None:
     """Validate every decider declaration whole (structure, feature spec, gates, rollout); list them."""

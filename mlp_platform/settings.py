@@ -254,6 +254,12 @@ class Settings:
     decision_log_dir: Path | None = None
     #: MLP_FEATURE_STORE_URL; empty: the embedded store under <data_dir>/serving (see feature_store_url).
     online_store_url: str = ""
+    #: MLP_DECISION_STREAM_URL (nats://host:4222): the NATS JetStream the shippers send decision records
+    #: to and the warehouse loader reads; empty: the loader reads the local log segments (a laptop).
+    decision_stream_url: str = ""
+    #: MLP_DECISION_STREAM (stream name) and MLP_DECISION_STREAM_REPLICAS (1 on one server, 3 clustered).
+    decision_stream_name: str = "MLP_DECISIONS"
+    decision_stream_replicas: int = 1
     #: The scoring service's knobs (see ServingSettings).
     serving: ServingSettings = field(default_factory=ServingSettings)
 
@@ -365,10 +371,17 @@ def load_settings() -> Settings:
         service_metrics_url=_env("MLP_SERVICE_METRICS_URL", ""),
         decision_log_dir=Path(_env("MLP_DECISION_LOG_DIR", "")) if _env("MLP_DECISION_LOG_DIR", "") else None,
         online_store_url=_env("MLP_FEATURE_STORE_URL", ""),
+        decision_stream_url=_env("MLP_DECISION_STREAM_URL", ""),
+        decision_stream_name=_env("MLP_DECISION_STREAM", "MLP_DECISIONS"),
+        decision_stream_replicas=_env_int("MLP_DECISION_STREAM_REPLICAS", 1),
         serving=load_serving_settings(),
     )
     if settings.retrain_min_days < 1 or settings.retrain_cooldown_hours < 0:
         raise SettingsError("MLP_RETRAIN_MIN_DAYS must be >= 1 and MLP_RETRAIN_COOLDOWN_HOURS >= 0")
+    if settings.decision_stream_replicas not in (1, 3, 5):
+        raise SettingsError("MLP_DECISION_STREAM_REPLICAS must be 1, 3 or 5 (JetStream replicas)")
+    if settings.decision_stream_url and not settings.decision_stream_url.startswith(("nats://", "tls://")):
+        raise SettingsError("MLP_DECISION_STREAM_URL must be a nats:// or tls:// URL")
     if settings.handbook_label_delay_days < 0:
         raise SettingsError("MLP_HANDBOOK_LABEL_DELAY_DAYS must be >= 0 days")
     return settings

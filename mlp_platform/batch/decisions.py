@@ -40,7 +40,9 @@ from typing import Any
 
 from mlp_platform.batch.scoring import BatchScoringError, _duckdb
 from mlp_platform.features.spec import default_spec
-from mlp_platform.serving.decision_log import GENESIS, _link_problem, _list_segments, segment_name
+from mlp_platform.serving.decision_log import GENESIS, _link_problem
+from mlp_platform.serving.decision_log_reader import ChainRead, log_directories, read_after
+from mlp_platform.streaming.decision_stream import StreamConfig, read_stream, source_from_subject, subject_for
 
 SCHEMA = "monitoring"
 STATE_TABLE = f"{SCHEMA}.decision_log_state"
@@ -70,12 +72,16 @@ class LoadResult:
     directories: dict[str, dict[str, Any]] = field(default_factory=dict)
     days: list[str] = field(default_factory=list)
     pending_bytes: int = 0  # an incomplete last line left for the next load (a write in progress)
+    duplicates: int = 0  # stream: records delivered again and not loaded twice
+    stream_position: int | None = None  # stream: the last stream sequence loaded
     seconds: float = 0.0
 
     def as_metadata(self) -> dict[str, Any]:
         return {"decisions": self.decisions, "shadow_scores": self.shadow_scores,
                 "other_records": self.other_records, "directories": self.directories, "days": self.days,
-                "pending_bytes": self.pending_bytes, "seconds": round(self.seconds, 3)}
+                "pending_bytes": self.pending_bytes, "seconds": round(self.seconds, 3),
+                **({"duplicates": self.duplicates, "stream_position": self.stream_position}
+                   if self.stream_position is not None else {})}
 
 
 def _ddl(feature_names: list[str]) -> list[str]:
@@ -113,81 +119,6 @@ def default_log_root(settings) -> Path:
     return settings.decision_log_root
 
 
-def log_directories(root: Path) -> list[Path]:
-    """The root (when it holds segments) and every subdirectory holding segments, sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    return [d for d in candidates if _list_segments(d)]
-
-
-@dataclass
-class _Read:
-    records: list[tuple[dict, int]] = field(default_factory=list)  # (record, seq)
-    last_seq: int = -1
-    last_hash: str = GENESIS
-    segment: str = ""
-    offset: int = 0
-    pending: int = 0
-    broken: dict[str, Any] | None = None
-
-
-def _read_new(directory: Path, state: tuple[int, str, str, int] | None) -> _Read:
-    """Verified complete records after ``state`` (last_seq, last_hash, segment, offset)."""
-    segments = _list_segments(directory)
-    last_seq, last_hash, seg_name, offset = state if state else (-1, GENESIS, segment_name(segments[0][0]), 0)
-    out = _Read(last_seq=last_seq, last_hash=last_hash, segment=seg_name, offset=offset)
-    numbers = [n for n, _ in segments]
-    start_no = int(seg_name[len("decisions-"):-len(".jsonl")])
-    if start_no not in numbers:
-        out.broken = {"segment": seg_name, "line": 0, "seq": None, "expected_seq": last_seq + 1,
-                      "reason": "the segment the previous load stopped in is gone"}
-        return out
-    expected = last_seq + 1
-    previous_no = start_no
-    for number, path in segments:
-        if number < start_no:
-            continue
-        if number != previous_no and number != previous_no + 1:
-            out.broken = {"segment": path.name, "line": 1, "seq": None, "expected_seq": expected,
-                          "reason": f"segment numbers jump from {previous_no} to {number}: a segment is missing"}
-            return out
-        previous_no = number
-        is_last = number == numbers[-1]
-        pos = offset if number == start_no else 0
-        line_no = 0
-        with open(path, "rb") as fh:
-            fh.seek(pos)
-            for line in fh:
-                line_no += 1
-                if not line.endswith(b"\n") or b"\x00" in line:
-                    if is_last:  # a write in progress (or a torn tail the service will truncate)
-                        out.pending = len(line.rstrip(b"\x00"))  # zero padding (is_padding) counts 0
-                        break
-                    out.broken = {"segment": path.name, "line": line_no, "seq": None, "expected_seq": expected,
-                                  "reason": "incomplete line in a segment that is not the last",
-                                  "offset": pos}
-                    return out
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    record, reason = None, "line is not valid JSON"
-                else:
-                    reason = _link_problem(record, line, expected, out.last_hash, strict=False)
-                if reason:
-                    seq = record.get("seq") if isinstance(record, dict) else None
-                    out.broken = {"segment": path.name, "line": line_no, "seq": seq, "expected_seq": expected,
-                                  "reason": reason, "offset": pos}
-                    return out
-                out.records.append((record, expected))
-                out.last_seq, out.last_hash = expected, record["hash"]
-                expected += 1
-                pos += len(line)
-                out.segment, out.offset = path.name, pos
-    return out
-
-
 _DECISION_COLUMNS = ("decision_id", "transaction_id", "event_time", "day", "decided_at", "arm", "model_version",
                      "model_sha256", "score", "decision", "degraded", "fallbacks", "policy_version",
                      "routing_revision", "seq", "log_dir")
@@ -195,7 +126,7 @@ _SHADOW_COLUMNS = ("decision_id", "of_decision", "model_version", "score", "deci
                    "shadow_at", "seq", "log_dir")
 
 
-def _tables(read: _Read, log_dir: str, feature_names: list[str]):
+def _tables(read: ChainRead, log_dir: str, feature_names: list[str]):
     """Arrow tables (decisions, served features, shadow scores) of the verified records, and the count
     of records of another kind."""
     import pyarrow as pa
@@ -246,15 +177,56 @@ def _inserted(cursor) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def _store(con, read: ChainRead, log_dir: str, names: list[str]) -> tuple[int, int, int, list]:
+    """Insert the verified records of one chain and its new state (inside the caller's transaction).
+    Returns (decisions added, shadow scores added, records of another kind, the decisions' days)."""
+    decisions, features, shadows, other = _tables(read, log_dir, names)
+    if not read.records:
+        return 0, 0, other, []
+    con.register("decisions_in", decisions)
+    con.register("features_in", features)
+    con.register("shadows_in", shadows)
+    try:
+        # anti-joins on decision_id: a log read again under another path (a moved data directory, a
+        # lost state row) or a record delivered twice by the stream adds no duplicate rows
+        n_decisions = _inserted(con.execute(f"""insert into {DECISIONS_TABLE} by name
+            select i.* from decisions_in as i anti join {DECISIONS_TABLE} as d using (decision_id)"""))
+        con.execute(f"""insert into {FEATURES_TABLE} by name
+            select i.* from features_in as i anti join {FEATURES_TABLE} as d using (decision_id)""")
+        n_shadows = _inserted(con.execute(f"""insert into {SHADOW_TABLE} by name
+            select s.*, coalesce(d.day, cast(s.shadow_at as date)) as day
+            from (select i.* from shadows_in as i anti join {SHADOW_TABLE} as o using (decision_id)) as s
+            left join (select decision_id, day from {DECISIONS_TABLE}) as d
+                   on d.decision_id = s.of_decision"""))
+        con.execute(f"delete from {STATE_TABLE} where log_dir = ?", [log_dir])
+        con.execute(f"insert into {STATE_TABLE} values (?, ?, ?, ?, ?, ?)",
+                    [log_dir, read.last_seq, read.last_hash, read.segment, read.offset,
+                     dt.datetime.now(dt.UTC).replace(tzinfo=None)])
+    finally:
+        for name in ("decisions_in", "features_in", "shadows_in"):
+            con.unregister(name)
+    return n_decisions, n_shadows, other, [d for d in decisions.column("day").to_pylist() if d is not None]
+
+
+def _warehouse(settings):
+    try:
+        return _duckdb(settings)
+    except BatchScoringError as exc:
+        raise BatchScoringError(str(exc).replace("batch scoring", "the decision-log load")) from exc
+
+
+def _stored_state(con, log_dir: str) -> tuple[int, str, str, int] | None:
+    found = con.execute(f'select last_seq, last_hash, segment, "offset" from {STATE_TABLE} '
+                        f'where log_dir = ?', [log_dir]).fetchall()
+    return tuple(found[0]) if found else None
+
+
 def load_decisions(settings, log_root: Path) -> LoadResult:
     """Load what the service logged under ``log_root`` since the last load (see the module docstring).
     Raises :class:`DecisionChainBroken` (after loading every verified record before the break, and the
     other directories) when a chain is broken."""
     started = time.perf_counter()
-    try:
-        warehouse = _duckdb(settings)
-    except BatchScoringError as exc:
-        raise BatchScoringError(str(exc).replace("batch scoring", "the decision-log load")) from exc
+    warehouse = _warehouse(settings)
     names = default_spec().feature_names
     result = LoadResult()
     breaks: list[dict[str, Any]] = []
@@ -265,41 +237,16 @@ def load_decisions(settings, log_root: Path) -> LoadResult:
             con.execute(statement)
         for directory in directories:
             log_dir = str(directory.resolve())
-            found = con.execute(f'select last_seq, last_hash, segment, "offset" from {STATE_TABLE} '
-                                f'where log_dir = ?', [log_dir]).fetchall()
-            read = _read_new(directory, tuple(found[0]) if found else None)
-            decisions, features, shadows, other = _tables(read, log_dir, names)
+            read = read_after(directory, _stored_state(con, log_dir))
             result.pending_bytes += read.pending
-            if read.records:
-                con.register("decisions_in", decisions)
-                con.register("features_in", features)
-                con.register("shadows_in", shadows)
-                con.execute("begin transaction")
-                try:
-                    # anti-joins on decision_id: a log read again under another path (a moved data
-                    # directory, a lost state row) adds no duplicate rows
-                    n_decisions = _inserted(con.execute(f"""insert into {DECISIONS_TABLE} by name
-                        select i.* from decisions_in as i anti join {DECISIONS_TABLE} as d using (decision_id)"""))
-                    con.execute(f"""insert into {FEATURES_TABLE} by name
-                        select i.* from features_in as i anti join {FEATURES_TABLE} as d using (decision_id)""")
-                    n_shadows = _inserted(con.execute(f"""insert into {SHADOW_TABLE} by name
-                        select s.*, coalesce(d.day, cast(s.shadow_at as date)) as day
-                        from (select i.* from shadows_in as i anti join {SHADOW_TABLE} as o using (decision_id)) as s
-                        left join (select decision_id, day from {DECISIONS_TABLE}) as d
-                               on d.decision_id = s.of_decision"""))
-                    con.execute(f"delete from {STATE_TABLE} where log_dir = ?", [log_dir])
-                    con.execute(f"insert into {STATE_TABLE} values (?, ?, ?, ?, ?, ?)",
-                                [log_dir, read.last_seq, read.last_hash, read.segment, read.offset,
-                                 dt.datetime.now(dt.UTC).replace(tzinfo=None)])
-                    con.execute("commit")
-                except BaseException:
-                    con.execute("rollback")
-                    raise
-                for name in ("decisions_in", "features_in", "shadows_in"):
-                    con.unregister(name)
-            else:
-                n_decisions = n_shadows = 0
-            days.update(d for d in decisions.column("day").to_pylist() if d is not None)
+            con.execute("begin transaction")
+            try:
+                n_decisions, n_shadows, other, read_days = _store(con, read, log_dir, names)
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
+            days.update(read_days)
             result.decisions += n_decisions
             result.shadow_scores += n_shadows
             result.other_records += other
@@ -310,6 +257,105 @@ def load_decisions(settings, log_root: Path) -> LoadResult:
                 breaks.append({"log_dir": log_dir, **read.broken})
                 result.directories[log_dir]["broken"] = read.broken
     result.days = sorted(d.isoformat() for d in days)
+    result.seconds = time.perf_counter() - started
+    if breaks:
+        raise DecisionChainBroken(breaks, result)
+    return result
+
+
+STREAM_STATE_TABLE = f"{SCHEMA}.decision_stream_state"
+
+
+def _stream_chain(messages, source: str, state: tuple[int, str, str, int] | None) -> tuple[ChainRead, int, int | None]:
+    """One source's messages (in stream order) verified against its chain from ``state``: the
+    records to load, the count of records already loaded (re-deliveries), and the stream sequence of
+    the first message that breaks the chain (None: none does)."""
+    last_seq, last_hash = (state[0], state[1]) if state else (-1, GENESIS)
+    read = ChainRead(last_seq=last_seq, last_hash=last_hash, segment=subject_for(source),
+                     offset=state[3] if state else 0)
+    duplicates = 0
+    for message in messages:
+        try:
+            record = json.loads(message.data)
+        except ValueError:
+            record = None
+        seq = record.get("seq") if isinstance(record, dict) else None
+        if isinstance(seq, int) and not isinstance(seq, bool) and seq <= read.last_seq:
+            duplicates += 1  # delivered again (a re-send after the duplicate window): already loaded
+            continue
+        reason = ("message is not a JSON record" if record is None
+                  else _link_problem(record, message.data, read.last_seq + 1, read.last_hash, strict=False))
+        if reason:
+            read.broken = {"segment": read.segment, "line": message.stream_seq, "seq": seq,
+                           "expected_seq": read.last_seq + 1, "reason": reason}
+            return read, duplicates, message.stream_seq
+        read.records.append((record, seq))
+        read.lines.append(message.data)
+        read.last_seq, read.last_hash, read.offset = seq, record["hash"], message.stream_seq
+    return read, duplicates, None
+
+
+def load_decisions_from_stream(settings, config: StreamConfig) -> LoadResult:
+    """Load what the shippers put on the decision stream since the last load: every source's chain
+    verified after the trip (seq, prev_hash, the hash of the delivered bytes), each record once (a
+    re-delivered record is counted in ``duplicates`` and not loaded again), the rows and the new stream position in one transaction. A broken chain loads the verified
+    records before the break, keeps the stream position before it and raises :class:`DecisionChainBroken`."""
+    import asyncio
+
+    started = time.perf_counter()
+    warehouse = _warehouse(settings)
+    names = default_spec().feature_names
+    result = LoadResult()
+    with warehouse.connect() as con:
+        for statement in _ddl(names):
+            con.execute(statement)
+        con.execute(f"""create table if not exists {STREAM_STATE_TABLE} (
+            stream varchar primary key, last_stream_seq bigint not null, loaded_at timestamp not null)""")
+        found = con.execute(f"select last_stream_seq from {STREAM_STATE_TABLE} where stream = ?",
+                            [config.stream]).fetchall()
+        after = int(found[0][0]) if found else 0
+        messages, first, last = asyncio.run(read_stream(config, after))
+        if messages and messages[0].stream_seq > after + 1 and after + 1 < first:
+            raise DecisionChainBroken([{
+                "log_dir": f"nats://{config.stream}", "segment": "", "line": after + 1, "seq": None,
+                "expected_seq": None,
+                "reason": f"stream messages {after + 1}..{first - 1} are gone (retention) before they were loaded"}],
+                result)
+        by_source: dict[str, list] = {}
+        for message in messages:
+            by_source.setdefault(source_from_subject(message.subject), []).append(message)
+        breaks: list[dict[str, Any]] = []
+        position = last
+        days: set[dt.date] = set()
+        duplicates = 0
+        con.execute("begin transaction")
+        try:
+            for source, source_messages in sorted(by_source.items()):
+                key = f"nats://{config.stream}/{source}"
+                read, dup, broken_at = _stream_chain(source_messages, source, _stored_state(con, key))
+                duplicates += dup
+                n_decisions, n_shadows, other, read_days = _store(con, read, key, names)
+                days.update(read_days)
+                result.decisions += n_decisions
+                result.shadow_scores += n_shadows
+                result.other_records += other
+                result.directories[key] = {"decisions": n_decisions, "shadow_scores": n_shadows,
+                                           "records_read": len(read.records), "duplicates": dup,
+                                           "last_seq": read.last_seq}
+                if broken_at is not None:
+                    position = min(position, broken_at - 1)
+                    breaks.append({"log_dir": key, **read.broken})
+                    result.directories[key]["broken"] = read.broken
+            con.execute(f"delete from {STREAM_STATE_TABLE} where stream = ?", [config.stream])
+            con.execute(f"insert into {STREAM_STATE_TABLE} values (?, ?, ?)",
+                        [config.stream, position, dt.datetime.now(dt.UTC).replace(tzinfo=None)])
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    result.days = sorted(d.isoformat() for d in days)
+    result.duplicates = duplicates
+    result.stream_position = position
     result.seconds = time.perf_counter() - started
     if breaks:
         raise DecisionChainBroken(breaks, result)

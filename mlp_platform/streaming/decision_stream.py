@@ -1,0 +1,417 @@
+"""The decision stream: sealed decision-log records shipped to NATS JetStream, at least once, and read
+back verified.
+
+The service still acknowledges a decision only once its record is fdatasync'ed in the local log (the
+log's own guarantee). A shipper process beside it (the scoring pod's sidecar, ``mlp stream ship``)
+sends every complete, chain-verified record of every log directory under the log root to the stream:
+
+* **Subject** ``mlp.decisions.<source>``; a *source* is one log directory (one chain). Its name is kept
+  in the directory (``.stream-source``: the directory's name plus a random suffix, made once), so a
+  fresh log that restarts at seq 0 under a reused pod name is a new source and never clashes with an
+  old chain.
+* **Payload** the record's line exactly as on disk (its hash covers those bytes), **headers**
+  ``Nats-Msg-Id`` = the record's ``decision_id`` (the stream drops a duplicate inside its duplicate
+  window), ``Mlp-Seq`` and ``Mlp-Hash``.
+* **At least once, resumable.** A batch is published with asynchronous acknowledgements; only when the
+  stream has acknowledged every message of it does the shipper move its position (``.stream-position``
+  in the log directory, replaced atomically and fsync'ed). A crash between the stream's acks and that
+  write re-sends the batch: inside the duplicate window the stream drops it; on start the shipper also
+  asks the stream for its subject's last message and skips forward to it (checking that the hash there
+  is the one in its log), so it does not even re-send. A stream that does not answer (stopped, network
+  cut) is retried with backoff; nothing moves until it acknowledges.
+
+The loader (:func:`mlp_platform.batch.decisions.load_decisions_from_stream`) reads the stream with
+an ephemeral ordered consumer from the last stream sequence it loaded and verifies every source's chain
+again (seq, prev_hash, the hash of the delivered bytes): what arrives in the warehouse is what the
+service logged, each record once.
+
+Serving-side module: standard library, nats-py and the decision log (no dagster, no warehouse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlp_platform.serving.decision_log import GENESIS, _fsync_path, _list_segments, segment_name
+from mlp_platform.serving.decision_log_reader import log_directories, read_after
+
+log = logging.getLogger(__name__)
+
+SUBJECT_PREFIX = "mlp.decisions"
+SOURCE_FILE = ".stream-source"
+POSITION_FILE = ".stream-position"
+HEADER_SEQ = "Mlp-Seq"
+HEADER_HASH = "Mlp-Hash"
+_TOKEN = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class StreamError(RuntimeError):
+    """The stream cannot be used as configured (the message says why)."""
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Where the decision stream is and how it keeps messages (from the settings module)."""
+
+    url: str
+    stream: str = "MLP_DECISIONS"
+    replicas: int = 1  # 1 on one server; 3 on a clustered JetStream (survives a server loss)
+    duplicate_window_s: float = 120.0
+    max_age_days: float = 30.0  # retention: the loader must run more often than this
+
+    @property
+    def subjects(self) -> str:
+        return f"{SUBJECT_PREFIX}.>"
+
+
+def stream_config(settings) -> StreamConfig | None:
+    """The decision stream the settings name (None: no stream; the loader reads local segments)."""
+    if not settings.decision_stream_url:
+        return None
+    return StreamConfig(url=settings.decision_stream_url, stream=settings.decision_stream_name,
+                        replicas=settings.decision_stream_replicas)
+
+
+def subject_for(source: str) -> str:
+    return f"{SUBJECT_PREFIX}.{source}"
+
+
+def source_of(directory: Path) -> str:
+    """The stream source name of a log directory, made once and kept in the directory."""
+    path = Path(directory) / SOURCE_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    name = f"{_TOKEN.sub('_', Path(directory).resolve().name)[:40] or 'log'}-{uuid.uuid4().hex[:12]}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:  # another shipper made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_path(Path(directory))
+    return name
+
+
+@dataclass
+class Position:
+    """The last record of a directory the stream has acknowledged, and where the next one starts."""
+
+    last_seq: int = -1
+    last_hash: str = GENESIS
+    segment: str = ""
+    offset: int = 0
+
+    def as_state(self, directory: Path) -> tuple[int, str, str, int] | None:
+        if self.last_seq < 0:
+            return None
+        return self.last_seq, self.last_hash, self.segment or segment_name(_list_segments(directory)[0][0]), self.offset
+
+
+def load_position(directory: Path) -> Position:
+    try:
+        raw = json.loads((Path(directory) / POSITION_FILE).read_text())
+    except FileNotFoundError:
+        return Position()
+    return Position(int(raw["last_seq"]), str(raw["last_hash"]), str(raw["segment"]), int(raw["offset"]))
+
+
+def save_position(directory: Path, position: Position) -> None:
+    """Replace the position file atomically (write, fsync, rename, fsync the directory)."""
+    path = Path(directory) / POSITION_FILE
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(position.__dict__, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_path(Path(directory))
+
+
+async def connect(config: StreamConfig, **options: Any):
+    """A NATS connection that keeps reconnecting (a stopped server is waited for, not given up on)."""
+    import nats
+
+    async def error(exc: Exception) -> None:  # one line, not nats-py's traceback per reconnect attempt
+        log.warning("nats %s: %s: %s", config.url, type(exc).__name__, exc)
+
+    async def disconnected() -> None:
+        log.warning("nats %s: disconnected; reconnecting", config.url)
+
+    async def reconnected() -> None:
+        log.warning("nats %s: reconnected", config.url)
+
+    defaults = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 2,
+                "allow_reconnect": True, "error_cb": error, "disconnected_cb": disconnected,
+                "reconnected_cb": reconnected}
+    return await nats.connect(config.url, **{**defaults, **options})
+
+
+async def ensure_stream(js, config: StreamConfig) -> None:
+    """Create the decision stream (file storage) or bring its settings to the configured ones."""
+    from nats.js.api import StorageType
+    from nats.js.api import StreamConfig as NatsStreamConfig
+    from nats.js.errors import BadRequestError, NotFoundError
+
+    wanted = NatsStreamConfig(
+        name=config.stream, subjects=[config.subjects], storage=StorageType.FILE,
+        num_replicas=config.replicas, duplicate_window=config.duplicate_window_s,
+        max_age=config.max_age_days * 86400.0)
+    try:
+        await js.stream_info(config.stream)
+    except NotFoundError:
+        try:
+            await js.add_stream(wanted)
+            return
+        except BadRequestError as exc:
+            raise StreamError(f"cannot create stream {config.stream}: {exc}") from exc
+    await js.update_stream(wanted)
+
+
+@dataclass
+class ShipperStatus:
+    """What the shipper has done (exported as metrics, returned by :meth:`DecisionShipper.ship_once`)."""
+
+    shipped: int = 0  # records acknowledged by the stream since start
+    duplicates: int = 0  # of them, acknowledged as duplicates (already in the stream)
+    skipped_on_resume: int = 0  # records found already in the stream on start
+    failures: int = 0  # batches that failed and were retried
+    broken: dict[str, str] = field(default_factory=dict)  # directory -> why it is not shipped
+
+
+class DecisionShipper:
+    """Ships the sealed records of every log directory under ``log_root`` to the stream."""
+
+    def __init__(self, log_root: Path, config: StreamConfig, *, batch: int = 512, ack_timeout_s: float = 5.0,
+                 poll_s: float = 0.05):
+        self.log_root = Path(log_root)
+        self.config = config
+        self.batch = batch
+        self.ack_timeout_s = ack_timeout_s
+        self.poll_s = poll_s
+        self.status = ShipperStatus()
+        self._positions: dict[Path, Position] = {}
+        self._sources: dict[Path, str] = {}
+        self._nc = None
+        self._js = None
+
+    async def start(self) -> None:
+        self._nc = await connect(self.config)
+        self._js = self._nc.jetstream(timeout=self.ack_timeout_s)
+        await ensure_stream(self._js, self.config)
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.drain()
+            self._nc = None
+
+    async def _resume(self, directory: Path) -> Position:
+        """The directory's position: its file, moved forward to the stream's last message of the source
+        when the stream is ahead (a crash after the acks, before the file was written)."""
+        from nats.js.errors import NotFoundError
+
+        position = load_position(directory)
+        source = self._sources[directory]
+        try:
+            last = await self._js.get_last_msg(self.config.stream, subject_for(source))
+        except NotFoundError:
+            return position
+        headers = last.headers or {}
+        stream_seq, stream_hash = int(headers.get(HEADER_SEQ, -1)), headers.get(HEADER_HASH, "")
+        if stream_seq <= position.last_seq:
+            if stream_seq < position.last_seq:
+                log.warning("%s: the stream's last record is seq %s, the shipper's position %s (messages "
+                            "removed from the stream?); shipping on from the position", source, stream_seq,
+                            position.last_seq)
+            return position
+        read = read_after(directory, position.as_state(directory), max_records=stream_seq - position.last_seq)
+        if read.last_seq != stream_seq or read.last_hash != stream_hash:
+            raise StreamError(f"{source}: the stream holds seq {stream_seq} with hash {stream_hash[:12]}…, which "
+                              f"is not this log's record (log has seq {read.last_seq}): refusing to ship into "
+                              f"another chain")
+        self.status.skipped_on_resume += len(read.records)
+        resumed = Position(read.last_seq, read.last_hash, read.segment, read.offset)
+        save_position(directory, resumed)
+        return resumed
+
+    async def _directories(self) -> list[Path]:
+        found = log_directories(self.log_root)
+        for directory in found:
+            if directory not in self._positions:
+                self._sources[directory] = source_of(directory)
+                self._positions[directory] = await self._resume(directory)
+        return found
+
+    async def _ship_batch(self, directory: Path) -> int:
+        """Publish one batch of the directory's unshipped records; 0 when there are none."""
+        if str(directory) in self.status.broken:
+            return 0
+        position = self._positions[directory]
+        read = read_after(directory, position.as_state(directory), max_records=self.batch)
+        if read.broken is not None and not read.records:
+            self.status.broken[str(directory)] = read.broken["reason"]
+            log.error("%s: not shipped any further: %s", directory, read.broken)
+            return 0
+        if not read.records:
+            return 0
+        subject = subject_for(self._sources[directory])
+        futures = []
+        for (record, seq), line in zip(read.records, read.lines, strict=True):
+            futures.append(await self._js.publish_async(
+                subject, line, stream=self.config.stream,
+                headers={"Nats-Msg-Id": record["decision_id"], HEADER_SEQ: str(seq), HEADER_HASH: record["hash"]}))
+        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.ack_timeout_s)
+        self.status.duplicates += sum(1 for a in acks if a.duplicate)
+        self.status.shipped += len(acks)
+        moved = Position(read.last_seq, read.last_hash, read.segment, read.offset)
+        save_position(directory, moved)
+        self._positions[directory] = moved
+        return len(acks)
+
+    async def ship_once(self) -> int:
+        """Ship everything sealed now (batch after batch); the number of records acknowledged."""
+        total = 0
+        for directory in await self._directories():
+            while n := await self._ship_batch(directory):
+                total += n
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ship until ``stop`` is set; a failed batch (no acks in time, stream unreachable) is retried
+        with backoff and nothing moves until the stream acknowledges."""
+        delay = self.poll_s
+        while not stop.is_set():
+            try:
+                shipped = await self.ship_once()
+                delay = self.poll_s
+            except StreamError:
+                raise
+            except Exception as exc:  # a timeout, a connection error, a stream that is not there (yet)
+                self.status.failures += 1
+                log.warning("shipping failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                shipped = 0
+                delay = min(2.0, delay * 2 if delay >= 0.1 else 0.1)
+            if not shipped:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+@dataclass
+class StreamMessage:
+    stream_seq: int
+    subject: str
+    data: bytes
+
+
+async def read_stream(config: StreamConfig, after: int, *, batch: int = 1024,
+                      fetch_timeout_s: float = 2.0) -> tuple[list[StreamMessage], int, int]:
+    """The stream's decision messages after stream sequence ``after``, up to its last message when the
+    read started. Returns (messages, the stream's first sequence, the last sequence read up to)."""
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    nc = await connect(config, max_reconnect_attempts=3)
+    try:
+        js = nc.jetstream(timeout=10)
+        await ensure_stream(js, config)
+        info = await js.stream_info(config.stream)
+        first, last = int(info.state.first_seq), int(info.state.last_seq)
+        if last <= after:
+            return [], first, after
+        sub = await js.pull_subscribe(
+            config.subjects, stream=config.stream,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
+                                  ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True))
+        out: list[StreamMessage] = []
+        try:
+            seen = after
+            while seen < last:
+                try:
+                    msgs = await sub.fetch(min(batch, last - seen), timeout=fetch_timeout_s)
+                except NatsTimeout as exc:
+                    raise StreamError(f"the stream stopped delivering at sequence {seen} of {last}") from exc
+                for m in msgs:
+                    s = int(m.metadata.sequence.stream)
+                    if s > last:
+                        break
+                    out.append(StreamMessage(s, m.subject, m.data))
+                    seen = s
+                if msgs and int(msgs[-1].metadata.sequence.stream) > last:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return out, first, last
+    finally:
+        await nc.close()
+
+
+def source_from_subject(subject: str) -> str:
+    return subject[len(SUBJECT_PREFIX) + 1:]
+
+
+def run_shipper(config: StreamConfig, log_root: Path, *, metrics_port: int | None = None,
+                batch: int = 512) -> ShipperStatus:
+    """The shipper process (``mlp stream ship``): ship until SIGTERM/SIGINT, then finish the batch in
+    flight and return. With ``metrics_port``, Prometheus series on that port: records shipped,
+    duplicates, failed batches, directories not shipped (broken chains)."""
+    import signal
+
+    shipper = DecisionShipper(log_root, config, batch=batch)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if metrics_port is not None:
+            _export_metrics(shipper, metrics_port)
+        while not stop.is_set():  # the first connection may wait for the server like any later one
+            try:
+                await shipper.start()
+                break
+            except StreamError:
+                raise
+            except Exception as exc:
+                log.warning("stream not reachable yet (%s: %s); retrying", type(exc).__name__, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+        try:
+            await shipper.run(stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await shipper.close()
+
+    asyncio.run(main())
+    return shipper.status
+
+
+def _export_metrics(shipper: DecisionShipper, port: int) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self):
+            s = shipper.status
+            yield CounterMetricFamily("mlp_stream_shipped_records", "Records the stream acknowledged.", s.shipped)
+            yield CounterMetricFamily("mlp_stream_duplicate_records", "Acknowledged as already in the stream.",
+                                      s.duplicates)
+            yield CounterMetricFamily("mlp_stream_failed_batches", "Batches that failed and were retried.",
+                                      s.failures)
+            yield GaugeMetricFamily("mlp_stream_broken_logs", "Log directories not shipped: broken chain.",
+                                    len(s.broken))
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    start_http_server(port, registry=registry)
