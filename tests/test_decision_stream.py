@@ -314,3 +314,31 @@ def test_every_acknowledged_decision_arrives_exactly_once_through_kills_and_a_st
         assert "retrying" in shipper_log  # it did meet the stopped server
     finally:
         nats.stop()
+
+
+def test_the_served_decisions_asset_reads_the_stream_when_one_is_configured(nats, platform_env, tmp_path,
+                                                                             monkeypatch):
+    """In production the loader asset reads the stream, not the pod's disk: the records exist only on
+    the stream here (the log directory is deleted after shipping), and the asset loads all of them."""
+    import shutil
+
+    import dagster as dg
+
+    from assets.definitions import build_definitions
+
+    root = tmp_path / "pod-disk"
+    ids = _write(root, 0, 25)
+    _ship(root, StreamConfig(url=nats.url, stream="ASSET"))
+    shutil.rmtree(root)  # the pod is gone, its disk with it
+    monkeypatch.setenv("MLP_DECISION_STREAM_URL", nats.url)
+    monkeypatch.setenv("MLP_DECISION_STREAM", "ASSET")
+    monkeypatch.setenv("MLP_DECISION_LOG_DIR", str(root))
+    settings = platform_env()
+    settings.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    defs = build_definitions(settings)
+    served = [a for a in defs.assets if dg.AssetKey(["monitoring", "served_decisions"]) in getattr(a, "keys", ())]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(served, instance=instance, resources=defs.resources, partition_key="2026-03-01")
+    metadata = result.asset_materializations_for_node("monitoring__served_decisions")[0].metadata
+    assert metadata["decisions"].value == 25 and metadata["stream_position"].value == 25
+    assert {r[0] for r in _count(settings, "select decision_id from monitoring.decisions")} == set(ids)

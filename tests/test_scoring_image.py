@@ -8,6 +8,7 @@ environment has, makes the process fail to start here."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -26,6 +27,7 @@ from mlp_platform.serving.routing import RoutingFile, RoutingState
 from mlp_platform.settings import PROJECT_ROOT, load_settings
 
 pytestmark = pytest.mark.slow
+DEPLOY = PROJECT_ROOT / "deploy"
 DOCKERFILE = PROJECT_ROOT / "deploy" / "service" / "Dockerfile"
 KEY = "image-key-123"
 
@@ -166,6 +168,44 @@ def test_the_scoring_images_contents_serve_a_champion(tmp_path, monkeypatch):
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat()
         answer = httpx.post(f"{base}/v1/score", json=txn(1, event_time=now), headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
         assert answer.status_code == 200 and answer.json()["model"]["version"] == version, answer.text
+        shipped = ship_with_the_sidecar_command(venv, env, tmp_path)
+        assert [json.loads(m)["decision_id"] for m in shipped] == [answer.json()["decision_id"]]
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def ship_with_the_sidecar_command(venv: Path, env: dict, tmp_path: Path) -> list[bytes]:
+    """Run the Deployment's decision-shipper command with the image's installed `mlp` against a real
+    NATS server until the stream holds the pod's records; the messages on the stream."""
+    import asyncio
+
+    import yaml
+
+    from mlp_platform.streaming.decision_stream import StreamConfig, read_stream
+    from tests.natslib import NatsServer
+
+    deployment = next(d for d in yaml.safe_load_all((DEPLOY / "deciders" / "fraud.yaml").read_text())
+                      if d["kind"] == "Deployment")
+    sidecar = next(c for c in deployment["spec"]["template"]["spec"]["initContainers"]
+                   if c["name"] == "decision-shipper")
+    command = [str(venv / "bin" / sidecar["command"][0]), *sidecar["command"][1:]]
+    command[command.index("--metrics-port") + 1] = str(free_port())
+    with NatsServer(tmp_path / "jetstream") as nats:
+        config = StreamConfig(url=nats.url, stream="IMAGE")
+        ship_env = {**env, "MLP_DECISION_STREAM_URL": nats.url, "MLP_DECISION_STREAM": "IMAGE"}
+        shipper = subprocess.Popen(command, cwd=tmp_path, env=ship_env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            messages: list = []
+            while time.monotonic() < deadline and not messages:
+                assert shipper.poll() is None, shipper.stdout.read().decode()[-3000:]
+                with contextlib.suppress(Exception):
+                    messages = asyncio.run(read_stream(config, 0))[0]
+                time.sleep(0.2)
+        finally:
+            shipper.terminate()
+            out = shipper.communicate(timeout=30)[0].decode()
+        assert shipper.returncode == 0 and "shipped 1 records" in out, out[-3000:]
+        return [m.data for m in messages]
