@@ -147,8 +147,11 @@ async def connect(config: StreamConfig, **options: Any):
     async def error(exc: Exception) -> None:  # one line, not nats-py's traceback per reconnect attempt
         log.warning("nats %s: %s: %s", config.url, type(exc).__name__, exc)
 
-    async def disconnected() -> None:
-        log.warning("nats %s: disconnected; reconnecting", config.url)
+    connection: list = []
+
+    async def disconnected() -> None:  # not when we close it ourselves
+        if connection and not (connection[0].is_closed or connection[0].is_draining):
+            log.warning("nats %s: disconnected; reconnecting", config.url)
 
     async def reconnected() -> None:
         log.warning("nats %s: reconnected", config.url)
@@ -156,7 +159,9 @@ async def connect(config: StreamConfig, **options: Any):
     defaults = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 2,
                 "allow_reconnect": True, "error_cb": error, "disconnected_cb": disconnected,
                 "reconnected_cb": reconnected}
-    return await nats.connect(config.url, **{**defaults, **options})
+    nc = await nats.connect(config.url, **{**defaults, **options})
+    connection.append(nc)
+    return nc
 
 
 async def ensure_stream(js, config: StreamConfig) -> None:
