@@ -373,7 +373,7 @@ def stream_ship(
         raise typer.Exit(2)
     status = run_shipper(config, log_root or settings.decision_log_root, metrics_port=metrics_port)
     console.print(f"shipped {status.shipped} records ({status.duplicates} duplicates dropped by the stream, "
-                  f"{status.failures} failed batches retried)", markup=False)
+                  f"{status.failures} publications retried)", markup=False)
     if status.broken:
         console.print(f"not shipped (broken chain): {status.broken}", style="red", markup=False)
         raise typer.Exit(1)

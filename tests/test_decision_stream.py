@@ -28,6 +28,7 @@ from mlp_platform.streaming.decision_stream import (
     DecisionShipper,
     StreamConfig,
     connect,
+    read_stream,
     source_of,
     subject_for,
 )
@@ -58,13 +59,10 @@ def _write(directory, start: int, n: int, worker: str = "w") -> list[str]:
         return [log.append(decision_record(i, worker)).decision_id for i in range(start, start + n)]
 
 
-async def _stream_messages(config: StreamConfig) -> int:
-    nc = await connect(config, max_reconnect_attempts=1)
-    try:
-        info = await nc.jetstream().stream_info(config.stream)
-        return int(info.state.messages)
-    finally:
-        await nc.close()
+def _stream_records(config: StreamConfig) -> int:
+    """How many records the stream holds (messages carry several)."""
+    messages, _, _ = asyncio.run(read_stream(config, 0))
+    return sum(len(m.data.splitlines()) for m in messages)
 
 
 def _ship(root, config, **kw) -> DecisionShipper:
@@ -83,12 +81,12 @@ def test_shipped_records_arrive_once_verified_and_a_restart_resumes(nats, settin
     root = tmp_path / "decisions"
     ids = _write(root / "worker-0", 0, 120, "a") + _write(root / "worker-1", 0, 80, "b")
     config = StreamConfig(url=nats.url, stream="T1")
-    first = _ship(root, config, batch=50)
+    first = _ship(root, config, records_per_message=50)
     assert first.status.shipped == 200 and first.status.duplicates == 0
-    assert asyncio.run(_stream_messages(config)) == 200
+    assert _stream_records(config) == 200
 
     result = load_decisions_from_stream(settings, config)
-    assert result.decisions == 200 and result.stream_position == 200
+    assert result.decisions == 200 and result.stream_position == 5  # 3 + 2 messages of up to 50
     assert sorted(r[0] for r in _count(settings, "select decision_id from monitoring.decisions")) == sorted(ids)
     assert load_decisions_from_stream(settings, config).decisions == 0  # nothing twice
 
@@ -128,7 +126,7 @@ def test_the_stream_drops_a_resent_batch_and_the_loader_a_late_duplicate(nats, s
     resent = asyncio.run(resend_everything())
     # the decision id is the message id: the stream acknowledges each as a duplicate and keeps one copy
     assert resent.status.shipped == 40 and resent.status.duplicates == 40
-    assert asyncio.run(_stream_messages(config)) == 40
+    assert _stream_records(config) == 40
     assert load_decisions_from_stream(settings, config).decisions == 40
 
     # after the duplicate window a re-send is stored again: the loader sees seq <= its position and
@@ -173,7 +171,7 @@ def test_a_tampered_or_foreign_message_breaks_the_chain_and_nothing_after_it_loa
         load_decisions_from_stream(settings, config)
     assert _count(settings, "select count(*) from monitoring.decisions") == [(10,)]  # the verified ones
     # the position stays before the forged message: the next load meets it again (fails again)
-    assert _count(settings, "select last_stream_seq from monitoring.decision_stream_state") == [(10,)]
+    assert _count(settings, "select last_stream_seq from monitoring.decision_stream_state") == [(1,)]  # one message of 10 records
     with pytest.raises(DecisionChainBroken):
         load_decisions_from_stream(settings, config)
 
@@ -278,7 +276,7 @@ def test_every_acknowledged_decision_arrives_exactly_once_through_kills_and_a_st
 
         def caught_up() -> bool:
             try:
-                return asyncio.run(_stream_messages(config)) >= n_ack
+                return _stream_records(config) >= n_ack
             except Exception:
                 return False
         deadline = time.monotonic() + 60  # then the assertions below say what is missing
@@ -311,7 +309,8 @@ def test_every_acknowledged_decision_arrives_exactly_once_through_kills_and_a_st
         assert sorted(counts) == sorted(logged)
         assert result.decisions == len(logged)
         shipper_log = (logs / "shipper.log").read_text()
-        assert "retrying" in shipper_log  # it did meet the stopped server
+        # it did meet the stopped server (lost its connection, or started while it was away)
+        assert "disconnected" in shipper_log and "Connect call failed" in shipper_log
     finally:
         nats.stop()
 
@@ -340,5 +339,37 @@ def test_the_served_decisions_asset_reads_the_stream_when_one_is_configured(nats
     with dg.instance_for_test() as instance:
         result = dg.materialize(served, instance=instance, resources=defs.resources, partition_key="2026-03-01")
     metadata = result.asset_materializations_for_node("monitoring__served_decisions")[0].metadata
-    assert metadata["decisions"].value == 25 and metadata["stream_position"].value == 25
+    assert metadata["decisions"].value == 25 and metadata["stream_position"].value == 1
     assert {r[0] for r in _count(settings, "select decision_id from monitoring.decisions")} == set(ids)
+
+
+def test_the_shippers_read_stops_at_the_zero_filled_space_a_torn_tail_and_its_limits(tmp_path):
+    """read_lines_after on a live log (open: 1 MiB zero-filled ahead), across segment rotations, with
+    a torn tail and an oversize record: whole records only, in order, never past a partial line."""
+    from mlp_platform.serving.decision_log_reader import read_lines_after
+
+    directory = tmp_path / "log"
+    log = DecisionLog(directory, segment_max_bytes=20_000)  # open: the last segment ends in zeros
+    try:
+        ids = [log.append(decision_record(i)).decision_id for i in range(30)]
+        everything = read_lines_after(directory, None, max_records=1000, max_bytes=1 << 20)
+        assert everything.broken is None and len(everything.lines) == 30 and everything.last_seq == 29
+        assert [json.loads(line)["decision_id"] for line in everything.lines] == ids
+        # in pieces: limits by count and by bytes, each piece continuing where the last stopped
+        state, seen = None, []
+        while True:
+            piece = read_lines_after(directory, state, max_records=7, max_bytes=5_000)
+            if not piece.lines:
+                break
+            assert len(piece.lines) <= 7 and (len(piece.lines) == 1 or sum(map(len, piece.lines)) <= 5_000)
+            seen += piece.lines
+            state = (piece.last_seq, piece.last_hash, piece.segment, piece.offset)
+        assert seen == everything.lines
+    finally:
+        log.close()
+    last = sorted(directory.glob("decisions-*.jsonl"))[-1]
+    with open(last, "ab") as fh:
+        fh.write(b'{"decision_id":"torn-')  # a write cut short by a crash
+    assert read_lines_after(directory, state, max_records=10, max_bytes=1 << 20).lines == []
+    oversize = read_lines_after(directory, None, max_records=10, max_bytes=100)
+    assert oversize.lines == [] and "larger than 100 bytes" in oversize.broken["reason"]

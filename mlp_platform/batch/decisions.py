@@ -32,7 +32,6 @@ has not decided anything).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 from mlp_platform.batch.scoring import BatchScoringError, _duckdb
 from mlp_platform.features.spec import default_spec
 from mlp_platform.serving.decision_log import GENESIS, _link_problem
-from mlp_platform.serving.decision_log_reader import ChainRead, log_directories, read_after
+from mlp_platform.serving.decision_log_reader import ChainRead, _parse, log_directories, read_after
 from mlp_platform.streaming.decision_stream import StreamConfig, read_stream, source_from_subject, subject_for
 
 SCHEMA = "monitoring"
@@ -275,23 +274,25 @@ def _stream_chain(messages, source: str, state: tuple[int, str, str, int] | None
                      offset=state[3] if state else 0)
     duplicates = 0
     for message in messages:
-        try:
-            record = json.loads(message.data)
-        except ValueError:
-            record = None
-        seq = record.get("seq") if isinstance(record, dict) else None
-        if isinstance(seq, int) and not isinstance(seq, bool) and seq <= read.last_seq:
-            duplicates += 1  # delivered again (a re-send after the duplicate window): already loaded
-            continue
-        reason = ("message is not a JSON record" if record is None
-                  else _link_problem(record, message.data, read.last_seq + 1, read.last_hash, strict=False))
-        if reason:
-            read.broken = {"segment": read.segment, "line": message.stream_seq, "seq": seq,
-                           "expected_seq": read.last_seq + 1, "reason": reason}
-            return read, duplicates, message.stream_seq
-        read.records.append((record, seq))
-        read.lines.append(message.data)
-        read.last_seq, read.last_hash, read.offset = seq, record["hash"], message.stream_seq
+        lines = message.data.splitlines(keepends=True) or [b""]
+        for line in lines:
+            try:
+                record = _parse(line)
+            except ValueError:
+                record = None
+            seq = record.get("seq") if isinstance(record, dict) else None
+            if isinstance(seq, int) and not isinstance(seq, bool) and seq <= read.last_seq:
+                duplicates += 1  # delivered again (a re-send after the duplicate window): already loaded
+                continue
+            reason = ("message holds a line that is not a JSON record" if record is None
+                      else _link_problem(record, line, read.last_seq + 1, read.last_hash, strict=False))
+            if reason:
+                read.broken = {"segment": read.segment, "line": message.stream_seq, "seq": seq,
+                               "expected_seq": read.last_seq + 1, "reason": reason}
+                return read, duplicates, message.stream_seq
+            read.records.append((record, seq))
+            read.lines.append(line)
+            read.last_seq, read.last_hash, read.offset = seq, record["hash"], message.stream_seq
     return read, duplicates, None
 
 
