@@ -57,3 +57,12 @@ def fakesnow_warehouse(monkeypatch):
         con.cursor().execute("create database if not exists MLP")
         con.close()
         yield SnowflakeWarehouse.from_env()
+
+
+@pytest.fixture
+def nats(tmp_path):
+    """A real nats-server with JetStream file storage on loopback (tests/natslib.py)."""
+    from tests.natslib import NatsServer
+
+    with NatsServer(tmp_path / "jetstream") as server:
+        yield server

@@ -37,12 +37,6 @@ from tests.servinglib import HISTORY_REPLAY_ENV
 
 
 @pytest.fixture
-def nats(tmp_path):
-    with NatsServer(tmp_path / "jetstream") as server:
-        yield server
-
-
-@pytest.fixture
 def settings(platform_env):
     s = platform_env()
     s.duckdb_path.parent.mkdir(parents=True, exist_ok=True)

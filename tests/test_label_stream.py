@@ -19,13 +19,6 @@ from mlp_platform.streaming.label_stream import (
     ensure_label_streams,
     ingest_labels,
 )
-from tests.natslib import NatsServer
-
-
-@pytest.fixture
-def nats(tmp_path):
-    with NatsServer(tmp_path / "jetstream") as server:
-        yield server
 
 
 @pytest.fixture

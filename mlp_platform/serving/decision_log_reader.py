@@ -53,14 +53,19 @@ class ChainRead:
     broken: dict[str, Any] | None = None
 
 
+def _start(directory: Path, state: tuple[int, str, str, int] | None):
+    """The directory's segments, their numbers, the number of the position's segment and the position
+    (the start of the first segment when there is none)."""
+    segments = _list_segments(directory)
+    position = state if state else (-1, GENESIS, segment_name(segments[0][0]), 0)
+    return segments, [n for n, _ in segments], int(position[2][len("decisions-"):-len(".jsonl")]), position
+
+
 def read_after(directory: Path, state: tuple[int, str, str, int] | None, *, max_records: int | None = None) -> ChainRead:
     """Verified complete records after ``state`` (last_seq, last_hash, segment, offset), at most
     ``max_records`` of them (None: all)."""
-    segments = _list_segments(directory)
-    last_seq, last_hash, seg_name, offset = state if state else (-1, GENESIS, segment_name(segments[0][0]), 0)
+    segments, numbers, start_no, (last_seq, last_hash, seg_name, offset) = _start(directory, state)
     out = ChainRead(last_seq=last_seq, last_hash=last_hash, segment=seg_name, offset=offset)
-    numbers = [n for n, _ in segments]
-    start_no = int(seg_name[len("decisions-"):-len(".jsonl")])
     if start_no not in numbers:
         out.broken = {"segment": seg_name, "line": 0, "seq": None, "expected_seq": last_seq + 1,
                       "reason": "the segment the previous load stopped in is gone"}
@@ -135,11 +140,8 @@ def read_lines_after(directory: Path, state: tuple[int, str, str, int] | None, *
     ``state``. Only the first line (its ``decision_id``) and the last (its seq and hash: the new
     position) are parsed; the last line's seq must be the position's + the number of lines, else the
     read is ``broken`` (a missing or extra line) and returns nothing."""
-    segments = _list_segments(directory)
-    last_seq, last_hash, seg_name, offset = state if state else (-1, GENESIS, segment_name(segments[0][0]), 0)
+    segments, numbers, start_no, (last_seq, last_hash, seg_name, offset) = _start(directory, state)
     out = LinesRead(last_seq=last_seq, last_hash=last_hash, segment=seg_name, offset=offset)
-    numbers = [n for n, _ in segments]
-    start_no = int(seg_name[len("decisions-"):-len(".jsonl")])
     if start_no not in numbers:
         out.broken = {"segment": seg_name, "reason": "the segment the position is in is gone"}
         return out
