@@ -193,22 +193,21 @@ def main() -> int:
         from mlp_platform.streaming.decision_stream import StreamConfig
 
         after = stream_lags(nats.url, stream, 0)[1]
-        load_settings_ = settings
         loaded_lags: list[float] = []
         stop = threading.Event()
         config = StreamConfig(url=nats.url, stream=stream)
         # the warehouse loader starts after what the cost rounds left (one load takes it all first)
-        load_decisions_from_stream(load_settings_, config)
+        load_decisions_from_stream(settings, config)
 
         def loader() -> None:
             import duckdb
 
             while not stop.is_set():
-                with duckdb.connect(str(load_settings_.duckdb_path), read_only=True) as con:
+                with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
                     before = con.execute("select coalesce(max(seq), -1) from monitoring.decisions").fetchone()[0]
-                load_decisions_from_stream(load_settings_, config)
+                load_decisions_from_stream(settings, config)
                 done = time.time()
-                with duckdb.connect(str(load_settings_.duckdb_path), read_only=True) as con:
+                with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
                     rows = con.execute("select decided_at from monitoring.decisions where seq > ?", [before]).fetchall()
                 loaded_lags.extend(done - t.replace(tzinfo=dt.UTC).timestamp() for (t,) in rows)
                 time.sleep(0.5)

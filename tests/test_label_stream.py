@@ -34,7 +34,7 @@ def _publish(config: StreamConfig, messages: list[tuple[str, bytes]]) -> None:
         nc = await connect(config, max_reconnect_attempts=1)
         try:
             js = nc.jetstream()
-            await ensure_label_streams(js)
+            await ensure_label_streams(js, config)
             for subject, data in messages:
                 await js.publish(subject, data)
         finally:

@@ -171,24 +171,27 @@ async def connect(config: StreamConfig, **options: Any):
     return nc
 
 
-async def ensure_stream(js, config: StreamConfig) -> None:
-    """Create the decision stream (file storage) or bring its settings to the configured ones."""
+async def ensure_stream(js, config: StreamConfig, *, name: str | None = None, subjects: str | None = None,
+                        max_age_days: float | None = None) -> None:
+    """Create a stream (file storage, the configured replicas and duplicate window) or bring its
+    settings to these: the decision stream by default, another one (the label streams) by ``name``."""
     from nats.js.api import StorageType
     from nats.js.api import StreamConfig as NatsStreamConfig
     from nats.js.errors import BadRequestError, NotFoundError
 
+    name = name or config.stream
     wanted = NatsStreamConfig(
-        name=config.stream, subjects=[config.subjects], storage=StorageType.FILE,
+        name=name, subjects=[subjects or config.subjects], storage=StorageType.FILE,
         num_replicas=config.replicas, duplicate_window=config.duplicate_window_s,
-        max_age=config.max_age_days * 86400.0)
+        max_age=(max_age_days if max_age_days is not None else config.max_age_days) * 86400.0)
     try:
-        await js.stream_info(config.stream)
+        await js.stream_info(name)
     except NotFoundError:
         try:
             await js.add_stream(wanted)
             return
         except BadRequestError as exc:
-            raise StreamError(f"cannot create stream {config.stream}: {exc}") from exc
+            raise StreamError(f"cannot create stream {name}: {exc}") from exc
     await js.update_stream(wanted)
 
 

@@ -48,7 +48,7 @@ from pydantic import (
 )
 
 from mlp_platform.serving.online_store import BatchPlan
-from mlp_platform.streaming.decision_stream import StreamConfig, connect
+from mlp_platform.streaming.decision_stream import StreamConfig, connect, ensure_stream
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +160,10 @@ def _ddl() -> list[str]:
     ]
 
 
-async def ensure_label_streams(js) -> None:
-    from nats.js.api import StorageType
-    from nats.js.api import StreamConfig as NatsStreamConfig
-    from nats.js.errors import NotFoundError
-
-    for name, subjects, max_age in ((LABEL_STREAM, [LABEL_SUBJECTS], 30 * 86400.0),
-                                    (DEAD_LETTER_STREAM, [DEAD_LETTER_SUBJECT], 365 * 86400.0)):
-        try:
-            await js.stream_info(name)
-        except NotFoundError:
-            await js.add_stream(NatsStreamConfig(name=name, subjects=subjects, storage=StorageType.FILE,
-                                                 max_age=max_age, duplicate_window=120.0))
+async def ensure_label_streams(js, config: StreamConfig) -> None:
+    """The label stream (30 days) and its dead letters (a year), with the decision stream's replicas."""
+    await ensure_stream(js, config, name=LABEL_STREAM, subjects=LABEL_SUBJECTS, max_age_days=30.0)
+    await ensure_stream(js, config, name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECT, max_age_days=365.0)
 
 
 def _utc_naive(t: dt.datetime) -> dt.datetime:
@@ -280,7 +272,7 @@ async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max
     nc = await connect(config, max_reconnect_attempts=3)
     try:
         js = nc.jetstream(timeout=10)
-        await ensure_label_streams(js)
+        await ensure_label_streams(js, config)
         sub = await js.pull_subscribe(LABEL_SUBJECTS, durable=CONSUMER, stream=LABEL_STREAM,
                                       config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0,
                                                             max_ack_pending=10_000))
