@@ -146,3 +146,18 @@ def test_a_failure_before_the_ack_redelivers_the_batch_and_it_is_stored_once(nat
     assert _rows(settings, "select count(*) from raw.label_events") == [(2,)]
     assert list(read_entity_values(settings.feature_store_url, CUSTOMER_LABEL_RISK, "C1").values())[-1][
         "confirmed_fraud_count"] == 2.0
+
+
+def test_a_fetch_that_misses_its_deadline_is_not_an_error_and_loses_nothing(nats, settings):
+    """A busy host makes a fetch miss its deadline while messages wait (seen in CI: nats-py raised
+    asyncio's TimeoutError, not its own, and the ingest let it out). The messages the server sends
+    after the deadline wait in the subscription. Reverted (stop at the first empty fetch), the round
+    ends with them undelivered to the code and both rounds here store nothing: they come back only
+    after the 60 s ack wait."""
+    config = StreamConfig(url=nats.url)
+    _publish(config, [_msg(_event(f"e{i}", transaction_id=f"T-{i}")) for i in range(3)])
+    # a deadline no round trip meets: every fetch times out, the round ends without an error
+    missed = asyncio.run(ingest_labels(settings, config, fetch_timeout_s=0.0001))
+    rest = asyncio.run(ingest_labels(settings, config))
+    assert missed.stored + rest.stored == 3 and missed.received + rest.received == 3
+    assert _rows(settings, "select count(*) from raw.label_events") == [(3,)]

@@ -262,7 +262,6 @@ async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max
                         fetch_timeout_s: float = 1.0) -> IngestResult:
     """Take what is waiting on the label subjects (at most ``max_batches`` batches; None: until a fetch
     finds nothing) through steps 1-3 of the module docstring."""
-    from nats.errors import TimeoutError as NatsTimeout
     from nats.js.api import AckPolicy, ConsumerConfig
 
     from mlp_platform.batch.scoring import _duckdb
@@ -276,15 +275,25 @@ async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max
         sub = await js.pull_subscribe(LABEL_SUBJECTS, durable=CONSUMER, stream=LABEL_STREAM,
                                       config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0,
                                                             max_ack_pending=10_000))
-        n_batches = 0
+        n_batches = timeouts = 0
         with warehouse.connect() as con:
             for statement in _ddl():
                 con.execute(statement)
             while max_batches is None or n_batches < max_batches:
                 try:
                     msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-                except NatsTimeout:
-                    break
+                except TimeoutError:
+                    # nats-py raises its own TimeoutError or asyncio's; an empty fetch on a busy host
+                    # is not "nothing waiting" (seen in CI): messages the server sent after the
+                    # deadline wait in the subscription, and the next fetch takes them. Stop when the
+                    # consumer has nothing undelivered or unacknowledged, or after three empty
+                    # fetches in a row (the next round takes the rest)
+                    timeouts += 1
+                    info = await sub.consumer_info()
+                    if timeouts >= 3 or (info.num_pending == 0 and info.num_ack_pending == 0):
+                        break
+                    continue
+                timeouts = 0
                 n_batches += 1
                 valid: list[tuple[LabelEvent, int]] = []
                 dead: list[tuple[str, int, bytes, str]] = []
