@@ -9,7 +9,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup prepare tools demo demo-handbook test lint ui serve bench bench-training bench-scorer bench-serving clean
+.PHONY: setup prepare tools demo demo-handbook production-demo test lint ui serve bench bench-training bench-scorer bench-serving clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
@@ -26,6 +26,11 @@ demo: prepare
 
 demo-handbook: prepare
 	$(VENV)/bin/mlp demo --source handbook
+
+# MLP_ENV=production on this machine: Postgres (pgserver), an MLflow tracking server, Redis, Snowflake
+# through the fakesnow server, NATS; the whole asset graph on them (slower: about 4 minutes)
+production-demo: prepare
+	$(VENV)/bin/mlp stack demo
 
 # promtool (Debian package prometheus) for the alert-rule tests; the server the package ships is
 # stopped and disabled right after a fresh install (only promtool is wanted).

@@ -14,7 +14,8 @@ from mlp_platform.settings import Settings, load_settings
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The warehouse raw data lands in: an embedded DuckDB file, or Snowflake in production."""
+    """The warehouse raw data lands in: an embedded DuckDB file, or Snowflake in production (the
+    password from the environment through ``dg.EnvVar``; the rest from the settings)."""
 
     kind: str = "duckdb"
     duckdb_path: str = ""
@@ -23,11 +24,17 @@ class WarehouseResource(dg.ConfigurableResource):
     snowflake_password: str = ""
     snowflake_database: str = "MLP"
     snowflake_warehouse: str = "MLP_WH"
+    snowflake_role: str = ""
+    snowflake_host: str = ""
+    snowflake_port: int = 0
+    snowflake_protocol: str = "https"
 
     def get_warehouse(self) -> Warehouse:
         if self.kind == "snowflake":
             return SnowflakeWarehouse(self.snowflake_account, self.snowflake_user, self.snowflake_password,
-                                      self.snowflake_database, self.snowflake_warehouse)
+                                      self.snowflake_database, self.snowflake_warehouse,
+                                      self.snowflake_role or None, self.snowflake_host, self.snowflake_port,
+                                      self.snowflake_protocol)
         return DuckDBWarehouse(Path(self.duckdb_path))
 
 
@@ -40,7 +47,7 @@ class PlatformSettingsResource(dg.ConfigurableResource):
 
 def dbt_project(settings: Settings) -> DbtProject:
     return DbtProject(project_dir=settings.dbt_project_dir, profiles_dir=settings.dbt_project_dir,
-                      target=settings.dbt_target)
+                      target=settings.dbt_target, target_path=Path(settings.dbt_target_path))
 
 
 def dbt_environment(settings: Settings) -> dict[str, str]:
@@ -61,14 +68,12 @@ def dbt_executable() -> str:
 
 def resources_for(settings: Settings) -> dict[str, object]:
     if settings.warehouse == "snowflake":
+        sf = settings.snowflake
         warehouse = WarehouseResource(
-            kind="snowflake",
-            snowflake_account=dg.EnvVar("SNOWFLAKE_ACCOUNT"),
-            snowflake_user=dg.EnvVar("SNOWFLAKE_USER"),
-            snowflake_password=dg.EnvVar("SNOWFLAKE_PASSWORD"),
-            snowflake_database=dg.EnvVar("SNOWFLAKE_DATABASE"),
-            snowflake_warehouse=dg.EnvVar("SNOWFLAKE_WAREHOUSE"),
-        )
+            kind="snowflake", snowflake_account=sf.account, snowflake_user=sf.user,
+            snowflake_password=dg.EnvVar("SNOWFLAKE_PASSWORD"), snowflake_database=sf.database,
+            snowflake_warehouse=sf.warehouse, snowflake_role=sf.role, snowflake_host=sf.host,
+            snowflake_port=sf.port, snowflake_protocol=sf.protocol)
     else:
         warehouse = WarehouseResource(kind="duckdb", duckdb_path=str(settings.duckdb_path))
     return {

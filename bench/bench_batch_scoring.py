@@ -184,6 +184,7 @@ def main() -> None:
     import mlflow
 
     from mlp_platform.batch.scoring import read_day_features, score_day
+    from mlp_platform.data.warehouse import DuckDBSession
     from mlp_platform.features.spec import default_spec
     from mlp_platform.registry.mlflow_registry import ModelRegistry
     from mlp_platform.runtime.loading import registry_loader
@@ -226,7 +227,7 @@ def main() -> None:
 
         def ours_read():
             with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
-                return read_day_features(con, DAY, names)[1]
+                return read_day_features(DuckDBSession(con), DAY, names)[1]
 
         def ours_read_score():
             return ours.scorer.score_columns(ours_read(), threads=2)

@@ -6,6 +6,7 @@ the CLI does is recorded in the same instance and visible in the UI.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -99,10 +100,19 @@ def prepare_project(settings: Settings) -> None:
     compile_specs(settings)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     instance_yaml = settings.dagster_home / "dagster.yaml"
-    template = settings.project_root / "deploy" / "local" / "dagster.yaml"
-    if not instance_yaml.exists() or instance_yaml.read_text() != template.read_text():
-        shutil.copyfile(template, instance_yaml)
-    _run([_bin("dbt"), "parse", "--profiles-dir", ".", "--quiet"], platform_env(settings),
+    if settings.env == "production":
+        # the platform engineer's instance (deploy/production/dagster.yaml, or the one-machine
+        # profile's from mlp_platform.local_stack): never replaced by the embedded default's
+        if not instance_yaml.exists():
+            console.print(f"[red]MLP_ENV=production but {instance_yaml} does not exist: put the production "
+                          "instance file (deploy/production/dagster.yaml) in DAGSTER_HOME[/red]")
+            raise typer.Exit(2)
+    else:
+        template = settings.project_root / "deploy" / "local" / "dagster.yaml"
+        if not instance_yaml.exists() or instance_yaml.read_text() != template.read_text():
+            shutil.copyfile(template, instance_yaml)
+    _run([_bin("dbt"), "parse", "--profiles-dir", ".", "--quiet", "--target-path", settings.dbt_target_path],
+         platform_env(settings),
          settings.dbt_project_dir, "dbt parse")
 
 
@@ -186,11 +196,18 @@ def demo(
         credit_summary(settings, submitted)
     console.print(
         f"\nWhere to look:\n"
-        f"  warehouse:  {settings.duckdb_path} (schemas raw, staging, features, training, scoring, monitoring)\n"
+        f"  warehouse:  {_warehouse_name(settings)} (schemas raw, staging, features, training, scoring, monitoring)\n"
         f"  monitoring: {settings.monitoring_dir / 'reports'} (Evidently drift report of the last day)\n"
         f"  models:     MLflow store {settings.mlflow_tracking_uri} (mlp model roles, mlp model card N)\n"
         f"  Dagster UI: make ui  (or: DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml)"
         f" then http://127.0.0.1:3000 -> Assets; runs of this demo are in Runs\n")
+
+
+def _warehouse_name(settings: Settings) -> str:
+    if settings.warehouse == "snowflake":
+        sf = settings.snowflake
+        return f"Snowflake {sf.account}/{sf.database}" + (f" at {sf.host}:{sf.port}" if sf.host else "")
+    return str(settings.duckdb_path)
 
 
 def _demo_submission(settings: Settings) -> str:
@@ -241,11 +258,11 @@ def _has_champion(settings: Settings) -> bool:
 
 
 def warehouse_summary(settings: Settings) -> None:
-    from mlp_platform.data.warehouse import DuckDBWarehouse
+    from mlp_platform.data.warehouse import warehouse_for
 
-    if settings.warehouse != "duckdb" or not settings.duckdb_path.exists():
+    if settings.warehouse == "duckdb" and not settings.duckdb_path.exists():
         return
-    wh = DuckDBWarehouse(settings.duckdb_path)
+    wh = warehouse_for(settings)
     table = Table("table", "rows", "days", "frauds/labels")
     queries = {
         "raw.transactions": "select count(*), count(distinct event_date), null from raw.transactions",
@@ -403,6 +420,56 @@ def stream_labels(once: bool = typer.Option(False, help="Take what is waiting, t
         if once or stopping:
             return
         time.sleep(1.0)
+
+
+stack_app = typer.Typer(help="The production profile on one machine: real Postgres, MLflow tracking server, "
+                             "Redis, Snowflake (fakesnow server) and NATS, started locally.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack_root(root: Path | None) -> Path:
+    return root or load_settings().data_dir / "production-stack"
+
+
+@stack_app.command("up")
+def stack_up(root: Path = typer.Option(None, help="Where the services keep their data (default "
+                                                  "<data_dir>/production-stack).")) -> None:
+    """Start the services, print the environment that selects them (MLP_ENV=production), wait for Ctrl-C."""
+    from mlp_platform.local_stack import env_lines, local_stack
+
+    with local_stack(_stack_root(root)) as stack:
+        console.print(f"production profile up under {stack.root}; in another shell:\n", markup=False)
+        print(env_lines(stack.env), flush=True)
+        console.print("\nCtrl-C stops every service.", markup=False)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(1.0)
+
+
+@stack_app.command("demo")
+def stack_demo(root: Path = typer.Option(None, help="Where the services keep their data (default "
+                                                    "<data_dir>/production-stack; emptied first)."),
+               days: int = typer.Option(45, help="Days of synthetic traffic (fewer: a faster run)."),
+               keep: bool = typer.Option(False, help="Keep the services up after the demo, until Ctrl-C.")) -> None:
+    """The demo's whole asset graph in the production profile (a slower run than the embedded one:
+    every statement goes to the fakesnow server over HTTP)."""
+    from mlp_platform.local_stack import env_lines, local_stack
+
+    where = _stack_root(root)
+    shutil.rmtree(where, ignore_errors=True)
+    with local_stack(where) as stack:
+        env = {**os.environ, **stack.env, "MLP_SYNTH_DAYS": str(days), "MLP_SYNTH_CUSTOMERS": "150",
+               "MLP_SYNTH_MERCHANTS": "60"}
+        proc = subprocess.run([_bin("mlp"), "demo"], env=env, cwd=load_settings().project_root)
+        statements = stack.statements()
+        console.print(f"{len(statements)} statements reached the Snowflake endpoint "
+                      f"({stack.statements_path})", markup=False)
+        if keep and proc.returncode == 0:
+            print(env_lines(stack.env), flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(p.poll() is None for p in stack.processes.values()):
+                    time.sleep(1.0)
+    raise typer.Exit(proc.returncode)
 
 
 @deciders_app.command("check")

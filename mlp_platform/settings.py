@@ -217,6 +217,33 @@ def load_serving_settings() -> ServingSettings:
 
 
 @dataclass(frozen=True)
+class SnowflakeSettings:
+    """The Snowflake warehouse's connection (MLP_WAREHOUSE=snowflake, the default of MLP_ENV=production):
+    SNOWFLAKE_ACCOUNT, _USER, _DATABASE, _WAREHOUSE, _ROLE; SNOWFLAKE_HOST / _PORT / _PROTOCOL only for
+    a Snowflake-compatible endpoint (the production profile's fakesnow server), empty on a real account.
+    SNOWFLAKE_PASSWORD is a secret: read from the environment here, never printed."""
+
+    account: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+    database: str = "MLP"
+    warehouse: str = "MLP_WH"
+    role: str = ""
+    host: str = ""
+    port: int = 0
+    protocol: str = "https"
+
+
+def load_snowflake_settings() -> SnowflakeSettings:
+    return SnowflakeSettings(
+        account=_env("SNOWFLAKE_ACCOUNT", ""), user=_env("SNOWFLAKE_USER", ""),
+        password=os.environ.get("SNOWFLAKE_PASSWORD", ""),
+        database=_env("SNOWFLAKE_DATABASE", "MLP"), warehouse=_env("SNOWFLAKE_WAREHOUSE", "MLP_WH"),
+        role=_env("SNOWFLAKE_ROLE", ""), host=_env("SNOWFLAKE_HOST", ""), port=_env_int("SNOWFLAKE_PORT", 0),
+        protocol=_choice("SNOWFLAKE_PROTOCOL", "https", ("https", "http")))
+
+
+@dataclass(frozen=True)
 class Settings:
     env: Environment = "local"
     project_root: Path = PROJECT_ROOT
@@ -230,6 +257,7 @@ class Settings:
     german_credit_path: Path = PROJECT_ROOT.parent / "shared" / "data" / "german_credit" / "german_credit.csv"
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
     warehouse: WarehouseKind = "duckdb"
+    snowflake: SnowflakeSettings = field(default_factory=SnowflakeSettings)
     #: Share of rows that may receive a non-critical default before the contract check warns.
     contract_default_warn_share: float = 0.05
     #: MLP_DECIDERS_DIR: the decider declarations (one file each). What belongs to a decider (its
@@ -323,6 +351,12 @@ class Settings:
     def dbt_target(self) -> str:
         return "production" if self.warehouse == "snowflake" else "local"
 
+    @property
+    def dbt_target_path(self) -> str:
+        """dbt's artefacts (manifest, partial parse) per target, inside the dbt project: a production
+        parse never replaces the embedded default's manifest."""
+        return "target" if self.dbt_target == "local" else f"target-{self.dbt_target}"
+
     def source_days(self) -> tuple[dt.date, dt.date]:
         """First day and the day after the last day the configured source covers."""
         if self.source == "handbook":
@@ -360,6 +394,7 @@ def load_settings() -> Settings:
         warehouse=_choice(  # type: ignore[arg-type]
             "MLP_WAREHOUSE", "snowflake" if env == "production" else "duckdb", ("duckdb", "snowflake")
         ),
+        snowflake=load_snowflake_settings(),
         contract_default_warn_share=_env_float("MLP_CONTRACT_DEFAULT_WARN_SHARE", 0.05),
         deciders_dir=Path(_env("MLP_DECIDERS_DIR", str(root / "deciders"))).resolve(),
         mlflow_uri=_env("MLFLOW_TRACKING_URI", ""),

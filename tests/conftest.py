@@ -41,22 +41,29 @@ def german_settings(tmp_path, monkeypatch):
     return settings
 
 
+@pytest.fixture(scope="module")
+def fakesnow_stack(tmp_path_factory):
+    """A fakesnow server process on loopback (mlp_platform.local_stack): Snowflake's HTTP protocol,
+    every statement parsed in the Snowflake dialect, and recorded (``stack.statements()``)."""
+    from mlp_platform.local_stack import fakesnow_server
+
+    with fakesnow_server(tmp_path_factory.mktemp("fakesnow")) as stack:
+        yield stack
+
+
 @pytest.fixture
-def fakesnow_warehouse(monkeypatch):
-    """The production (Snowflake) warehouse writer over fakesnow, with its database created: yields
-    a SnowflakeWarehouse inside the patch (Snowflake itself cannot be reached here)."""
-    fakesnow = pytest.importorskip("fakesnow")
+def fakesnow_warehouse(fakesnow_stack):
+    """The production (Snowflake) warehouse over the fakesnow server, its schemas emptied first."""
     from mlp_platform.data.warehouse import SnowflakeWarehouse
 
-    for var, value in {"SNOWFLAKE_ACCOUNT": "acct", "SNOWFLAKE_USER": "u", "SNOWFLAKE_PASSWORD": "p"}.items():
-        monkeypatch.setenv(var, value)
-    with fakesnow.patch():
-        import snowflake.connector
-
-        con = snowflake.connector.connect()
-        con.cursor().execute("create database if not exists MLP")
-        con.close()
-        yield SnowflakeWarehouse.from_env()
+    env = fakesnow_stack.env
+    warehouse = SnowflakeWarehouse(env["SNOWFLAKE_ACCOUNT"], env["SNOWFLAKE_USER"], env["SNOWFLAKE_PASSWORD"],
+                                   env["SNOWFLAKE_DATABASE"], host=env["SNOWFLAKE_HOST"],
+                                   port=int(env["SNOWFLAKE_PORT"]), protocol="http")
+    with warehouse.session() as session:
+        for schema in ("raw", "scoring", "monitoring", "tests"):
+            session.execute(f"drop schema if exists {schema} cascade")
+    return warehouse
 
 
 @pytest.fixture

@@ -25,8 +25,9 @@ anywhere else (an edited, removed, inserted or reordered record, a missing segme
 line in a segment that is not the last) raises :class:`DecisionChainBroken` naming directory, segment, line and seq, after loading the
 verified records before the break and nothing after it (the other directories are still loaded).
 
-Warehouse: the embedded DuckDB warehouse. A root that does not exist yet loads nothing (the service
-has not decided anything).
+Warehouse: the one the settings select (DuckDB locally, Snowflake in production), through the
+warehouse sessions (:mod:`mlp_platform.data.warehouse`). A root that does not exist yet loads nothing
+(the service has not decided anything).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlp_platform.batch.scoring import BatchScoringError, _duckdb
+import polars as pl
+
+from mlp_platform.data.warehouse import Session, check_identifier, warehouse_for
 from mlp_platform.features.spec import default_spec
 from mlp_platform.serving.decision_log import GENESIS, _link_problem
 from mlp_platform.serving.decision_log_reader import ChainRead, _parse, log_directories, read_after
@@ -84,7 +87,7 @@ class LoadResult:
 
 
 def _ddl(feature_names: list[str]) -> list[str]:
-    features = ",\n".join(f'    "{n}" double' for n in feature_names)
+    features = ",\n".join(f"    {check_identifier(n)} double" for n in feature_names)
     return [
         f"create schema if not exists {SCHEMA}",
         f"""create table if not exists {STATE_TABLE} (
@@ -171,52 +174,40 @@ def _tables(read: ChainRead, log_dir: str, feature_names: list[str]):
     return table(dec), table(feat), table(sh), other
 
 
-def _inserted(cursor) -> int:
-    rows = cursor.fetchall()
-    return int(rows[0][0]) if rows else 0
-
-
-def _store(con, read: ChainRead, log_dir: str, names: list[str]) -> tuple[int, int, int, list]:
+def _store(session: Session, read: ChainRead, log_dir: str, names: list[str]) -> tuple[int, int, int, list]:
     """Insert the verified records of one chain and its new state (inside the caller's transaction).
     Returns (decisions added, shadow scores added, records of another kind, the decisions' days)."""
-    decisions, features, shadows, other = _tables(read, log_dir, names)
+    tables = _tables(read, log_dir, names)
+    decisions, features, shadows = (pl.DataFrame(pl.from_arrow(t)) for t in tables[:3])
+    other = tables[3]
     if not read.records:
         return 0, 0, other, []
-    con.register("decisions_in", decisions)
-    con.register("features_in", features)
-    con.register("shadows_in", shadows)
-    try:
-        # anti-joins on decision_id: a log read again under another path (a moved data directory, a
-        # lost state row) or a record delivered twice by the stream adds no duplicate rows
-        n_decisions = _inserted(con.execute(f"""insert into {DECISIONS_TABLE} by name
-            select i.* from decisions_in as i anti join {DECISIONS_TABLE} as d using (decision_id)"""))
-        con.execute(f"""insert into {FEATURES_TABLE} by name
-            select i.* from features_in as i anti join {FEATURES_TABLE} as d using (decision_id)""")
-        n_shadows = _inserted(con.execute(f"""insert into {SHADOW_TABLE} by name
-            select s.*, coalesce(d.day, cast(s.shadow_at as date)) as day
-            from (select i.* from shadows_in as i anti join {SHADOW_TABLE} as o using (decision_id)) as s
-            left join (select decision_id, day from {DECISIONS_TABLE}) as d
-                   on d.decision_id = s.of_decision"""))
-        con.execute(f"delete from {STATE_TABLE} where log_dir = ?", [log_dir])
-        con.execute(f"insert into {STATE_TABLE} values (?, ?, ?, ?, ?, ?)",
+    # anti-joins on decision_id: a log read again under another path (a moved data directory, a lost
+    # state row) or a record delivered twice by the stream adds no duplicate rows
+    seen = session.existing_keys(DECISIONS_TABLE, "decision_id", decisions["decision_id"].to_list())
+    new_decisions = decisions.filter(~pl.col("decision_id").is_in(list(seen)))
+    n_decisions = session.insert(DECISIONS_TABLE, new_decisions)
+    seen = session.existing_keys(FEATURES_TABLE, "decision_id", features["decision_id"].to_list())
+    session.insert(FEATURES_TABLE, features.filter(~pl.col("decision_id").is_in(list(seen))))
+    seen = session.existing_keys(SHADOW_TABLE, "decision_id", shadows["decision_id"].to_list())
+    new_shadows = shadows.filter(~pl.col("decision_id").is_in(list(seen)))
+    # a shadow score's day is its decision's (loaded now or before), else the day it was computed
+    days = session.lookup(DECISIONS_TABLE, "decision_id", new_shadows["of_decision"].to_list(), ["day"])
+    new_shadows = new_shadows.with_columns(pl.coalesce(
+        pl.col("of_decision").replace_strict({k: v[0] for k, v in days.items()}, default=None, return_dtype=pl.Date),
+        pl.col("shadow_at").dt.date()).alias("day"))
+    n_shadows = session.insert(SHADOW_TABLE, new_shadows)
+    session.execute(f"delete from {STATE_TABLE} where log_dir = ?", [log_dir])
+    session.execute(f'insert into {STATE_TABLE} (log_dir, last_seq, last_hash, segment, "offset", loaded_at) '
+                    f'values (?, ?, ?, ?, ?, ?)',
                     [log_dir, read.last_seq, read.last_hash, read.segment, read.offset,
                      dt.datetime.now(dt.UTC).replace(tzinfo=None)])
-    finally:
-        for name in ("decisions_in", "features_in", "shadows_in"):
-            con.unregister(name)
-    return n_decisions, n_shadows, other, [d for d in decisions.column("day").to_pylist() if d is not None]
+    return n_decisions, n_shadows, other, [d for d in decisions["day"].to_list() if d is not None]
 
 
-def _warehouse(settings):
-    try:
-        return _duckdb(settings)
-    except BatchScoringError as exc:
-        raise BatchScoringError(str(exc).replace("batch scoring", "the decision-log load")) from exc
-
-
-def _stored_state(con, log_dir: str) -> tuple[int, str, str, int] | None:
-    found = con.execute(f'select last_seq, last_hash, segment, "offset" from {STATE_TABLE} '
-                        f'where log_dir = ?', [log_dir]).fetchall()
+def _stored_state(session: Session, log_dir: str) -> tuple[int, str, str, int] | None:
+    found = session.fetchall(f'select last_seq, last_hash, segment, "offset" from {STATE_TABLE} '
+                             f'where log_dir = ?', [log_dir])
     return tuple(found[0]) if found else None
 
 
@@ -225,26 +216,21 @@ def load_decisions(settings, log_root: Path) -> LoadResult:
     Raises :class:`DecisionChainBroken` (after loading every verified record before the break, and the
     other directories) when a chain is broken."""
     started = time.perf_counter()
-    warehouse = _warehouse(settings)
+    warehouse = warehouse_for(settings)
     names = default_spec().feature_names
     result = LoadResult()
     breaks: list[dict[str, Any]] = []
     days: set[dt.date] = set()
     directories = log_directories(Path(log_root))
-    with warehouse.connect() as con:
+    with warehouse.session() as session:
         for statement in _ddl(names):
-            con.execute(statement)
+            session.execute(statement)
         for directory in directories:
             log_dir = str(directory.resolve())
-            read = read_after(directory, _stored_state(con, log_dir))
+            read = read_after(directory, _stored_state(session, log_dir))
             result.pending_bytes += read.pending
-            con.execute("begin transaction")
-            try:
-                n_decisions, n_shadows, other, read_days = _store(con, read, log_dir, names)
-                con.execute("commit")
-            except BaseException:
-                con.execute("rollback")
-                raise
+            with session.transaction():
+                n_decisions, n_shadows, other, read_days = _store(session, read, log_dir, names)
             days.update(read_days)
             result.decisions += n_decisions
             result.shadow_scores += n_shadows
@@ -304,16 +290,16 @@ def load_decisions_from_stream(settings, config: StreamConfig) -> LoadResult:
     import asyncio
 
     started = time.perf_counter()
-    warehouse = _warehouse(settings)
+    warehouse = warehouse_for(settings)
     names = default_spec().feature_names
     result = LoadResult()
-    with warehouse.connect() as con:
+    with warehouse.session() as session:
         for statement in _ddl(names):
-            con.execute(statement)
-        con.execute(f"""create table if not exists {STREAM_STATE_TABLE} (
+            session.execute(statement)
+        session.execute(f"""create table if not exists {STREAM_STATE_TABLE} (
             stream varchar primary key, last_stream_seq bigint not null, loaded_at timestamp not null)""")
-        found = con.execute(f"select last_stream_seq from {STREAM_STATE_TABLE} where stream = ?",
-                            [config.stream]).fetchall()
+        found = session.fetchall(f"select last_stream_seq from {STREAM_STATE_TABLE} where stream = ?",
+                                 [config.stream])
         after = int(found[0][0]) if found else 0
         messages, first, last = asyncio.run(read_stream(config, after))
         if messages and messages[0].stream_seq > after + 1 and after + 1 < first:
@@ -329,13 +315,12 @@ def load_decisions_from_stream(settings, config: StreamConfig) -> LoadResult:
         position = last
         days: set[dt.date] = set()
         duplicates = 0
-        con.execute("begin transaction")
-        try:
+        with session.transaction():
             for source, source_messages in sorted(by_source.items()):
                 key = f"nats://{config.stream}/{source}"
-                read, dup, broken_at = _stream_chain(source_messages, source, _stored_state(con, key))
+                read, dup, broken_at = _stream_chain(source_messages, source, _stored_state(session, key))
                 duplicates += dup
-                n_decisions, n_shadows, other, read_days = _store(con, read, key, names)
+                n_decisions, n_shadows, other, read_days = _store(session, read, key, names)
                 days.update(read_days)
                 result.decisions += n_decisions
                 result.shadow_scores += n_shadows
@@ -347,13 +332,9 @@ def load_decisions_from_stream(settings, config: StreamConfig) -> LoadResult:
                     position = min(position, broken_at - 1)
                     breaks.append({"log_dir": key, **read.broken})
                     result.directories[key]["broken"] = read.broken
-            con.execute(f"delete from {STREAM_STATE_TABLE} where stream = ?", [config.stream])
-            con.execute(f"insert into {STREAM_STATE_TABLE} values (?, ?, ?)",
-                        [config.stream, position, dt.datetime.now(dt.UTC).replace(tzinfo=None)])
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
+            session.execute(f"delete from {STREAM_STATE_TABLE} where stream = ?", [config.stream])
+            session.execute(f"insert into {STREAM_STATE_TABLE} (stream, last_stream_seq, loaded_at) values (?, ?, ?)",
+                            [config.stream, position, dt.datetime.now(dt.UTC).replace(tzinfo=None)])
     result.days = sorted(d.isoformat() for d in days)
     result.duplicates = duplicates
     result.stream_position = position

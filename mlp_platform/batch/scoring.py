@@ -1,8 +1,8 @@
 """Nightly batch scoring: one day of transactions scored by one named model version, written to the
 warehouse idempotently, with per-customer batch risk pushed to the online store.
 
-:func:`score_day` reads the day's rows of ``features.transaction_features`` (DuckDB straight to Arrow,
-features to one float64 matrix, nulls as NaN), scores them through the serving code path (the
+:func:`score_day` reads the day's rows of ``features.transaction_features`` (straight to Arrow,
+one float64 array per feature, nulls as NaN: zero-copy from DuckDB), scores them through the serving code path (the
 version's registered artefact loaded by :func:`mlp_platform.serving.service.registry_loader`: the same
 schema check, the same compiled trees, the same artefact digest the online service logs), evaluated
 over the whole matrix in C (:meth:`FastScorer.score_batch`, rows split over ``threads`` threads), and
@@ -18,8 +18,9 @@ and pushes it to the online store as of the end of the day (midnight after it: r
 transactions of the next day, never by those of the day itself), view
 :data:`mlp_platform.serving.batch_push.CUSTOMER_BATCH_RISK`.
 
-Warehouse: the embedded DuckDB warehouse (Snowflake is not implemented for batch scoring yet: a clear
-error says so). Never uses "latest": the caller names the version.
+Warehouse: the one the settings select (DuckDB locally, Snowflake in production), through
+:mod:`mlp_platform.data.warehouse`'s sessions, with SQL both engines run. Never uses "latest": the
+caller names the version.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlp_platform.data.warehouse import DuckDBWarehouse, warehouse_for
+from mlp_platform.data.warehouse import Session, warehouse_for
 from mlp_platform.deciders.declaration import DeciderDeclaration, PolicyDecl, load_decider
 
 FEATURES_TABLE = "features.transaction_features"
@@ -115,39 +116,29 @@ def decide_many(scores: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- reading
 
 
-def _duckdb(settings) -> DuckDBWarehouse:
-    warehouse = warehouse_for(settings)
-    if not isinstance(warehouse, DuckDBWarehouse):
-        raise BatchScoringError(f"batch scoring writes to the embedded DuckDB warehouse; the {settings.warehouse} "
-                                f"warehouse is not implemented for it yet")
-    return warehouse
+KEY_COLUMNS = ("transaction_id", "customer_id", "merchant_id", "event_time")
 
 
-def read_day_features(con, day: dt.date, feature_names: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(row ids, one float64 array per feature in ``feature_names`` order, null as NaN) of the day's
-    rows of features.transaction_features: DuckDB to Arrow, and zero-copy to numpy (the nulls are
-    replaced by NaN in SQL, so no matrix is built). The row ids (DuckDB ``rowid``) identify the rows
-    within the same transaction only."""
-    import duckdb
-
-    cols = ", ".join(f"coalesce(cast(\"{n}\" as double), cast('nan' as double)) as \"{n}\"" for n in feature_names)
-    try:
-        table = con.sql(f"select rowid as row_id, {cols} from {FEATURES_TABLE} where event_date = $day",
-                        params={"day": day}).to_arrow_table()
-    except duckdb.CatalogException as exc:
+def read_day_features(session: Session, day: dt.date, feature_names: list[str]):
+    """(the rows' keys: an Arrow table of KEY_COLUMNS, one float64 array per feature in
+    ``feature_names`` order, null as NaN) of the day's rows of features.transaction_features,
+    through Arrow (zero-copy to numpy: the nulls are replaced by NaN in SQL, so no matrix is built)."""
+    if not session.table_exists(FEATURES_TABLE):
         raise BatchScoringError(f"no features for {day}: {FEATURES_TABLE} does not exist (materialise the "
-                                f"feature tables first)") from exc
+                                f"feature tables first)")
+    cols = ", ".join(f"coalesce(cast({n} as double), cast('NaN' as double)) as {n}" for n in feature_names)
+    table = session.arrow(f"select {', '.join(KEY_COLUMNS)}, {cols} from {FEATURES_TABLE} "
+                          f"where event_date = ?", [day])
     if table.num_rows == 0:
         raise BatchScoringError(f"no features for {day}: {FEATURES_TABLE} has no rows with event_date {day} "
                                 f"(materialise that day's feature partition first)")
     table = table.combine_chunks()
     columns = [table.column(n).chunk(0).to_numpy(zero_copy_only=True) for n in feature_names]
-    return table.column("row_id").chunk(0).to_numpy(), columns
+    return table.select(list(KEY_COLUMNS)), columns
 
 
-def _spec_hashes(con, day: dt.date) -> set[str]:
-    rows = con.execute(f"select distinct feature_spec_hash from {FEATURES_TABLE} where event_date = ?",
-                       [day]).fetchall()
+def _spec_hashes(session: Session, day: dt.date) -> set[str]:
+    rows = session.fetchall(f"select distinct feature_spec_hash from {FEATURES_TABLE} where event_date = ?", [day])
     return {r[0] for r in rows}
 
 
@@ -177,11 +168,10 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
     push the customers' batch risk to the online store (``store_url``: default the service's,
     ``MLP_FEATURE_STORE_URL`` or the embedded store under the data directory) unless ``push_to_store``
     is False. Raises :class:`BatchScoringError` for an unknown version or a day without features."""
-    import pyarrow as pa
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    warehouse = _duckdb(settings)
+    warehouse = warehouse_for(settings)
     decider = decider or load_decider(settings.deciders_dir)
     model = _load_version(settings, version, decider)
     timings["load_model"] = time.perf_counter() - t0
@@ -190,16 +180,15 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
     if model.feature_names != spec.feature_names:
         raise BatchScoringError(f"version {version} expects other features than the feature spec")
 
-    # One connection and one transaction from the read to the write: the row ids read are the rows
-    # joined back for the insert, and a concurrent rebuild of the day cannot slip in between.
-    with warehouse.connect() as con:
-        con.execute(f"create schema if not exists {SCORES_SCHEMA}")
-        con.execute(_SCORES_DDL)
-        con.execute("begin transaction")
-        try:
+    # One session and one transaction from the read to the write: the rows read are the rows
+    # written, and a concurrent rebuild of the day cannot slip in between.
+    with warehouse.session() as session:
+        session.execute(f"create schema if not exists {SCORES_SCHEMA}")
+        session.execute(_SCORES_DDL)
+        with session.transaction():
             t0 = time.perf_counter()
-            row_ids, columns = read_day_features(con, day, spec.feature_names)
-            hashes = _spec_hashes(con, day)
+            keys, columns = read_day_features(session, day, spec.feature_names)
+            hashes = _spec_hashes(session, day)
             if hashes != {spec.spec_hash}:
                 raise BatchScoringError(f"features of {day} were computed under feature spec {sorted(hashes)}, "
                                         f"not the current {spec.spec_hash}: rebuild the day's features")
@@ -219,27 +208,19 @@ def score_day(settings, version: str, day: dt.date, *, threads: int | None = Non
             t0 = time.perf_counter()
             scored_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
             n = len(scores)
-            con.register("batch_scores_in", pa.table({
-                "row_id": row_ids, "score": scores,
-                "decision": pa.DictionaryArray.from_arrays(pa.array(decision_index), pa.array(actions)),
-            }))
-            con.execute(f"delete from {SCORES_TABLE} where day = ?", [day])
-            con.execute(f"""
-                insert into {SCORES_TABLE} by name
-                select f.transaction_id, f.customer_id, f.merchant_id, f.event_time, $day as day, s.score,
-                       cast(s.decision as varchar) as decision, $version as model_version,
-                       $sha as model_sha256, $scored_at as scored_at
-                from {FEATURES_TABLE} as f join batch_scores_in as s on f.rowid = s.row_id
-                where f.event_date = $day""",
-                        {"day": day, "version": model.version, "sha": model.artifact_sha256,
-                         "scored_at": scored_at})
-            written = con.execute(f"select count(*) from {SCORES_TABLE} where day = ?", [day]).fetchall()[0][0]
+            frame = pl.from_arrow(keys).with_columns(
+                pl.col("event_time").cast(pl.Datetime("us")),
+                pl.lit(day, dtype=pl.Date).alias("day"),
+                pl.Series("score", scores, dtype=pl.Float64),
+                pl.Series("decision", actions, dtype=pl.String).gather(decision_index.astype(np.int64)),
+                pl.lit(model.version, dtype=pl.String).alias("model_version"),
+                pl.lit(model.artifact_sha256, dtype=pl.String).alias("model_sha256"),
+                pl.lit(scored_at, dtype=pl.Datetime("us")).alias("scored_at"))
+            session.execute(f"delete from {SCORES_TABLE} where day = ?", [day])
+            session.insert(SCORES_TABLE, frame)
+            written = session.fetchall(f"select count(*) from {SCORES_TABLE} where day = ?", [day])[0][0]
             if written != n:
                 raise BatchScoringError(f"{day}: wrote {written} scores for {n} rows read (rolled back)")
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
     timings["write"] = time.perf_counter() - t0
 
     counts = np.bincount(decision_index, minlength=len(actions))
@@ -271,16 +252,16 @@ def default_store_url(settings) -> str:
 def customer_batch_risk(settings, day: dt.date) -> list[dict[str, Any]]:
     """Per customer of ``day`` in scoring.batch_scores: the score of the last transaction (by event
     time, then transaction_id), the highest score, and how many transactions were review/decline."""
-    with _duckdb(settings).connect(read_only=True) as con:
-        rows = con.execute(f"""
-            select customer_id,
-                   arg_max(score, struct_pack(t := event_time, i := transaction_id)) as batch_risk_score_last,
-                   max(score) as batch_risk_score_max,
-                   count(*) filter (where decision in ('review', 'decline')) as batch_high_risk_count
-            from {SCORES_TABLE}
-            where day = ? and customer_id is not null
-            group by customer_id
-            order by customer_id""", [day]).fetchall()
+    # the last transaction by (event time, transaction id); qualify and count_if: both engines
+    rows = warehouse_for(settings).query(f"""
+        select customer_id, score as batch_risk_score_last,
+               max(score) over (partition by customer_id) as batch_risk_score_max,
+               count_if(decision in ('review', 'decline')) over (partition by customer_id)
+                   as batch_high_risk_count
+        from {SCORES_TABLE}
+        where day = ? and customer_id is not null
+        qualify row_number() over (partition by customer_id order by event_time desc, transaction_id desc) = 1
+        order by customer_id""", [day]).rows()
     return [{"customer_id": r[0], "batch_risk_score_last": r[1], "batch_risk_score_max": r[2],
              "batch_high_risk_count": r[3]} for r in rows]
 
@@ -301,7 +282,7 @@ def score_applications_day(settings, decider: DeciderDeclaration, version: str, 
                            drift_start: dt.date | None = None) -> dict[str, Any]:
     """Score every application of ``day`` (the synthetic source) with ``version`` of an application
     decider, its declared policy's action per application, through the registered artefact's
-    serving scorer; replace the day in ``scoring.<decider>_batch_scores`` of the embedded warehouse
+    serving scorer; replace the day in ``scoring.<decider>_batch_scores`` of the warehouse
     (idempotent: a re-run leaves the same rows). Returns what the asset shows."""
     from mlp_platform.features.request import feature_frame
     from mlp_platform.monitoring.applications import synthetic_window
@@ -323,16 +304,10 @@ def score_applications_day(settings, decider: DeciderDeclaration, version: str, 
         "score": scores, "decision": pl.Series(list(actions), dtype=pl.String),
         "model_version": pl.Series([str(version)] * apps.height, dtype=pl.String),
         "policy_version": pl.Series([policy.tag(thresholds)] * apps.height, dtype=pl.String)})
-    table = f"{decider.name}_batch_scores"
-    arrow = frame.to_arrow()  # noqa: F841  (referenced by name in SQL below)
-    with _duckdb(settings).connect() as con:
-        con.execute("create schema if not exists scoring")
-        con.execute(f"create table if not exists scoring.{table} as select * from arrow limit 0")
-        con.execute("begin transaction")
-        con.execute(f"delete from scoring.{table} where event_date = ?", [day])
-        con.execute(f"insert into scoring.{table} by name select * from arrow")
-        con.execute("commit")
-        total = con.execute(f"select count(*) from scoring.{table} where event_date = ?", [day]).fetchone()[0]
+    table = f"scoring.{decider.name}_batch_scores"
+    warehouse = warehouse_for(settings)
+    warehouse.replace_rows(table, frame, "event_date = ?", [day])
+    total = warehouse.query(f"select count(*) as n from {table} where event_date = ?", [day])["n"][0]
     mix = {a: int((frame["decision"] == a).sum()) for a in policy.actions}
-    return {"table": f"scoring.{table}", "day": str(day), "rows": int(total), "model_version": str(version),
+    return {"table": table, "day": str(day), "rows": int(total), "model_version": str(version),
             "decisions": mix, "mean_score": float(scores.mean()) if scores.size else None}

@@ -69,10 +69,7 @@ def _bounds(day: dt.date) -> tuple[str, str]:
 
 
 def _table_exists(settings: Settings, table: str) -> bool:
-    schema, name = table.split(".")
-    with warehouse_for(settings).connect(read_only=True) as con:
-        return con.execute("select count(*) from information_schema.tables where table_schema = ? and "
-                           "table_name = ?", [schema, name]).fetchone()[0] > 0
+    return warehouse_for(settings).table_exists(table)
 
 
 def served_counts(settings: Settings, first: dt.date, end: dt.date) -> dict[str, int]:
@@ -256,15 +253,8 @@ def _record(settings: Settings, summary: dict, report: dict, skew: dict | None, 
                         "drift": [json.dumps(report, default=str)], "skew": [json.dumps(skew, default=str)],
                         "performance": [json.dumps(performance, default=str)],
                         "computed_at": [dt.datetime.now(dt.UTC).replace(tzinfo=None)]})
-    arrow = row.to_arrow()  # noqa: F841 (referenced by name in SQL)
-    with warehouse_for(settings).connect() as con:
-        con.execute("create schema if not exists monitoring")
-        con.execute(f"create table if not exists {DRIFT_DAILY} as select * from arrow limit 0")
-        con.execute("begin transaction")
-        con.execute(f"delete from {DRIFT_DAILY} where day = ? and model_version = ?",
-                    [row["day"][0], summary["model_version"]])
-        con.execute(f"insert into {DRIFT_DAILY} by name select * from arrow")
-        con.execute("commit")
+    warehouse_for(settings).replace_rows(DRIFT_DAILY, row, "day = ? and model_version = ?",
+                                         [row["day"][0], summary["model_version"]])
 
 
 def _publish_latest(settings: Settings, summary: dict, drift: DriftReport, skew: dict | None) -> None:
@@ -297,13 +287,6 @@ def replay_day(settings: Settings, day: dt.date, candidate_version: str) -> Repl
                                   "model_version", "policy_version"),
                     served.select("decision_id", *names), offline, names, scorer, str(candidate_version), review,
                     day=day.isoformat(), skew=skew)
-    arrow = report.rows.to_arrow()  # noqa: F841 (referenced by name in SQL)
-    with warehouse_for(settings).connect() as con:
-        con.execute("create schema if not exists monitoring")
-        con.execute(f"create table if not exists {REPLAY_TABLE} as select * from arrow limit 0")
-        con.execute("begin transaction")
-        con.execute(f"delete from {REPLAY_TABLE} where day = ? and candidate_version = ?",
-                    [day.isoformat(), str(candidate_version)])
-        con.execute(f"insert into {REPLAY_TABLE} by name select * from arrow")
-        con.execute("commit")
+    warehouse_for(settings).replace_rows(REPLAY_TABLE, report.rows, "day = ? and candidate_version = ?",
+                                         [day.isoformat(), str(candidate_version)])
     return report

@@ -24,7 +24,8 @@ The label risk values are entity values next to the batch features (like
 :data:`mlp_platform.serving.batch_push.CUSTOMER_BATCH_RISK`): not model inputs, read by the
 decision engine or a rule through :func:`mlp_platform.serving.batch_push.read_entity_values`.
 
-Warehouse: the embedded DuckDB warehouse (the decision loader's).
+Warehouse: the one the settings select (DuckDB locally, Snowflake in production), through the
+warehouse sessions (:mod:`mlp_platform.data.warehouse`), as the decision loader.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import polars as pl
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -155,7 +157,7 @@ def _ddl() -> list[str]:
             label_time timestamp not null, transaction_id varchar, application_id varchar, customer_id varchar,
             merchant_id varchar, source varchar, received_at timestamp not null, stream_seq bigint not null)""",
         f"""create table if not exists {DEAD_TABLE} (
-            subject varchar, stream_seq bigint not null, payload blob, reason varchar not null,
+            subject varchar, stream_seq bigint not null, payload binary, reason varchar not null,
             received_at timestamp not null)""",
     ]
 
@@ -170,19 +172,16 @@ def _utc_naive(t: dt.datetime) -> dt.datetime:
     return t.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def _store_batch(con, valid: list[tuple[LabelEvent, int]], dead: list[tuple[str, int, bytes, str]]) -> tuple[int, int]:
+def _store_batch(session, valid: list[tuple[LabelEvent, int]],
+                 dead: list[tuple[str, int, bytes, str]]) -> tuple[int, int]:
     """Insert new events and the dead letters in one transaction; (stored, duplicates)."""
-    import pyarrow as pa
-
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     seen: set[str] = set()
     rows: dict[str, list] = {c: [] for c in ("event_id", "kind", "decider", "label", "label_time", "transaction_id",
                                              "application_id", "customer_id", "merchant_id", "source",
                                              "received_at", "stream_seq")}
-    in_batch_duplicates = 0
     for event, seq in valid:
         if event.event_id in seen:
-            in_batch_duplicates += 1
             continue
         seen.add(event.event_id)
         for column, value in (("event_id", event.event_id), ("kind", event.kind), ("decider", event.decider),
@@ -191,47 +190,38 @@ def _store_batch(con, valid: list[tuple[LabelEvent, int]], dead: list[tuple[str,
                               ("customer_id", event.customer_id), ("merchant_id", event.merchant_id),
                               ("source", event.source), ("received_at", now), ("stream_seq", seq)):
             rows[column].append(value)
-    events_in = pa.table({c: pa.array(v, type={"label": pa.int32(), "label_time": pa.timestamp("us"),
-                                               "received_at": pa.timestamp("us"), "stream_seq": pa.int64()}
-                                      .get(c, pa.string())) for c, v in rows.items()})
-    dead_in = pa.table({"subject": pa.array([d[0] for d in dead], pa.string()),
-                        "stream_seq": pa.array([d[1] for d in dead], pa.int64()),
-                        "payload": pa.array([d[2] for d in dead], pa.binary()),
-                        "reason": pa.array([d[3] for d in dead], pa.string()),
-                        "received_at": pa.array([now] * len(dead), pa.timestamp("us"))})
-    con.register("events_in", events_in)
-    con.register("dead_in", dead_in)
-    con.execute("begin transaction")
-    try:
-        stored = con.execute(f"""insert into {EVENTS_TABLE} by name select i.* from events_in as i
-            anti join {EVENTS_TABLE} as e using (event_id)""").fetchall()
-        con.execute(f"""insert into {DEAD_TABLE} by name select d.* from dead_in as d
-            anti join {DEAD_TABLE} as o using (stream_seq)""")
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
-    finally:
-        con.unregister("events_in")
-        con.unregister("dead_in")
-    n = int(stored[0][0]) if stored else 0
-    return n, len(valid) - n
+    events_in = pl.DataFrame(rows, schema={c: {"label": pl.Int32, "label_time": pl.Datetime("us"),
+                                               "received_at": pl.Datetime("us"), "stream_seq": pl.Int64}
+                                           .get(c, pl.String) for c in rows})
+    dead_in = pl.DataFrame({"subject": [d[0] for d in dead], "stream_seq": [d[1] for d in dead],
+                            "payload": [d[2] for d in dead], "reason": [d[3] for d in dead],
+                            "received_at": [now] * len(dead)},
+                           schema={"subject": pl.String, "stream_seq": pl.Int64, "payload": pl.Binary,
+                                   "reason": pl.String, "received_at": pl.Datetime("us")})
+    with session.transaction():
+        # anti-joins: an event id stored before (a producer's retry, a redelivery) is not stored again
+        known = session.existing_keys(EVENTS_TABLE, "event_id", events_in["event_id"].to_list())
+        stored = session.insert(EVENTS_TABLE, events_in.filter(~pl.col("event_id").is_in(list(known))))
+        known_dead = session.existing_keys(DEAD_TABLE, "stream_seq", dead_in["stream_seq"].to_list())
+        session.insert(DEAD_TABLE, dead_in.filter(~pl.col("stream_seq").is_in(list(known_dead))))
+    return stored, len(valid) - stored
 
 
-def _label_risk(con, plan: BatchPlan, keys: set[str]) -> list[dict[str, Any]]:
+def _label_risk(session, plan: BatchPlan, keys: set[str]) -> list[dict[str, Any]]:
     """Confirmed frauds per entity, recounted from the warehouse (a fraud counts once per transaction)."""
     if not keys:
         return []
-    rows = con.execute(f"""
+    marks = ", ".join("?" * len(keys))
+    rows = session.fetchall(f"""
         select {plan.key}, count(distinct transaction_id), max(label_time)
         from {EVENTS_TABLE}
-        where label = 1 and kind in ('chargeback', 'analyst_outcome') and {plan.key} in (select unnest(?))
+        where label = 1 and kind in ('chargeback', 'analyst_outcome') and {plan.key} in ({marks})
           and transaction_id not in (  -- an analyst's later "not fraud" reverses a chargeback
               select transaction_id from {EVENTS_TABLE} as r
               where r.label = 0 and r.kind = 'analyst_outcome' and r.transaction_id is not null
                 and r.label_time >= (select max(f.label_time) from {EVENTS_TABLE} as f
                                      where f.transaction_id = r.transaction_id and f.label = 1))
-        group by 1""", [sorted(keys)]).fetchall()
+        group by 1""", sorted(keys))
     found = {str(k): (int(n), last) for k, n, last in rows}
     out = []
     for key in sorted(keys):
@@ -241,7 +231,7 @@ def _label_risk(con, plan: BatchPlan, keys: set[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _update_online_store(settings, con, events: list[LabelEvent]) -> int:
+def _update_online_store(settings, session, events: list[LabelEvent]) -> int:
     from mlp_platform.serving.batch_push import push_entity_values
 
     fraud_labels = [e for e in events if e.kind in ("chargeback", "analyst_outcome")]
@@ -251,7 +241,7 @@ def _update_online_store(settings, con, events: list[LabelEvent]) -> int:
     updated = 0
     for plan, attribute in ((CUSTOMER_LABEL_RISK, "customer_id"), (MERCHANT_LABEL_RISK, "merchant_id")):
         keys = {getattr(e, attribute) for e in fraud_labels if getattr(e, attribute)}
-        rows = _label_risk(con, plan, keys)
+        rows = _label_risk(session, plan, keys)
         if rows:
             push_entity_values(settings.feature_store_url, None, plan, rows, as_of)
             updated += len(rows)
@@ -264,9 +254,9 @@ async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max
     finds nothing) through steps 1-3 of the module docstring."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    from mlp_platform.batch.scoring import _duckdb
+    from mlp_platform.data.warehouse import warehouse_for
 
-    warehouse = _duckdb(settings)
+    warehouse = warehouse_for(settings)
     result = IngestResult()
     nc = await connect(config, max_reconnect_attempts=3)
     try:
@@ -276,9 +266,9 @@ async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max
                                       config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0,
                                                             max_ack_pending=10_000))
         n_batches = timeouts = 0
-        with warehouse.connect() as con:
+        with warehouse.session() as session:
             for statement in _ddl():
-                con.execute(statement)
+                session.execute(statement)
             while max_batches is None or n_batches < max_batches:
                 try:
                     msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
@@ -304,12 +294,12 @@ async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max
                     except ValueError as exc:
                         dead.append((m.subject, seq, bytes(m.data), str(exc)))
                 try:
-                    stored, duplicates = _store_batch(con, valid, dead)
+                    stored, duplicates = _store_batch(session, valid, dead)
                     for subject, seq, payload, reason in dead:
                         await js.publish(DEAD_LETTER_SUBJECT, payload, headers={
                             "Nats-Msg-Id": f"{LABEL_STREAM}-{seq}", "Mlp-Error": reason[:1000].replace("\n", " "),
                             "Mlp-Original-Subject": subject, "Mlp-Original-Seq": str(seq)})
-                    updated = _update_online_store(settings, con, [e for e, _ in valid])
+                    updated = _update_online_store(settings, session, [e for e, _ in valid])
                 except BaseException:
                     # not acknowledged: redelivered at once (a crashed process's batch: after ack_wait);
                     # the steps are idempotent, so nothing counts twice
