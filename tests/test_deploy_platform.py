@@ -343,6 +343,22 @@ def test_the_code_location_image_command_serves_the_code_location(tmp_path):
         server.wait(timeout=30)
 
 
+def test_the_code_location_image_parses_dbt_where_its_production_settings_read_the_manifest(monkeypatch):
+    """The image's ENV (MLP_ENV=production, ...) decides where the code location reads the dbt
+    manifest (Settings.dbt_target_path); the build's `dbt parse` must write it there. Reverted (the
+    parse without --target-path), the code location fails to load in the image: no manifest."""
+    from mlp_platform.settings import load_settings
+
+    dockerfile = (DEPLOY / "dagster" / "Dockerfile").read_text().replace("\\\n", " ")
+    image_env = dict(re.findall(r"(MLP_[A-Z_]+)=(\S+)", re.search(r"^ENV (.*?)\nUSER", dockerfile, re.M | re.S).group(1)))
+    assert image_env["MLP_ENV"] == "production"
+    monkeypatch.setenv("MLP_ENV", image_env["MLP_ENV"])
+    target_path = load_settings().dbt_target_path
+    parse = re.search(r"dbt parse ([^\n&]*)", dockerfile).group(1).split()
+    assert parse[parse.index("--target") + 1] == "production"
+    assert parse[parse.index("--target-path") + 1] == target_path == "target-production"
+
+
 def test_the_mlflow_image_is_pinned_to_the_locked_versions():
     dockerfile = (DEPLOY / "mlflow" / "Dockerfile").read_text()
     pins = dict(re.findall(r"([a-z0-9-]+)==([0-9][^\s]*)", dockerfile))
