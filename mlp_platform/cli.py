@@ -397,29 +397,21 @@ def stream_ship(
 
 
 @stream_app.command("labels")
-def stream_labels(once: bool = typer.Option(False, help="Take what is waiting, then stop.")) -> None:
+def stream_labels(once: bool = typer.Option(False, help="Take what is waiting, then stop."),
+                  metrics_port: int = typer.Option(None, help="Serve the ingest's Prometheus series on this port.")
+                  ) -> None:
     """Ingest label events (mlp.labels.*) into the warehouse and the online store, bad ones to the
     dead letters, until SIGTERM (or once)."""
-    import asyncio
-    import signal
-
     from mlp_platform.streaming.decision_stream import stream_config
-    from mlp_platform.streaming.label_stream import ingest_labels
+    from mlp_platform.streaming.label_stream import run_label_ingest
 
     settings = load_settings()
     config = stream_config(settings)
     if config is None:
         console.print("MLP_DECISION_STREAM_URL is not set: there is no stream to read labels from", style="red")
         raise typer.Exit(2)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    while True:
-        result = asyncio.run(ingest_labels(settings, config))
-        if result.received:
-            console.print(f"labels: {result.as_metadata()}", markup=False, highlight=False)
-        if once or stopping:
-            return
-        time.sleep(1.0)
+    run_label_ingest(settings, config, once=once, metrics_port=metrics_port,
+                     report=lambda r: console.print(f"labels: {r.as_metadata()}", markup=False, highlight=False))
 
 
 stack_app = typer.Typer(help="The production profile on one machine: real Postgres, MLflow tracking server, "

@@ -200,6 +200,14 @@ def test_only_the_decision_engine_reaches_the_decision_ports():
     assert allowed(policies, nats, 6222, mlp, nats, True) and not allowed(policies, nats, 6222, mlp, fraud, True)
     assert allowed(policies, nats, 8222, monitoring, anyone, False)
     assert not allowed(policies, nats, 8222, producer, anyone, False)
+    # the label ingest: reaches NATS and Redis (label risk), its metrics only from monitoring, and
+    # it is not a scoring pod (the decision engine cannot reach it, nor it the decision ports' peers)
+    ingest = pod_labels(PLATFORM / "label-ingest.yaml")
+    assert allowed(policies, nats, 4222, mlp, ingest, True) and allowed(policies, redis, 6379, mlp, ingest, True)
+    assert not allowed(policies, mlflow, 5000, mlp, ingest, True)
+    assert allowed(policies, ingest, 9100, monitoring, anyone, False)
+    assert not allowed(policies, ingest, 9100, engine, anyone, False)
+    assert not allowed(policies, ingest, 9100, mlp, fraud, True)
 
 
 def test_the_nats_cluster_config_is_accepted_by_the_server_the_tests_run(tmp_path):

@@ -161,3 +161,58 @@ def test_a_fetch_that_misses_its_deadline_is_not_an_error_and_loses_nothing(nats
     rest = asyncio.run(ingest_labels(settings, config))
     assert missed.stored + rest.stored == 3 and missed.received + rest.received == 3
     assert _rows(settings, "select count(*) from raw.label_events") == [(3,)]
+
+
+def test_the_label_ingest_deployments_command_ingests_exports_its_counts_and_stops_on_sigterm(nats, settings,
+                                                                                          tmp_path):
+    """deploy/platform/label-ingest.yaml's command, run as a process from this repository on one
+    kept connection: a valid and a bad message arrive, /metrics counts them, SIGTERM stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+    import yaml
+
+    from mlp_platform.settings import PROJECT_ROOT
+    from tests.natslib import free_port
+
+    deployment = yaml.safe_load((PROJECT_ROOT / "deploy" / "platform" / "label-ingest.yaml").read_text())
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    port = free_port()
+    command = [str(Path(sys.executable).with_name(command[0])), *command[1:]]
+    command[command.index("--metrics-port") + 1] = str(port)
+    env = {**os.environ, "MLP_DATA_DIR": str(settings.data_dir), "MLP_DECISION_STREAM_URL": nats.url,
+           "MLP_FEATURE_STORE_URL": settings.feature_store_url}
+    config = StreamConfig(url=nats.url)
+    _publish(config, [])  # the streams exist before the process starts
+    proc = subprocess.Popen(command, env=env, stdout=(tmp_path / "ingest.log").open("wb"), stderr=subprocess.STDOUT)
+    try:
+        _publish(config, [_msg(_event("d1")), ("mlp.labels.chargeback", b"{not json")])
+
+        def metric(name: str) -> float:
+            for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text.splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "_total "):
+                    return float(line.split()[-1])
+            return -1.0
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if metric("mlp_label_events_stored") == 1.0:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "ingest.log").read_text()
+            time.sleep(0.3)
+        assert metric("mlp_label_events_stored") == 1.0 and metric("mlp_label_events_received") == 2.0
+        assert "mlp_label_dead_letters_total{reason=" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _rows(settings, "select event_id from raw.label_events") == [("d1",)]

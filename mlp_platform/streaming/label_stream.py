@@ -249,16 +249,18 @@ def _update_online_store(settings, session, events: list[LabelEvent]) -> int:
 
 
 async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max_batches: int | None = None,
-                        fetch_timeout_s: float = 1.0) -> IngestResult:
+                        fetch_timeout_s: float = 1.0, nc=None) -> IngestResult:
     """Take what is waiting on the label subjects (at most ``max_batches`` batches; None: until a fetch
-    finds nothing) through steps 1-3 of the module docstring."""
+    finds nothing) through steps 1-3 of the module docstring. ``nc``: a connection to use (kept open);
+    None: one of its own, closed at the end."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
     from mlp_platform.data.warehouse import warehouse_for
 
     warehouse = warehouse_for(settings)
     result = IngestResult()
-    nc = await connect(config, max_reconnect_attempts=3)
+    own = nc is None
+    nc = nc or await connect(config, max_reconnect_attempts=3)
     try:
         js = nc.jetstream(timeout=10)
         await ensure_label_streams(js, config)
@@ -319,4 +321,93 @@ async def ingest_labels(settings, config: StreamConfig, *, batch: int = 256, max
                 result.dead_letters += len(dead)
         return result
     finally:
-        await nc.close()
+        if own:
+            await nc.close()
+
+
+@dataclass
+class IngestTotals:
+    """What a long-running ingest took since it started (its Prometheus series)."""
+
+    rounds: int = 0
+    failed_rounds: int = 0
+    totals: IngestResult = field(default_factory=IngestResult)
+
+    def add(self, r: IngestResult) -> None:
+        t = self.totals
+        t.received += r.received
+        t.stored += r.stored
+        t.duplicates += r.duplicates
+        t.dead_letters += r.dead_letters
+        t.entities_updated += r.entities_updated
+        for reason, n in r.reasons.items():
+            t.reasons[reason] = t.reasons.get(reason, 0) + n
+
+
+def run_label_ingest(settings, config: StreamConfig, *, once: bool = False, metrics_port: int | None = None,
+                     idle_s: float = 1.0, report=None) -> IngestTotals:
+    """The ingest process (``mlp stream labels``): rounds of :func:`ingest_labels` on one connection
+    (reconnecting on its own), a pause of ``idle_s`` after a round that found nothing, until
+    SIGTERM/SIGINT (``once``: one round). A failed round (the warehouse or the store down) is counted
+    and retried after the pause: its messages were not acknowledged, so nothing is lost. With
+    ``metrics_port``, Prometheus series on that port (events received, stored, duplicates, dead
+    letters by reason, failed rounds)."""
+    import asyncio
+    import signal
+
+    state = IngestTotals()
+    if metrics_port:
+        _export_ingest_metrics(state, metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        nc = await connect(config)
+        try:
+            while not stop.is_set():
+                try:
+                    result = await ingest_labels(settings, config, nc=nc)
+                except Exception as exc:  # noqa: BLE001 -- counted, logged, retried (nothing was acknowledged)
+                    state.failed_rounds += 1
+                    log.error("label ingest round failed (retried): %s", exc)
+                    result = IngestResult()
+                state.rounds += 1
+                state.add(result)
+                if result.received and report:
+                    report(result)
+                if once:
+                    return
+                if not result.received:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), idle_s)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+    return state
+
+
+def _export_ingest_metrics(state: IngestTotals, port: int) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily
+
+    class _Collector:
+        def collect(self):
+            t = state.totals
+            yield CounterMetricFamily("mlp_label_events_received", "Label messages taken from the stream.", t.received)
+            yield CounterMetricFamily("mlp_label_events_stored", "New label events written to the warehouse.", t.stored)
+            yield CounterMetricFamily("mlp_label_events_duplicate", "Label events stored before (re-sent, redelivered).",
+                                      t.duplicates)
+            dead = CounterMetricFamily("mlp_label_dead_letters", "Refused label messages, kept with their reason.",
+                                       labels=["reason"])
+            for reason, n in sorted(t.reasons.items()):
+                dead.add_metric([reason], n)
+            yield dead
+            yield CounterMetricFamily("mlp_label_ingest_failed_rounds", "Rounds that failed before the ack (retried).",
+                                      state.failed_rounds)
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    start_http_server(port, registry=registry)
