@@ -282,7 +282,7 @@ class Settings:
     decision_log_dir: Path | None = None
     #: MLP_FEATURE_STORE_URL; empty: the embedded store under <data_dir>/serving (see feature_store_url).
     online_store_url: str = ""
-    #: MLP_DECISION_STREAM_URL (nats://host:4222): the NATS JetStream the shippers send decision records
+    #: MLP_DECISION_STREAM_URL (nats://host:4222, or comma-separated seed servers): the NATS JetStream the shippers send decision records
     #: to and the warehouse loader reads; empty: the loader reads the local log segments (a laptop).
     decision_stream_url: str = ""
     #: MLP_DECISION_STREAM (stream name) and MLP_DECISION_STREAM_REPLICAS (1 on one server, 3 clustered).
@@ -415,8 +415,9 @@ def load_settings() -> Settings:
         raise SettingsError("MLP_RETRAIN_MIN_DAYS must be >= 1 and MLP_RETRAIN_COOLDOWN_HOURS >= 0")
     if settings.decision_stream_replicas not in (1, 3, 5):
         raise SettingsError("MLP_DECISION_STREAM_REPLICAS must be 1, 3 or 5 (JetStream replicas)")
-    if settings.decision_stream_url and not settings.decision_stream_url.startswith(("nats://", "tls://")):
-        raise SettingsError("MLP_DECISION_STREAM_URL must be a nats:// or tls:// URL")
+    if settings.decision_stream_url and not all(
+            u.strip().startswith(("nats://", "tls://")) for u in settings.decision_stream_url.split(",")):
+        raise SettingsError("MLP_DECISION_STREAM_URL must be a nats:// or tls:// URL (or several, comma-separated)")
     if settings.handbook_label_delay_days < 0:
         raise SettingsError("MLP_HANDBOOK_LABEL_DELAY_DAYS must be >= 0 days")
     return settings

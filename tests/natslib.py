@@ -27,9 +27,11 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path, port: int | None = None):
+    def __init__(self, store_dir: Path, port: int | None = None, *, name: str = "mlp-test",
+                 cluster_port: int | None = None, routes: list[int] = ()):
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
+        self.name, self.cluster_port, self.routes = name, cluster_port, list(routes)
         self.proc: subprocess.Popen | None = None
         self.log_path = self.store_dir.parent / f"nats-{self.port}.log"
 
@@ -42,7 +44,7 @@ class NatsServer:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port),
-                 "-n", "mlp-test"], stdout=out, stderr=subprocess.STDOUT)
+                 "-n", self.name, *self._cluster_args()], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -53,6 +55,19 @@ class NatsServer:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("nats-server did not start listening")
+
+    def _cluster_args(self) -> list[str]:
+        if not self.cluster_port:
+            return []
+        return ["--cluster_name", "mlp", "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
+
+    def kill(self) -> None:
+        """SIGKILL: the node is lost without a goodbye (its store stays on disk)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -69,3 +84,29 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class NatsCluster:
+    """Three JetStream servers in one cluster on loopback (each with its own store), as
+    deploy/platform/nats.yaml runs them: a stream with 3 replicas survives the loss of one."""
+
+    def __init__(self, root: Path, size: int = 3):
+        ports, cluster_ports = [free_port() for _ in range(size)], [free_port() for _ in range(size)]
+        self.nodes = [NatsServer(Path(root) / f"node-{i}", ports[i], name=f"nats-{i}", cluster_port=cluster_ports[i],
+                                 routes=[p for j, p in enumerate(cluster_ports) if j != i]) for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def node(self, name: str) -> NatsServer:
+        return next(n for n in self.nodes if n.name == name)
+
+    def __enter__(self) -> NatsCluster:
+        for n in self.nodes:
+            n.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for n in self.nodes:
+            n.stop()

@@ -28,6 +28,7 @@ from mlp_platform.streaming.decision_stream import (
     DecisionShipper,
     StreamConfig,
     connect,
+    ensure_stream,
     read_stream,
     source_of,
     subject_for,
@@ -367,3 +368,100 @@ def test_the_shippers_read_stops_at_the_zero_filled_space_a_torn_tail_and_its_li
     assert read_lines_after(directory, state, max_records=10, max_bytes=1 << 20).lines == []
     oversize = read_lines_after(directory, None, max_records=10, max_bytes=100)
     assert oversize.lines == [] and "larger than 100 bytes" in oversize.broken["reason"]
+
+
+@pytest.mark.slow
+def test_a_three_node_stream_loses_its_leader_mid_shipping_and_every_logged_decision_arrives_once(
+        settings, tmp_path):
+    """The stream as deploy/platform/nats.yaml runs it: three JetStream servers in one cluster, the
+    stream with 3 replicas. Decisions are logged continuously while `mlp stream ship` ships them; the
+    stream's leader is killed with SIGKILL mid-shipping (and comes back later). Every logged decision
+    arrives in monitoring.decisions exactly once, chains verified, and another node led meanwhile.
+    The stream URL lists the three seed servers; reverted (one URL string), the client refuses it."""
+    from tests.natslib import NatsCluster
+
+    with NatsCluster(tmp_path / "cluster") as cluster:
+        config = StreamConfig(url=cluster.url, stream="CLUSTERED", replicas=3)
+
+        async def info():
+            nc = await connect(config, max_reconnect_attempts=2)
+            try:
+                js = nc.jetstream(timeout=5)
+                await ensure_stream(js, config)
+                return await js.stream_info(config.stream)
+            finally:
+                await nc.close()
+
+        def stream_info():
+            deadline = time.monotonic() + 60
+            while True:  # the cluster elects its meta leader first
+                try:
+                    return asyncio.run(info())
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+
+        first = stream_info()
+        assert first.config.num_replicas == 3 and len(first.cluster.replicas) == 2
+        leader = first.cluster.leader
+        decisions = tmp_path / "decisions"
+        env = {**os.environ, "MLP_DATA_DIR": str(settings.data_dir), "MLP_DECISION_LOG_DIR": str(decisions),
+               "MLP_DECISION_STREAM_URL": cluster.url, "MLP_DECISION_STREAM": "CLUSTERED",
+               "MLP_DECISION_STREAM_REPLICAS": "3"}
+        written: list[str] = []
+        stop = threading.Event()
+
+        def write() -> None:
+            with DecisionLog(decisions, segment_max_bytes=64_000) as log:
+                i = 0
+                while not stop.is_set():
+                    written.append(log.append(decision_record(i, "w")).decision_id)
+                    i += 1
+                    time.sleep(0.002)
+
+        writer = threading.Thread(target=write)
+        with (tmp_path / "shipper.log").open("ab") as out:
+            shipper = subprocess.Popen([sys.executable, "-m", "mlp_platform.cli", "stream", "ship"], env=env,
+                                       stdout=out, stderr=subprocess.STDOUT)
+        writer.start()
+        try:
+            time.sleep(3.0)
+            cluster.node(leader).kill()  # the stream's leader is lost mid-shipping
+            time.sleep(6.0)
+            during = stream_info()
+            assert during.cluster.leader not in (None, leader)
+            cluster.node(leader).start()  # it comes back and catches up
+            time.sleep(3.0)
+            stop.set()
+            writer.join()
+            n = len(written)
+            assert n > 500
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if _stream_records(config) >= n:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            if writer.is_alive():
+                writer.join()
+            shipper.send_signal(signal.SIGTERM)
+            try:
+                shipper.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                shipper.kill()
+                shipper.wait()
+        assert shipper.returncode == 0, (tmp_path / "shipper.log").read_text()[-3000:]
+        import re
+
+        # it did meet the failover: publications unanswered during the election, sent again
+        retried = re.search(r"(\d+) publications\s+retried", (tmp_path / "shipper.log").read_text())
+        assert retried and int(retried.group(1)) > 0
+        result = load_decisions_from_stream(settings, config)
+        counts = dict(_count(settings, "select decision_id, count(*) from monitoring.decisions group by 1"))
+        assert [d for d in written if d not in counts] == [] and max(counts.values()) == 1
+        assert sorted(counts) == sorted(written) and result.decisions == len(written)

@@ -148,7 +148,8 @@ def save_position(directory: Path, position: Position) -> None:
 
 
 async def connect(config: StreamConfig, **options: Any):
-    """A NATS connection that keeps reconnecting (a stopped server is waited for, not given up on)."""
+    """A NATS connection that keeps reconnecting (a stopped server is waited for, not given up on;
+    in a cluster, another member is used)."""
     import nats
 
     async def error(exc: Exception) -> None:  # one line, not nats-py's traceback per reconnect attempt
@@ -166,7 +167,10 @@ async def connect(config: StreamConfig, **options: Any):
     defaults = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 2,
                 "allow_reconnect": True, "error_cb": error, "disconnected_cb": disconnected,
                 "reconnected_cb": reconnected}
-    nc = await nats.connect(config.url, **{**defaults, **options})
+    # "nats://a:4222,nats://b:4222": several seed servers (a cluster's other members are also learnt
+    # from the server it connects to, and reconnects go to any of them)
+    servers = [u.strip() for u in config.url.split(",") if u.strip()]
+    nc = await nats.connect(servers, **{**defaults, **options})
     connection.append(nc)
     return nc
 
