@@ -8,6 +8,7 @@ import datetime as dt
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from assets.deciders import application_deciders
 from assets.partitions import daily_partitions, partition_days
 from assets.resources import PlatformSettingsResource
 from mlp_platform import lifecycle
@@ -42,8 +43,15 @@ def build_monitoring_assets(settings: Settings) -> tuple[list, list]:
     def served_decisions(context: AssetExecutionContext, platform: PlatformSettingsResource) -> dg.MaterializeResult:
         current = platform.get()
         stream = stream_config(current)
-        result = (load_decisions_from_stream(current, stream) if stream is not None
-                  else load_decisions(current, current.decision_log_root))
+        if stream is not None:
+            result = load_decisions_from_stream(current, stream)
+        else:  # the fraud service's log, then each application decider's (their own directories)
+            result = load_decisions(current, current.decision_log_root)
+            for decider in application_deciders(current):
+                more = load_decisions(current, current.decider_log_root(decider.name))
+                result.application_decisions += more.application_decisions
+                result.other_records += more.other_records
+                result.directories.update(more.directories)
         context.log.info(f"decision log loaded: {result}")
         first, end = partition_days(context)
         per_day = daily.served_counts(current, first, end)

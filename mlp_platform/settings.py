@@ -316,6 +316,13 @@ class Settings:
         """Where the service writes its decision log (one subdirectory per worker with several)."""
         return self.decision_log_dir or self.data_dir / "serving" / "decisions"
 
+    def decider_log_root(self, decider: str) -> Path:
+        """Where an application decider's service writes its own decision log, beside the fraud
+        service's (``<parent>/decisions-<decider>/<leaf>`` of :attr:`decision_log_root`), as
+        ``mlp_platform.serving.deciders.build_host`` lays it out."""
+        root = self.decision_log_root
+        return root.parent / f"decisions-{decider}" / root.name
+
     @property
     def feature_store_url(self) -> str:
         """The online feature store: embedded by default, redis://... in production."""

@@ -162,3 +162,50 @@ def test_batch_scores_replace_the_day_with_the_champions_decisions(platform):
     assert sum(n for _, _, n in rows) == apps.height > 50
     assert {v for _, v, _ in rows} == {version}
     assert {d for d, _, _ in rows} <= set(credit.policy.actions) and len({d for d, _, _ in rows}) >= 3
+
+
+def test_an_application_deciders_decisions_load_into_their_own_table_not_the_fraud_one(platform, tmp_path):
+    """The credit service's decision records (real ones, from DeciderHost) name their decider: the
+    loader puts them in monitoring.application_decisions with their reasons and served features, once,
+    and never in the fraud decider's monitoring.decisions (reverted: they would land there with no
+    transaction and every fraud feature null)."""
+    import asyncio
+
+    import duckdb
+    from prometheus_client import CollectorRegistry
+
+    from mlp_platform.batch.decisions import load_decisions
+    from mlp_platform.registry.mlflow_registry import ModelRegistry
+    from mlp_platform.runtime.loading import registry_loader
+    from mlp_platform.serving.deciders import DeciderHost, DeciderMetrics
+
+    settings, credit, version = platform["settings"], platform["credit"], platform["version"]
+    root = settings.decider_log_root("credit")
+    host = DeciderHost([credit], log_root=root.parent.parent, log_leaf=root.name, keys={}, admin_keys=(),
+                       loader=lambda d: registry_loader(settings, "auto", d),
+                       champion=lambda d: ModelRegistry.from_settings(settings, d).alias("champion"),
+                       metrics=DeciderMetrics(CollectorRegistry()), monitoring_dir=settings.monitoring_dir)
+    apps, _ = synthetic_window(settings, credit, QUIET_DAY, 1)
+    requests = [{k: v for k, v in r.items() if v is not None} for r in apps.head(12).to_dicts()]
+    try:
+        host.refresh()
+
+        async def run():
+            return [await host.decide("credit", r) for r in requests]
+        answers = asyncio.run(run())
+    finally:
+        host.close()
+    assert (root / "decisions-000000.jsonl").exists() or any(root.glob("decisions-*.jsonl"))
+    first = load_decisions(settings, root)
+    assert first.application_decisions == 12 and first.decisions == 0
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        rows = con.execute("select decision_id, decider, application_id, decision, model_version, reasons, "
+                           "features from monitoring.application_decisions order by seq").fetchall()
+        fraud = con.execute("select count(*) from monitoring.decisions").fetchone()[0]
+    assert fraud == 0
+    assert [r[0] for r in rows] == [a["decision_id"] for a in answers]
+    assert {r[1] for r in rows} == {"credit"} and {r[4] for r in rows} == {version}
+    assert [r[3] for r in rows] == [a["decision"] for a in answers]
+    assert set(json.loads(rows[0][6])) == set(credit.spec.feature_names)
+    again = load_decisions(settings, root)
+    assert again.application_decisions == 0

@@ -33,6 +33,7 @@ warehouse sessions (:mod:`mlp_platform.data.warehouse`). A root that does not ex
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,9 @@ STATE_TABLE = f"{SCHEMA}.decision_log_state"
 DECISIONS_TABLE = f"{SCHEMA}.decisions"
 FEATURES_TABLE = f"{SCHEMA}.served_features"
 SHADOW_TABLE = f"{SCHEMA}.shadow_scores"
+#: the application deciders' decisions (credit, ...): one row per decision, its reasons and served
+#: features as JSON (each decider has its own features; cases and monitoring read them by decider)
+APPLICATION_TABLE = f"{SCHEMA}.application_decisions"
 
 
 class DecisionChainBroken(RuntimeError):
@@ -70,6 +74,7 @@ class LoadResult:
 
     decisions: int = 0
     shadow_scores: int = 0
+    application_decisions: int = 0  # an application decider's decisions (monitoring.application_decisions)
     other_records: int = 0  # verified records of another kind (not loaded)
     directories: dict[str, dict[str, Any]] = field(default_factory=dict)
     days: list[str] = field(default_factory=list)
@@ -80,7 +85,7 @@ class LoadResult:
 
     def as_metadata(self) -> dict[str, Any]:
         return {"decisions": self.decisions, "shadow_scores": self.shadow_scores,
-                "other_records": self.other_records, "directories": self.directories, "days": self.days,
+                "application_decisions": self.application_decisions, "other_records": self.other_records, "directories": self.directories, "days": self.days,
                 "pending_bytes": self.pending_bytes, "seconds": round(self.seconds, 3),
                 **({"duplicates": self.duplicates, "stream_position": self.stream_position}
                    if self.stream_position is not None else {})}
@@ -101,6 +106,10 @@ def _ddl(feature_names: list[str]) -> list[str]:
         f"""create table if not exists {FEATURES_TABLE} (
     decision_id varchar not null, transaction_id varchar, day date,
 {features})""",
+        f"""create table if not exists {APPLICATION_TABLE} (
+    decision_id varchar not null, decider varchar not null, application_id varchar, route varchar, arm varchar,
+    decided_at timestamp, day date, model_version varchar, policy_version varchar, score double,
+    decision varchar, reasons varchar, features varchar, seq bigint not null, log_dir varchar not null)""",
         f"""create table if not exists {SHADOW_TABLE} (
     decision_id varchar not null, of_decision varchar, model_version varchar, score double, decision varchar,
     served_decision varchar, day date, shadow_at timestamp, seq bigint not null, log_dir varchar not null)""",
@@ -128,9 +137,35 @@ _SHADOW_COLUMNS = ("decision_id", "of_decision", "model_version", "score", "deci
                    "shadow_at", "seq", "log_dir")
 
 
+_APPLICATION_COLUMNS = ("decision_id", "decider", "application_id", "route", "arm", "decided_at", "day",
+                        "model_version", "policy_version", "score", "decision", "reasons", "features", "seq",
+                        "log_dir")
+
+
+def _application_rows(read: ChainRead, log_dir: str):
+    """The application deciders' decisions among the verified records (a decision record naming its
+    decider; the fraud service's records name none)."""
+    rows: dict[str, list] = {c: [] for c in _APPLICATION_COLUMNS}
+    for record, seq in read.records:
+        if record.get("kind") != "decision" or not record.get("decider"):
+            continue
+        decided_at = _utc_naive(record.get("time"))
+        for column, value in zip(_APPLICATION_COLUMNS, (
+                record["decision_id"], record["decider"], record.get("application_id"), record.get("route"),
+                record.get("arm"), decided_at, decided_at.date() if decided_at else None,
+                record.get("model_version"), record.get("policy_version"), record.get("score"),
+                record.get("decision"), json.dumps(record.get("reasons") or [], sort_keys=True),
+                json.dumps(record.get("features") or {}, sort_keys=True), seq, log_dir), strict=True):
+            rows[column].append(value)
+    schema = {c: pl.String for c in _APPLICATION_COLUMNS} | {
+        "decided_at": pl.Datetime("us"), "day": pl.Date, "score": pl.Float64, "seq": pl.Int64}
+    return pl.DataFrame(rows, schema=schema)
+
+
 def _tables(read: ChainRead, log_dir: str, feature_names: list[str]):
-    """Arrow tables (decisions, served features, shadow scores) of the verified records, and the count
-    of records of another kind."""
+    """Arrow tables (decisions, served features, shadow scores) of the fraud service's verified
+    records, and the count of records of another kind (an application decider's decisions are not
+    counted: :func:`_application_rows`)."""
     import pyarrow as pa
 
     dec: dict[str, list] = {c: [] for c in _DECISION_COLUMNS}
@@ -139,6 +174,8 @@ def _tables(read: ChainRead, log_dir: str, feature_names: list[str]):
     other = 0
     for record, seq in read.records:
         kind = record.get("kind")
+        if kind == "decision" and record.get("decider"):
+            continue  # an application decider's (its own table)
         if kind == "decision":
             event_time = _utc_naive(record.get("event_time"))
             day = event_time.date() if event_time else None
@@ -174,14 +211,15 @@ def _tables(read: ChainRead, log_dir: str, feature_names: list[str]):
     return table(dec), table(feat), table(sh), other
 
 
-def _store(session: Session, read: ChainRead, log_dir: str, names: list[str]) -> tuple[int, int, int, list]:
+def _store(session: Session, read: ChainRead, log_dir: str, names: list[str]) -> tuple[int, int, int, list, int]:
     """Insert the verified records of one chain and its new state (inside the caller's transaction).
-    Returns (decisions added, shadow scores added, records of another kind, the decisions' days)."""
+    Returns (decisions added, shadow scores added, records of another kind, the decisions' days,
+    application decisions added)."""
     tables = _tables(read, log_dir, names)
     decisions, features, shadows = (pl.DataFrame(pl.from_arrow(t)) for t in tables[:3])
     other = tables[3]
     if not read.records:
-        return 0, 0, other, []
+        return 0, 0, other, [], 0
     # anti-joins on decision_id: a log read again under another path (a moved data directory, a lost
     # state row) or a record delivered twice by the stream adds no duplicate rows
     seen = session.existing_keys(DECISIONS_TABLE, "decision_id", decisions["decision_id"].to_list())
@@ -197,12 +235,16 @@ def _store(session: Session, read: ChainRead, log_dir: str, names: list[str]) ->
         pl.col("of_decision").replace_strict({k: v[0] for k, v in days.items()}, default=None, return_dtype=pl.Date),
         pl.col("shadow_at").dt.date()).alias("day"))
     n_shadows = session.insert(SHADOW_TABLE, new_shadows)
+    applications = _application_rows(read, log_dir)
+    seen = session.existing_keys(APPLICATION_TABLE, "decision_id", applications["decision_id"].to_list())
+    n_applications = session.insert(APPLICATION_TABLE, applications.filter(~pl.col("decision_id").is_in(list(seen))))
     session.execute(f"delete from {STATE_TABLE} where log_dir = ?", [log_dir])
     session.execute(f'insert into {STATE_TABLE} (log_dir, last_seq, last_hash, segment, "offset", loaded_at) '
                     f'values (?, ?, ?, ?, ?, ?)',
                     [log_dir, read.last_seq, read.last_hash, read.segment, read.offset,
                      dt.datetime.now(dt.UTC).replace(tzinfo=None)])
-    return n_decisions, n_shadows, other, [d for d in decisions["day"].to_list() if d is not None]
+    return (n_decisions, n_shadows, other, [d for d in decisions["day"].to_list() if d is not None],
+            n_applications)
 
 
 def _stored_state(session: Session, log_dir: str) -> tuple[int, str, str, int] | None:
@@ -230,11 +272,12 @@ def load_decisions(settings, log_root: Path) -> LoadResult:
             read = read_after(directory, _stored_state(session, log_dir))
             result.pending_bytes += read.pending
             with session.transaction():
-                n_decisions, n_shadows, other, read_days = _store(session, read, log_dir, names)
+                n_decisions, n_shadows, other, read_days, n_apps = _store(session, read, log_dir, names)
             days.update(read_days)
             result.decisions += n_decisions
             result.shadow_scores += n_shadows
             result.other_records += other
+            result.application_decisions += n_apps
             result.directories[log_dir] = {"decisions": n_decisions, "shadow_scores": n_shadows,
                                            "records_read": len(read.records),
                                            "last_seq": read.last_seq, "pending_bytes": read.pending}
@@ -320,11 +363,12 @@ def load_decisions_from_stream(settings, config: StreamConfig) -> LoadResult:
                 key = f"nats://{config.stream}/{source}"
                 read, dup, broken_at = _stream_chain(source_messages, source, _stored_state(session, key))
                 duplicates += dup
-                n_decisions, n_shadows, other, read_days = _store(session, read, key, names)
+                n_decisions, n_shadows, other, read_days, n_apps = _store(session, read, key, names)
                 days.update(read_days)
                 result.decisions += n_decisions
                 result.shadow_scores += n_shadows
                 result.other_records += other
+                result.application_decisions += n_apps
                 result.directories[key] = {"decisions": n_decisions, "shadow_scores": n_shadows,
                                            "records_read": len(read.records), "duplicates": dup,
                                            "last_seq": read.last_seq}
