@@ -176,7 +176,8 @@ class Session:
     def lookup(self, table: str, column: str, values: Sequence[Any], columns: Sequence[str]) -> dict[Any, tuple]:
         """{value of ``column``: (``columns`` of that row)} for the rows of ``table`` whose ``column``
         is one of ``values`` (one row per value expected)."""
-        check_identifier(table), check_identifier(column), [check_identifier(c) for c in columns]
+        for name in (table, column, *columns):
+            check_identifier(name)
         wanted = list(dict.fromkeys(v for v in values if v is not None))
         selected = ", ".join([column, *columns])
         found: dict[Any, tuple] = {}
