@@ -418,3 +418,37 @@ def test_batch_kernel_verification_failure_keeps_the_per_row_code(booster, rows,
     assert scorer.info["batch_kernel"] == "rows"
     assert "differs" in scorer.info["batch_kernel_fallback_reason"]
     assert np.array_equal(scorer.score_batch(rows, threads=2), booster.predict(rows, num_threads=1))
+
+
+# -- the per-model library's parallel build ------------------------------------------------------------
+
+def test_the_parallel_build_links_the_same_trees(booster, rows, tmp_path, monkeypatch):
+    """The per-model source compiled as SOURCE_PARTS + 1 objects side by side (a new pod's first load)
+    scores bit-identically to the one-unit build and to LightGBM. Were a tree group left out of its
+    part (a wrong ``FS_IN`` guard), the link would fail on an undefined ``t<i>``; were the groups
+    summed in another order, the bits would differ."""
+    source, model = fs_mod.generate_c_source(booster.model_to_string())
+    assert source.count("#if FS_IN(") == fs_mod.SOURCE_PARTS + 1
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recording_run(cmd, *args, **kwargs):
+        calls.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(fs_mod.subprocess, "run", recording_run)
+    monkeypatch.setattr(fs_mod, "_usable_cpus", lambda: 2)
+    parted, hit, _ = fs_mod.compile_library(source, tmp_path / "parts", source_parts=fs_mod.SOURCE_PARTS)
+    assert not hit
+    part_flags = sorted(a for cmd in calls for a in cmd if a.startswith("-DFS_PART="))
+    assert part_flags == [f"-DFS_PART={k}" for k in range(fs_mod.SOURCE_PARTS + 1)]
+    monkeypatch.setattr(fs_mod, "_usable_cpus", lambda: 1)  # one core: one unit, no FS_PART
+    calls.clear()
+    whole, _, _ = fs_mod.compile_library(source, tmp_path / "whole", source_parts=fs_mod.SOURCE_PARTS)
+    assert not any(a.startswith("-DFS_PART=") for cmd in calls for a in cmd)
+    expected = booster.predict(rows, num_threads=1)
+    for lib in (parted, whole):
+        trees = fs_mod._CompiledTrees(lib, model.n_features)
+        assert np.array_equal(trees.predict_matrix(rows), expected)
+        assert np.array_equal(trees.predict_matrix(rows, raw_score=True),
+                              booster.predict(rows, raw_score=True, num_threads=1))

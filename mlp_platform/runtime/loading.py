@@ -76,28 +76,32 @@ def model_flavour(model_dir) -> str:
 
 
 def serving_scorer(model_dir, feature_names: Sequence[str], *, version: str = "", backend: str = "auto",
-                   populations: Mapping[str, Population] | None = None):
+                   populations: Mapping[str, Population] | None = None, batch_kernel: str = "auto"):
     """The scorer the service uses for a registered model directory: LightGBM compiled (its schema
     checked against ``feature_names``), any other flavour through the generic estimator path (with
-    the training population's medians as the reference of its contributions)."""
+    the training population's medians as the reference of its contributions). ``batch_kernel``: the
+    FastScorer's (``rows`` where nothing scores whole days: the service)."""
     from mlp_platform.runtime.scorer import Scorer
 
     if model_flavour(model_dir) == "lightgbm":
         from mlp_platform.runtime.fast_scorer import FastScorer
 
         base = Scorer.from_model_dir(model_dir, list(feature_names), version=version)
-        return FastScorer.from_booster(base.booster, base.feature_names, backend=backend)
+        return FastScorer.from_booster(base.booster, base.feature_names, backend=backend, batch_kernel=batch_kernel)
     from mlp_platform.runtime.estimator_scorer import EstimatorScorer
 
     typical = {n: p.median for n, p in (populations or {}).items()}
     return EstimatorScorer.from_model_dir(model_dir, list(feature_names), version=version, typical=typical)
 
 
-def registry_loader(settings, scorer_backend: str = "auto", decider=None) -> Callable[[str], LoadedModel]:
+def registry_loader(settings, scorer_backend: str = "auto", decider=None,
+                    batch_kernel: str = "auto") -> Callable[[str], LoadedModel]:
     """Load a version of ``decider``'s registered model (default: the settings' default decider) from
     the MLflow registry through the runtime scorer (its spec's schema checked), with its training
     population when the version has a reference profile. ``scorer_backend``: the
-    :class:`~mlp_platform.runtime.fast_scorer.FastScorer` backend (auto, compiled, lightgbm)."""
+    :class:`~mlp_platform.runtime.fast_scorer.FastScorer` backend (auto, compiled, lightgbm);
+    ``batch_kernel``: its whole-day kernel (``rows`` for the service, which never scores whole days:
+    a new pod then compiles only the model's own code)."""
     from mlp_platform.deciders.declaration import load_decider
     from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
 
@@ -110,7 +114,7 @@ def registry_loader(settings, scorer_backend: str = "auto", decider=None) -> Cal
         profile = registry.load_text(registry.ref(version).run_id, REFERENCE_PROFILE)
         populations = {} if profile is None else populations_from_profile(orjson_loads(profile), spec.feature_names)
         scorer = serving_scorer(model_dir, spec.feature_names, version=version, backend=scorer_backend,
-                                populations=populations)
+                                populations=populations, batch_kernel=batch_kernel)
         digest = hashlib.sha256()
         for path in sorted(model_dir.rglob("*")):
             if path.is_file():

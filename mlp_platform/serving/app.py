@@ -514,7 +514,7 @@ def build_service(settings=None) -> ScoringService:
     decider = load_decider(settings.deciders_dir)
     config = ServingConfig.from_settings(settings, decider)
     metrics = ServiceMetrics()
-    pool = ModelPool(registry_loader(settings, settings.serving.scorer_backend, decider),
+    pool = ModelPool(registry_loader(settings, settings.serving.scorer_backend, decider, batch_kernel="rows"),
                      RoutingFile(config.routing_path), metrics)
     pool.refresh()
     store = store_from_url(config.feature_store_url, **config.store_options())

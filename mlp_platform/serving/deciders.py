@@ -458,7 +458,8 @@ def build_host(settings, metrics_registry) -> DeciderHost | None:
     host = DeciderHost(deciders, log_root=settings.decision_log_root.parent, log_leaf=settings.decision_log_root.name,
                        monitoring_dir=settings.monitoring_dir, routing=routing,
                        keys={k: tuple(v) for k, v in keys.items()}, admin_keys=settings.serving.admin_keys,
-                       loader=lambda decl: registry_loader(settings, settings.serving.scorer_backend, decl),
+                       loader=lambda decl: registry_loader(settings, settings.serving.scorer_backend, decl,
+                                                   batch_kernel="rows"),
                        champion=champion, metrics=DeciderMetrics(metrics_registry),
                        group_commit_ms=settings.serving.log_group_commit_ms)
     host.refresh()
