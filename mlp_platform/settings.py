@@ -244,6 +244,29 @@ def load_snowflake_settings() -> SnowflakeSettings:
 
 
 @dataclass(frozen=True)
+class TrackingServerAuth:
+    """How to reach an MLflow tracking server (MLFLOW_TRACKING_URI http(s)://): the variables the
+    MLflow client itself reads, read here once for the scoring service's registry reader
+    (:mod:`mlp_platform.registry.tracking_server`). MLFLOW_TRACKING_TOKEN (a bearer token) or
+    MLFLOW_TRACKING_USERNAME / _PASSWORD (basic); MLFLOW_TRACKING_SERVER_CERT_PATH (a CA bundle);
+    MLFLOW_TRACKING_INSECURE_TLS=true skips certificate checks. The secrets are never printed."""
+
+    token: str = field(default="", repr=False)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    server_cert_path: str = ""
+    insecure_tls: bool = False
+
+
+def load_tracking_server_auth() -> TrackingServerAuth:
+    return TrackingServerAuth(
+        token=os.environ.get("MLFLOW_TRACKING_TOKEN", ""), username=_env("MLFLOW_TRACKING_USERNAME", ""),
+        password=os.environ.get("MLFLOW_TRACKING_PASSWORD", ""),
+        server_cert_path=_env("MLFLOW_TRACKING_SERVER_CERT_PATH", ""),
+        insecure_tls=_env("MLFLOW_TRACKING_INSECURE_TLS", "false").lower() in ("1", "true", "yes", "on"))
+
+
+@dataclass(frozen=True)
 class Settings:
     env: Environment = "local"
     project_root: Path = PROJECT_ROOT
@@ -265,6 +288,8 @@ class Settings:
     deciders_dir: Path = PROJECT_ROOT / "deciders"
     #: MLflow tracking/registry URI; empty means the embedded SQLite store under data_dir.
     mlflow_uri: str = ""
+    #: Credentials and TLS of a tracking server (the MLflow client's own variables).
+    mlflow_auth: TrackingServerAuth = field(default_factory=TrackingServerAuth)
     #: Drift sensor: consecutive days against the champion before a retrain, cool-down, severity.
     retrain_min_days: int = 2
     retrain_cooldown_hours: float = 24.0
@@ -405,6 +430,7 @@ def load_settings() -> Settings:
         contract_default_warn_share=_env_float("MLP_CONTRACT_DEFAULT_WARN_SHARE", 0.05),
         deciders_dir=Path(_env("MLP_DECIDERS_DIR", str(root / "deciders"))).resolve(),
         mlflow_uri=_env("MLFLOW_TRACKING_URI", ""),
+        mlflow_auth=load_tracking_server_auth(),
         retrain_min_days=_env_int("MLP_RETRAIN_MIN_DAYS", 2),
         retrain_cooldown_hours=_env_float("MLP_RETRAIN_COOLDOWN_HOURS", 24.0),
         retrain_severity=_choice("MLP_RETRAIN_SEVERITY", "error", ("warn", "error")),

@@ -40,7 +40,9 @@ into its own buffer; each thread gets its own LightGBM FastConfig handle (freed 
 ends, or by ``close()``). ``ctypes`` releases the GIL during the call. ``close()`` must not race
 with calls still in flight.
 
-Imports only numpy, lightgbm and the standard library (no pandas / polars / dagster / dbt).
+Imports only numpy, LightGBM's C library (:mod:`~mlp_platform.runtime.lightgbm_native`, not the
+``lightgbm`` package) and the standard library (no pandas / polars / dagster / dbt / scikit-learn).
+Boosters may be ``lightgbm.Booster`` objects or :class:`NativeBooster`.
 """
 
 from __future__ import annotations
@@ -62,12 +64,16 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
-from lightgbm.basic import _LIB
 
+from mlp_platform.runtime.lightgbm_native import LIB as _LIB
+from mlp_platform.runtime.lightgbm_native import NativeBooster
 from mlp_platform.settings import c_compiler_candidates, compiled_code_cache_dir
+
+if TYPE_CHECKING:  # a lightgbm.Booster or a NativeBooster (the service's: no lightgbm package import)
+    import lightgbm as lgb
 
 log = logging.getLogger(__name__)
 
@@ -903,7 +909,7 @@ class FastScorer:
     def from_model_file(cls, path: str | Path, feature_names: Sequence[str] | None = None,
                         **kwargs) -> FastScorer:
         """A LightGBM text model file (``booster.save_model`` / the MLflow flavour's ``model.lgb``)."""
-        return cls(lgb.Booster(model_file=str(path)), feature_names, **kwargs)
+        return cls(NativeBooster.from_file(path), feature_names, **kwargs)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, expected_features: list[str] | None = None,

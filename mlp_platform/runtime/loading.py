@@ -86,7 +86,7 @@ def serving_scorer(model_dir, feature_names: Sequence[str], *, version: str = ""
     if model_flavour(model_dir) == "lightgbm":
         from mlp_platform.runtime.fast_scorer import FastScorer
 
-        base = Scorer.from_model_dir(model_dir, list(feature_names), version=version)
+        base = Scorer.from_model_dir(model_dir, list(feature_names), version=version, native=True)
         return FastScorer.from_booster(base.booster, base.feature_names, backend=backend, batch_kernel=batch_kernel)
     from mlp_platform.runtime.estimator_scorer import EstimatorScorer
 
@@ -97,16 +97,17 @@ def serving_scorer(model_dir, feature_names: Sequence[str], *, version: str = ""
 def registry_loader(settings, scorer_backend: str = "auto", decider=None,
                     batch_kernel: str = "auto") -> Callable[[str], LoadedModel]:
     """Load a version of ``decider``'s registered model (default: the settings' default decider) from
-    the MLflow registry through the runtime scorer (its spec's schema checked), with its training
+    the registry (:func:`~mlp_platform.registry.tracking_server.read_only_registry`) through the runtime scorer (its spec's schema checked), with its training
     population when the version has a reference profile. ``scorer_backend``: the
     :class:`~mlp_platform.runtime.fast_scorer.FastScorer` backend (auto, compiled, lightgbm);
     ``batch_kernel``: its whole-day kernel (``rows`` for the service, which never scores whole days:
     a new pod then compiles only the model's own code)."""
     from mlp_platform.deciders.declaration import load_decider
-    from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE, ModelRegistry
+    from mlp_platform.registry.mlflow_registry import REFERENCE_PROFILE
+    from mlp_platform.registry.tracking_server import read_only_registry
 
     decider = decider or load_decider(settings.deciders_dir)
-    registry = ModelRegistry.from_settings(settings, decider)
+    registry = read_only_registry(settings, decider)  # a tracking server: its REST API, no MLflow client
     spec = decider.spec
 
     def load(version: str) -> LoadedModel:

@@ -25,22 +25,29 @@ class ModelSchemaError(ValueError):
 
 @dataclass
 class Scorer:
-    booster: lgb.Booster
+    booster: lgb.Booster  # or a NativeBooster (native=True)
     feature_names: list[str]
     version: str = ""
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, expected_features: list[str] | None = None,
-                       version: str = "") -> Scorer:
-        """Load an MLflow LightGBM model directory; refuse it if its feature schema differs."""
-        import lightgbm as lgb
-
+                       version: str = "", native: bool = False) -> Scorer:
+        """Load an MLflow LightGBM model directory; refuse it if its feature schema differs.
+        ``native``: a :class:`~mlp_platform.runtime.lightgbm_native.NativeBooster` (LightGBM's C
+        library without importing the ``lightgbm`` package: the scoring service's start-up)."""
         model_dir = Path(model_dir)
         mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
         flavor = mlmodel.get("flavors", {}).get("lightgbm")
         if not flavor:
             raise ModelSchemaError(f"{model_dir}: not a LightGBM MLflow model")
-        booster = lgb.Booster(model_file=str(model_dir / flavor["data"]))
+        if native:
+            from mlp_platform.runtime.lightgbm_native import NativeBooster
+
+            booster = NativeBooster.from_file(model_dir / flavor["data"])
+        else:
+            import lightgbm as lgb
+
+            booster = lgb.Booster(model_file=str(model_dir / flavor["data"]))
         signature = mlmodel.get("signature") or {}
         inputs = json.loads(signature["inputs"]) if signature.get("inputs") else []
         names = [col["name"] for col in inputs] or booster.feature_name()

@@ -425,7 +425,7 @@ def _answer(name: str, decision_id: str, decision) -> dict[str, Any]:
 
 def build_host(settings, metrics_registry) -> DeciderHost | None:
     """The host of the settings' application deciders (None when it hosts none)."""
-    from mlp_platform.registry.mlflow_registry import ModelRegistry
+    from mlp_platform.registry.tracking_server import read_only_registry
     from mlp_platform.runtime.loading import registry_loader
 
     deciders = hosted_deciders(settings.deciders_dir, settings.serving.deciders)
@@ -437,12 +437,12 @@ def build_host(settings, metrics_registry) -> DeciderHost | None:
     unknown = sorted(set(keys) - {d.name for d in deciders} - {DEFAULT_DECIDER})
     if unknown:
         raise ValueError(f"MLP_DECIDER_API_KEYS names decider(s) this process does not host: {unknown}")
-    registries: dict[str, ModelRegistry] = {}
+    registries: dict[str, object] = {}
 
     def champion(decl: DeciderDeclaration) -> str | None:
         registry = registries.get(decl.name)
         if registry is None:
-            registry = registries[decl.name] = ModelRegistry.from_settings(settings, decl)
+            registry = registries[decl.name] = read_only_registry(settings, decl)
         return registry.alias("champion")
 
     from mlp_platform.registry.roles import routing_path_for
