@@ -315,6 +315,9 @@ class Settings:
     decision_stream_replicas: int = 1
     #: The scoring service's knobs (see ServingSettings).
     serving: ServingSettings = field(default_factory=ServingSettings)
+    #: MLP_REVIEW_DATABASE_URL: the review cases' database (a SQLAlchemy URL: postgresql://... in
+    #: production, where it is required); empty: SQLite under <data_dir>/review (see review_database).
+    review_database_url: str = field(default="", repr=False)  # may hold a password
 
     @property
     def duckdb_path(self) -> Path:
@@ -352,6 +355,16 @@ class Settings:
     def feature_store_url(self) -> str:
         """The online feature store: embedded by default, redis://... in production."""
         return self.online_store_url or f"embedded://{self.data_dir / 'serving' / 'online_store'}"
+
+    @property
+    def review_database(self) -> str:
+        """The review cases' database URL: MLP_REVIEW_DATABASE_URL, or SQLite under the data directory
+        (the embedded default; refused in production, where every replica must share one database)."""
+        if self.review_database_url:
+            return self.review_database_url
+        if self.env == "production":
+            raise SettingsError("MLP_REVIEW_DATABASE_URL must name the review database (Postgres) in production")
+        return f"sqlite:///{self.data_dir / 'review' / 'cases.db'}"
 
     @property
     def routing_path(self) -> Path:
@@ -443,6 +456,7 @@ def load_settings() -> Settings:
         decision_stream_name=_env("MLP_DECISION_STREAM", "MLP_DECISIONS"),
         decision_stream_replicas=_env_int("MLP_DECISION_STREAM_REPLICAS", 1),
         serving=load_serving_settings(),
+        review_database_url=os.environ.get("MLP_REVIEW_DATABASE_URL", "").strip(),
     )
     if settings.retrain_min_days < 1 or settings.retrain_cooldown_hours < 0:
         raise SettingsError("MLP_RETRAIN_MIN_DAYS must be >= 1 and MLP_RETRAIN_COOLDOWN_HOURS >= 0")

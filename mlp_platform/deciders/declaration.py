@@ -258,6 +258,32 @@ class MonitoringDecl(_Strict):
     retrain_source: str = "synthetic"
 
 
+class OutcomeDecl(_Strict):
+    """One outcome an analyst may record on a case: the label it becomes (1 = the declared positive,
+    0 = not), the decision it stands for (for an override), and whether it needs a reason."""
+
+    label: Literal[0, 1]
+    #: The policy action this outcome amounts to (credit: approve / decline); none for a finding
+    #: alone (fraud / not fraud).
+    decision: str | None = None
+    reason_required: bool = False
+
+
+class ReviewDecl(_Strict):
+    """The human review of this decider's decisions (issue 21): which decisions open a case, the
+    queue's service level, and the outcomes an analyst records (they become labels)."""
+
+    #: Policy actions whose decisions open a case (fraud: review; credit: refer).
+    open_for: tuple[str, ...] = ()
+    #: A case older than this (hours since its decision) is past its SLA (alerted on).
+    sla_hours: float = Field(24.0, gt=0.0, le=24.0 * 90)
+    #: Outcome name -> its meaning; names are lower case words.
+    outcomes: dict[Annotated[str, Field(pattern=r"^[a-z][a-z_]{0,30}$")], OutcomeDecl] = Field(default_factory=dict)
+    #: Days after its decision an analyst outcome counts as known (its label delay): outcomes arrive
+    #: long before chargebacks do.
+    label_delay_days: float = Field(1.0, ge=0.0, le=365.0)
+
+
 class DeploymentDecl(_Strict):
     """The decider's own Kubernetes Deployment (``deploy/deciders/<name>.yaml``, rendered from one
     template by ``mlp deciders manifests``): its scaling and resources."""
@@ -303,6 +329,8 @@ class DeciderDeclaration(_Strict):
     promotion: Literal["champion", "staged"] = "champion"
     deployment: DeploymentDecl = Field(default_factory=DeploymentDecl)
     monitoring: MonitoringDecl = Field(default_factory=MonitoringDecl)
+    #: Human review: the case queue, outcomes and overrides (absent: no decision opens a case).
+    review: ReviewDecl = Field(default_factory=ReviewDecl)
     #: Promotion gates: fields of mlp_platform.evaluation.gates.GateConfig (absent: its default);
     #: checked by :func:`mlp_platform.deciders.validate.validate_decider`.
     gates: dict[str, Any] = Field(default_factory=dict)
@@ -328,6 +356,16 @@ class DeciderDeclaration(_Strict):
         unknown = sorted(set(self.fairness.protected) - set(schema))
         if unknown:
             raise ValueError(f"fairness.protected: {unknown} are not columns of the {self.request.schema_name} schema")
+        actions = self.policy.actions
+        review = self.review
+        unknown = sorted(set(review.open_for) - set(actions))
+        if unknown:
+            raise ValueError(f"review.open_for: {unknown} are not actions of this policy {list(actions)}")
+        if review.open_for and not review.outcomes:
+            raise ValueError("review.open_for opens cases, so review.outcomes must say what an analyst may record")
+        unknown = sorted({o.decision for o in review.outcomes.values() if o.decision} - set(actions))
+        if unknown:
+            raise ValueError(f"review.outcomes: decisions {unknown} are not actions of this policy {list(actions)}")
         offer = self.counter_offer
         if offer is not None:
             columns = [offer.amount_column, offer.term_column, *offer.instalment_bands]

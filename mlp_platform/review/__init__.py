@@ -1,0 +1,1 @@
+"""Human oversight: review cases, analyst outcomes and overrides (issue 21)."""
