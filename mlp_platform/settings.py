@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -185,6 +186,39 @@ class ServingSettings:
     #: MLP_DECIDER_API_KEYS: comma-separated ``decider:key`` pairs (secrets): a key calls only its
     #: decider (admin keys call every decider; MLP_API_KEYS stay the fraud decider's keys).
     decider_api_keys: tuple[tuple[str, str], ...] = ()
+    #: MLP_REVIEWER_KEYS: comma-separated ``reviewer:decider+decider:key`` (secrets): a reviewer key
+    #: reads, claims and resolves the cases of its deciders, and nothing else; the reviewer's name
+    #: (recorded with every action) comes from the key, never from the request.
+    reviewer_keys: tuple[tuple[str, tuple[str, ...], str], ...] = field(default=(), repr=False)
+    #: MLP_COMPLIANCE_KEYS: comma-separated ``name:key``: read-only (cases and decision lookups).
+    compliance_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+_REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+
+
+def _reviewer_keys(name: str) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+    out = []
+    for entry in _keys(name):
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not _REVIEWER.match(parts[0].strip()) or not parts[2].strip():
+            raise SettingsError(f"{name}: expected comma-separated reviewer:decider+decider:key entries "
+                                "(a reviewer name of letters, digits, '.', '_', '@', '-')")
+        deciders = tuple(d.strip() for d in parts[1].split("+") if d.strip())
+        if not deciders:
+            raise SettingsError(f"{name}: the reviewer {parts[0].strip()!r} names no decider")
+        out.append((parts[0].strip(), deciders, parts[2].strip()))
+    return tuple(out)
+
+
+def _compliance_keys(name: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for entry in _keys(name):
+        who, sep, key = entry.partition(":")
+        if not sep or not _REVIEWER.match(who.strip()) or not key.strip():
+            raise SettingsError(f"{name}: expected comma-separated name:key entries")
+        out.append((who.strip(), key.strip()))
+    return tuple(out)
 
 
 def load_serving_settings() -> ServingSettings:
@@ -210,7 +244,14 @@ def load_serving_settings() -> ServingSettings:
         otel_service_name=_env("OTEL_SERVICE_NAME", "mlp-scoring"),
         deciders=os.environ.get("MLP_SERVE_DECIDERS", "all").strip(),
         decider_api_keys=_decider_keys("MLP_DECIDER_API_KEYS"),
+        reviewer_keys=_reviewer_keys("MLP_REVIEWER_KEYS"),
+        compliance_keys=_compliance_keys("MLP_COMPLIANCE_KEYS"),
     )
+    scoring = set(out.api_keys) | set(out.admin_keys) | {k for _, k in out.decider_api_keys}
+    review = [k for *_, k in out.reviewer_keys] + [k for _, k in out.compliance_keys]
+    if scoring & set(review) or len(set(review)) != len(review):
+        raise SettingsError("a reviewer or compliance key must be its own: not a scoring or admin key, "
+                            "and not given twice")
     if out.workers < 1 or out.event_time_max_future_s < 0 or out.late_grace_s < 0 or out.idempotency_window_s < 0:
         raise SettingsError("MLP_SERVING_WORKERS must be >= 1 and the event-time and idempotency bounds >= 0")
     return out

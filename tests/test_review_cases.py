@@ -49,7 +49,7 @@ def store(request, tmp_path):
         url = request.getfixturevalue("postgres_url")
         engine = sa.create_engine(url)
         with engine.begin() as conn:  # each test on an empty schema
-            conn.execute(sa.text("drop table if exists review_cases, review_schema_migrations"))
+            conn.execute(sa.text("drop table if exists review_cases, review_schema_migrations, review_log_positions"))
         engine.dispose()
     s = CaseStore.from_url(url)
     yield s

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,19 +82,31 @@ def _tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
     return cases, migrations
 
 
+def _positions_table(metadata: sa.MetaData) -> sa.Table:
+    """How far each decision log has been read for cases (:meth:`CaseStore.reconcile`)."""
+    return sa.Table(
+        "review_log_positions", metadata,
+        sa.Column("source", sa.String(400), primary_key=True),  # a decision log directory
+        sa.Column("seq", sa.BigInteger, nullable=False),  # the last record read
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
 _METADATA = sa.MetaData()
 CASES, MIGRATIONS_TABLE = _tables(_METADATA)
+POSITIONS = _positions_table(_METADATA)
 
 
 def _migration_1(conn: sa.Connection) -> None:
     metadata = sa.MetaData()
     cases, _ = _tables(metadata)
     cases.create(conn)
+    _positions_table(metadata).create(conn)
 
 
 #: (version, description, function): applied in order, each once.
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
-    (1, "review_cases and its queue index", _migration_1),
+    (1, "review_cases and its queue index, review_log_positions", _migration_1),
 )
 
 
@@ -227,6 +239,35 @@ class CaseStore:
                 conn.execute(CASES.insert(), fresh)
         return len(fresh)
 
+    def reconcile(self, source: str, records: Iterable[Mapping[str, Any]], open_for: Mapping[str, Sequence[str]],
+                  *, chunk: int = 1000) -> int:
+        """Open the cases of a decision log's records after the position recorded for ``source`` (its
+        directory): whatever the live path did not open (a crash between the log write and the insert,
+        a full opening queue, the database down) is opened here. ``open_for``: decider -> actions;
+        a record without a ``decider`` field is the fraud decider's. Returns how many were new."""
+        with self.engine.connect() as conn:
+            last = conn.execute(sa.select(POSITIONS.c.seq).where(POSITIONS.c.source == source)).scalar()
+        last = -1 if last is None else int(last)
+        opened, pending, seq = 0, [], last
+        for record in records:
+            seq_now = record.get("seq")
+            if not isinstance(seq_now, int) or seq_now <= last:
+                continue
+            seq = seq_now
+            decider = record.get("decider") or "fraud"
+            if record.get("kind") == "decision" and record.get("decision") in open_for.get(decider, ()):
+                pending.append(case_from_decision(record, decider))
+            if len(pending) >= chunk:
+                opened += self.open_many(pending)
+                pending = []
+        opened += self.open_many(pending)
+        if seq != last:
+            with self.engine.begin() as conn:
+                if conn.execute(POSITIONS.update().where(POSITIONS.c.source == source)
+                                .values(seq=seq, updated_at=now_utc())).rowcount == 0:
+                    conn.execute(POSITIONS.insert().values(source=source, seq=seq, updated_at=now_utc()))
+        return opened
+
     # --- reading ---------------------------------------------------------------------------------
     def get(self, case_id: str) -> Case:
         with self.engine.connect() as conn:
@@ -254,8 +295,11 @@ class CaseStore:
             return [Case.of(r) for r in conn.execute(query).mappings()]
 
     # --- acting ----------------------------------------------------------------------------------
-    def claim(self, case_id: str, reviewer: str, deciders: Iterable[str], *, at: dt.datetime | None = None) -> Case:
-        """Claim an open case (or renew one's own claim, or take a lapsed one) of one of ``deciders``."""
+    def claim(self, case_id: str, reviewer: str, deciders: Iterable[str], *, at: dt.datetime | None = None,
+              audit: Callable[[Case], None] | None = None) -> Case:
+        """Claim an open case (or renew one's own claim, or take a lapsed one) of one of ``deciders``.
+        ``audit(case)``: called with the claimed case inside the transaction (it appends the action to
+        the decision log); if it raises, the claim is rolled back."""
         reviewer = _reviewer(reviewer)
         at = at or now_utc()
         lapsed = at - dt.timedelta(seconds=self.claim_ttl_s)
@@ -268,7 +312,7 @@ class CaseStore:
                      .values(status="claimed", claimed_by=reviewer, claimed_at=at, revision=CASES.c.revision + 1))
         with self.engine.begin() as conn:
             if conn.execute(statement).rowcount == 1:
-                return Case.of(conn.execute(sa.select(CASES).where(CASES.c.case_id == case_id)).mappings().one())
+                return _audited(conn, case_id, audit)
         case = self._visible(case_id, deciders)
         if case.status == "resolved":
             raise CaseConflict(f"case {case_id} is resolved")
@@ -276,9 +320,11 @@ class CaseStore:
 
     def resolve(self, case_id: str, reviewer: str, deciders: Iterable[str], review, *, outcome: str,
                 comment: str = "", override: str | None = None, reason: str | None = None,
-                policy_actions: Sequence[str] = (), at: dt.datetime | None = None) -> Case:
+                policy_actions: Sequence[str] = (), at: dt.datetime | None = None,
+                audit: Callable[[Case], None] | None = None) -> Case:
         """Record the outcome of a case this reviewer holds; ``review`` is the decider's ReviewDecl,
-        ``policy_actions`` its policy's actions (what an override may be)."""
+        ``policy_actions`` its policy's actions (what an override may be); ``audit`` as for
+        :meth:`claim`."""
         reviewer = _reviewer(reviewer)
         deciders = list(deciders)
         decl = review.outcomes.get(outcome)
@@ -307,7 +353,7 @@ class CaseStore:
                              revision=CASES.c.revision + 1))
         with self.engine.begin() as conn:
             if conn.execute(statement).rowcount == 1:
-                return Case.of(conn.execute(sa.select(CASES).where(CASES.c.case_id == case_id)).mappings().one())
+                return _audited(conn, case_id, audit)
         case = self._visible(case_id, deciders)
         if case.status == "resolved":
             raise CaseConflict(f"case {case_id} is already resolved")
@@ -343,6 +389,15 @@ class CaseStore:
             "override_rate": overrides / resolved if resolved else 0.0,
             "agreement": positives / resolved if resolved else 0.0,
         }
+
+
+def _audited(conn: sa.Connection, case_id: str, audit: Callable[[Case], None] | None) -> Case:
+    """The updated case, after ``audit`` recorded it (still inside the transaction: a failure rolls
+    the action back, so the database never holds an action the log does not)."""
+    case = Case.of(conn.execute(sa.select(CASES).where(CASES.c.case_id == case_id)).mappings().one())
+    if audit is not None:
+        audit(case)
+    return case
 
 
 def _reviewer(reviewer: str) -> str:

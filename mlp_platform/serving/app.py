@@ -261,11 +261,12 @@ METRICS_RESPONSES: dict = {200: {"description": "Prometheus text exposition form
                                  "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}}
 
 
-def create_app(service: ScoringService, fast_path: bool = True, host=None):
+def create_app(service: ScoringService, fast_path: bool = True, host=None, desk=None):
     """The ASGI app: FastAPI behind the body limit, with :class:`ScoringFastPath` in front of it for
     ``POST /v1/score`` (``fast_path=False``: FastAPI serves that route too; same contract).
     ``host``: the application deciders this process also serves (a
-    :class:`~mlp_platform.serving.deciders.DeciderHost`), under ``/v1/deciders/{name}/...``."""
+    :class:`~mlp_platform.serving.deciders.DeciderHost`), under ``/v1/deciders/{name}/...``;
+    ``desk``: the review desk (:mod:`mlp_platform.review.api`), under ``/v1/review/...``."""
     config, metrics = service.config, service.metrics
 
     @asynccontextmanager
@@ -373,13 +374,17 @@ def create_app(service: ScoringService, fast_path: bool = True, host=None):
         return {"changed": changed, "champion": state.champion, "loaded": sorted(models),
                 "error": service.pool.last_error}
 
+    if desk is not None:
+        from mlp_platform.review.api import review_router
+
+        app.include_router(review_router(desk))
     limited = BodyLimit(app, config.max_body_bytes)
     if not fast_path:
         return limited
     return ScoringFastPath(limited, service, config.max_body_bytes)
 
 
-def create_decider_app(host, admin_keys: tuple[str, ...], max_body_bytes: int = 64 * 1024):
+def create_decider_app(host, admin_keys: tuple[str, ...], max_body_bytes: int = 64 * 1024, desk=None):
     """The ASGI app of a process that hosts application deciders only (no fraud decider: one
     Deployment per decider, ``MLP_SERVE_DECIDERS=credit``): ``/v1/deciders/...``, ``/healthz``,
     ``/readyz`` (ready once every hosted decider serves a champion), ``/metrics`` and the admin
@@ -434,6 +439,10 @@ def create_decider_app(host, admin_keys: tuple[str, ...], max_body_bytes: int = 
     async def reload():
         return await asyncio.to_thread(host.refresh)
 
+    if desk is not None:
+        from mlp_platform.review.api import review_router
+
+        app.include_router(review_router(desk))
     return BodyLimit(app, max_body_bytes)
 
 
@@ -536,6 +545,7 @@ def app_from_env():
     logging.basicConfig(level=logging.INFO)
     from prometheus_client import CollectorRegistry
 
+    from mlp_platform.review.api import build_desk
     from mlp_platform.serving.deciders import build_host, serves_fraud
 
     settings = load_settings()
@@ -543,12 +553,14 @@ def app_from_env():
         host = build_host(settings, CollectorRegistry())
         if host is None:
             raise ValueError("MLP_SERVE_DECIDERS names no decider to host")
-        app = create_decider_app(host, settings.serving.admin_keys)
+        desk = build_desk(settings, host=host, metrics_registry=host.metrics.registry)
+        app = create_decider_app(host, settings.serving.admin_keys, desk=desk)
         log.info("hosting %s only; start-up heap frozen: %d objects", ", ".join(host.names), freeze_start_up_heap())
         return app
     service = build_service(settings)
     host = build_host(settings, service.metrics.registry)
-    app = create_app(service, fast_path=settings.serving.fast_path, host=host)
+    desk = build_desk(settings, service=service, host=host, metrics_registry=service.metrics.registry)
+    app = create_app(service, fast_path=settings.serving.fast_path, host=host, desk=desk)
     log.info("start-up heap frozen: %d objects kept out of full garbage collections", freeze_start_up_heap())
     return app
 

@@ -150,6 +150,8 @@ class DeciderHost:
             self._slots[decl.name] = _Slot(decl, keys.get(decl.name, ()),
                                            DecisionLog(directory, group_commit_ms=group_commit_ms))
         self._stop = threading.Event()
+        #: A :class:`mlp_platform.review.opener.CaseOpener` (set by the review desk), or None.
+        self.case_opener = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -351,7 +353,10 @@ class DeciderHost:
         with self._counted(name, "decide", arm):
             decision = runtime.decide(request)
             decision_id = self._decision_id()
-            await slot.log.append_async(self._record(name, runtime, decision, decision_id, "decide", arm))
+            record = self._record(name, runtime, decision, decision_id, "decide", arm)
+            await slot.log.append_async(record)
+        if self.case_opener is not None and self.case_opener.opens(name, decision.action):
+            self.case_opener.offer(record, name)
         if arm == "champion":
             self._shadow_job(slot, request, decision_id, decision.action)
         self.metrics.decisions.labels(name, decision.action).inc()
@@ -388,6 +393,8 @@ class DeciderHost:
             failed = [r for r in await asyncio.to_thread(slot.log.append_many, records) if isinstance(r, BaseException)]
             if failed:  # never acknowledge a decision whose trace is not all logged
                 raise failed[0]
+        if self.case_opener is not None and self.case_opener.opens(name, decision.action):
+            self.case_opener.offer(record, name)
         self.metrics.decisions.labels(name, decision.action).inc()
         self.metrics.offers.labels(name, "offer" if result.offer else "none" if result.candidates else "not_needed").inc()
         self.metrics.latency.labels(name, "counter_offer", arm).observe(time.perf_counter() - started)
@@ -406,6 +413,8 @@ class DeciderHost:
         if self._shadow_thread is not None:
             self._shadow_queue.put(None)
             self._shadow_thread.join(timeout=5)
+        if self.case_opener is not None:
+            self.case_opener.close()
         for slot in self._slots.values():
             slot.log.close()
 

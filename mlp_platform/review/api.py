@@ -1,0 +1,263 @@
+"""The review API (``/v1/review/...``) of the scoring service: list, read, claim and resolve cases;
+look a decision up.
+
+Roles, from the key presented (``Authorization: Bearer`` or ``X-API-Key``):
+
+* a **reviewer** key (MLP_REVIEWER_KEYS: ``name:decider+decider:key``) reads, claims and resolves the
+  cases of its deciders; another decider's case answers 404, as if it did not exist;
+* a **compliance** key (MLP_COMPLIANCE_KEYS) reads cases and decisions of every hosted decider and
+  changes nothing;
+* scoring and admin keys are not review keys (401 here), and review keys are not scoring keys.
+
+The name recorded with an action is the key's, never a field of the request. Each claim and
+resolution is appended to the deciding decider's hash-chained decision log inside the database
+transaction (:func:`~mlp_platform.review.cases.case_action_record`): the database never holds an
+action the log lacks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlp_platform.review.cases import (
+    CaseConflict,
+    CaseError,
+    CaseNotFound,
+    CaseStore,
+    case_action_record,
+)
+from mlp_platform.serving.service import key_matches
+
+_BEARER = HTTPBearer(auto_error=False, scheme_name="review key")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="review key (header)")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Literal["reviewer", "compliance"]
+    deciders: tuple[str, ...]
+
+    @property
+    def may_act(self) -> bool:
+        return self.role == "reviewer"
+
+
+@dataclass
+class DeskDecider:
+    """What the desk needs of one hosted decider: its declaration and its decision log."""
+
+    declaration: Any  # DeciderDeclaration
+    log: Any  # DecisionLog
+
+
+@dataclass
+class ReviewDesk:
+    store: CaseStore
+    deciders: dict[str, DeskDecider]
+    reviewers: tuple[tuple[str, tuple[str, ...], str], ...] = ()
+    compliance: tuple[tuple[str, str], ...] = ()
+    metrics: Any = None  # ReviewMetrics
+    opener: Any = None  # CaseOpener
+    _keys: dict[str, Principal] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        hosted = tuple(self.deciders)
+        for name, wanted, key in self.reviewers:
+            self._keys[key] = Principal(name, "reviewer", tuple(d for d in wanted if d in hosted))
+        for name, key in self.compliance:
+            self._keys[key] = Principal(name, "compliance", hosted)
+
+    def principal(self, presented: str | None) -> Principal | None:
+        if not presented:
+            return None
+        found = None
+        for key, principal in self._keys.items():  # every key compared: constant time in the match
+            if key_matches(presented, (key,)):
+                found = principal
+        return found
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcome: str = Field(min_length=1, max_length=32)
+    comment: str = Field("", max_length=2000)
+    override: str | None = Field(None, max_length=20)
+    reason: str | None = Field(None, max_length=2000)
+
+
+def _cursor(text: str | None) -> tuple[dt.datetime, str] | None:
+    if not text:
+        return None
+    at, sep, case_id = text.partition("|")
+    try:
+        when = dt.datetime.fromisoformat(at)
+    except ValueError:
+        when = None
+    if not sep or not case_id or when is None:
+        raise HTTPException(422, "after: the next_after token of the previous page")
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)), case_id
+
+
+def review_router(desk: ReviewDesk) -> APIRouter:
+    router = APIRouter(prefix="/v1/review", tags=["review"])
+
+    def principal(bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                  x_api_key: str | None = Security(_API_KEY)) -> Principal:
+        presented = bearer.credentials.strip() if bearer is not None else x_api_key
+        found = desk.principal(presented)
+        if found is None:
+            raise HTTPException(401, "missing or invalid review key", headers={"WWW-Authenticate": "Bearer"})
+        return found
+
+    def actor(who: Principal = Depends(principal)) -> Principal:
+        if not who.may_act:
+            raise HTTPException(403, "a compliance key reads; it does not act on cases")
+        return who
+
+    def scoped(who: Principal, decider: str | None) -> list[str]:
+        if decider is None:
+            return list(who.deciders)
+        if decider not in who.deciders:
+            raise HTTPException(404, f"no decider {decider!r} for this key")
+        return [decider]
+
+    @router.get("/cases")
+    def list_cases(decider: str | None = None, status: str = Query("open,claimed", max_length=40),
+                   limit: int = Query(50, ge=1, le=500), after: str | None = Query(None, max_length=200),
+                   who: Principal = Depends(principal)) -> dict[str, Any]:
+        statuses = [s.strip() for s in status.split(",") if s.strip()]
+        try:
+            page = desk.store.queue(scoped(who, decider), statuses=statuses, limit=limit, after=_cursor(after))
+        except CaseError as err:
+            raise HTTPException(422, str(err)) from None
+        last = page[-1] if len(page) == limit else None
+        return {"cases": [c.as_json() for c in page],
+                "next_after": f"{last.decided_at.isoformat()}|{last.case_id}" if last else None}
+
+    def visible(case_id: str, who: Principal):
+        try:
+            case = desk.store.get(case_id)
+        except CaseNotFound:
+            case = None
+        if case is None or case.decider not in who.deciders:
+            raise HTTPException(404, f"no case {case_id}")
+        return case
+
+    @router.get("/cases/{case_id}")
+    def get_case(case_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        case = visible(case_id, who)
+        out = case.as_json()
+        out["allowed"] = _allowed(desk.deciders[case.decider].declaration, case.decision)
+        return out
+
+    def audit_for(decider: str):
+        log = desk.deciders[decider].log
+
+        def audit(case, action: str) -> None:
+            log.append(case_action_record(case, action))
+        return audit
+
+    @router.post("/cases/{case_id}/claim")
+    def claim(case_id: str, who: Principal = Depends(actor)) -> dict[str, Any]:
+        case = visible(case_id, who)
+        audit = audit_for(case.decider)
+        try:
+            claimed = desk.store.claim(case_id, who.name, who.deciders, audit=lambda c: audit(c, "claim"))
+        except CaseConflict as err:
+            raise HTTPException(409, str(err)) from None
+        except CaseNotFound:
+            raise HTTPException(404, f"no case {case_id}") from None
+        return claimed.as_json()
+
+    @router.post("/cases/{case_id}/resolve")
+    def resolve(case_id: str, body: ResolveIn, who: Principal = Depends(actor)) -> dict[str, Any]:
+        case = visible(case_id, who)
+        decl = desk.deciders[case.decider].declaration
+        audit = audit_for(case.decider)
+        try:
+            done = desk.store.resolve(case_id, who.name, who.deciders, decl.review, outcome=body.outcome,
+                                      comment=body.comment, override=body.override, reason=body.reason,
+                                      policy_actions=decl.policy.actions, audit=lambda c: audit(c, "resolve"))
+        except CaseError as err:
+            raise HTTPException(422, str(err)) from None
+        except CaseConflict as err:
+            raise HTTPException(409, str(err)) from None
+        except CaseNotFound:
+            raise HTTPException(404, f"no case {case_id}") from None
+        if desk.metrics is not None:
+            desk.metrics.resolutions.labels(done.decider, done.outcome, "yes" if done.override_decision else "no").inc()
+        return done.as_json()
+
+    @router.get("/decisions/{decision_id}")
+    def decision(decision_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        """A decision by id (the compliance lookup): its logged record, its case if it has one, and the
+        case's actions in this process's log."""
+        for name in who.deciders:
+            log = desk.deciders[name].log
+            record = log.get(decision_id)
+            if record is None or record.get("kind") != "decision":
+                continue
+            try:
+                case = desk.store.get(decision_id)
+            except CaseNotFound:
+                case = None
+            actions = []
+            if case is not None:
+                for revision in range(1, case.revision + 1):
+                    for action in ("claim", "resolve"):
+                        found = log.get(f"{decision_id}.{action}.{revision}")
+                        if found is not None:
+                            actions.append(found)
+            return {"decider": name, "decision": record, "case": case.as_json() if case else None,
+                    "actions": actions}
+        raise HTTPException(404, f"no decision {decision_id}")
+
+    return router
+
+
+def _allowed(declaration, decision: str) -> dict[str, Any]:
+    """What a reviewer may record on a case of this decider (the page's form)."""
+    review = declaration.review
+    return {"outcomes": {k: v.model_dump() for k, v in review.outcomes.items()},
+            "overrides": [a for a in declaration.policy.actions if a != decision]}
+
+
+def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> ReviewDesk | None:
+    """The review desk of a scoring process: the hosted deciders that open cases (the fraud service's
+    and the application deciders'), the case database, the opener (started: its reconcile reads the
+    logs from their recorded positions) and the review keys. None when no hosted decider opens cases."""
+    from mlp_platform.deciders.declaration import load_decider
+    from mlp_platform.review.metrics import ReviewMetrics
+    from mlp_platform.review.opener import CaseOpener
+
+    deciders: dict[str, DeskDecider] = {}
+    if service is not None:
+        fraud = load_decider(settings.deciders_dir)
+        if fraud.review.open_for:
+            deciders[fraud.name] = DeskDecider(fraud, service.decisions)
+    if host is not None:
+        for name in host.names:
+            slot = host.slot(name)
+            if slot.declaration.review.open_for:
+                deciders[name] = DeskDecider(slot.declaration, slot.log)
+    if not deciders:
+        return None
+    store = CaseStore.from_url(settings.review_database)
+    metrics = ReviewMetrics(metrics_registry) if metrics_registry is not None else None
+    opener = CaseOpener(store, {n: d.declaration.review.open_for for n, d in deciders.items()},
+                        {str(d.log.directory): d.log.iter_records for d in deciders.values()}, metrics=metrics,
+                        sla_hours={n: d.declaration.review.sla_hours for n, d in deciders.items()})
+    if service is not None and "fraud" in deciders:
+        service.case_opener, service.opens_cases = opener, frozenset(deciders["fraud"].declaration.review.open_for)
+    if host is not None:
+        host.case_opener = opener
+    opener.start()
+    return ReviewDesk(store, deciders, settings.serving.reviewer_keys, settings.serving.compliance_keys,
+                      metrics=metrics, opener=opener)
