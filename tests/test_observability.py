@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlp_platform.review.metrics import ReviewMetrics
 from mlp_platform.serving.deciders import DeciderMetrics
 from mlp_platform.serving.metrics import ServiceMetrics
 
@@ -187,6 +188,7 @@ def exported_families() -> dict[str, set[str]]:
     families: dict[str, set[str]] = {}
     metrics = ServiceMetrics()
     DeciderMetrics(metrics.registry)  # the application deciders' series, in the same process
+    ReviewMetrics(metrics.registry)  # the review queue's
     for family in metrics.registry.collect():
         if family.type == "counter":
             families[family.name] = {f"{family.name}_total"}
@@ -208,7 +210,8 @@ def exported_labels() -> dict[str, set[str]]:
     each got one child (a labelled metric without children exports nothing)."""
     metrics = ServiceMetrics()
     deciders = DeciderMetrics(metrics.registry)
-    for metric in [*vars(metrics).values(), *vars(deciders).values()]:
+    review = ReviewMetrics(metrics.registry)
+    for metric in [*vars(metrics).values(), *vars(deciders).values(), *vars(review).values()]:
         if isinstance(metric, Counter | Gauge | Histogram):
             labelnames = metric._labelnames
         else:

@@ -13,9 +13,9 @@ data directory) and Postgres (production), through SQLAlchemy Core. ``migrate`` 
 numbered migrations not yet recorded in ``review_schema_migrations``, each in its own transaction
 (on Postgres under an advisory lock, so replicas starting together do not race).
 
-The queue is read in pages by keyset (oldest decision first, then case id) on the index
-``(decider, status, decided_at, case_id)``: the first page costs the same with 100 or 100,000
-open cases (``bench/bench_cases.py``).
+The queue is read in pages by keyset (oldest decision first, then case id) on a partial index of the
+unresolved cases ``(decider, decided_at, case_id) where status <> 'resolved'``: the first page costs
+the same with 100 or 100,000 open cases (``bench/bench_cases.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 #: Seconds a claim holds a case before another analyst may take it.
@@ -72,7 +73,13 @@ def _tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("evidence", sa.Text, nullable=False),  # JSON: the decision's trace
         sa.Column("revision", sa.Integer, nullable=False),
     )
-    sa.Index("review_cases_queue", cases.c.decider, cases.c.status, cases.c.decided_at, cases.c.case_id)
+    # the queue (open and claimed cases, oldest first): a partial index on the unresolved cases only,
+    # so its first page is read in index order however many cases were resolved before
+    unresolved = cases.c.status != "resolved"
+    sa.Index("review_cases_unresolved", cases.c.decider, cases.c.decided_at, cases.c.case_id,
+             sqlite_where=unresolved, postgresql_where=unresolved)
+    # one status at a time (resolved cases for compliance, open cases only)
+    sa.Index("review_cases_by_status", cases.c.decider, cases.c.status, cases.c.decided_at, cases.c.case_id)
     migrations = sa.Table(
         "review_schema_migrations", metadata,
         sa.Column("version", sa.Integer, primary_key=True),
@@ -129,7 +136,12 @@ def engine_for(url: str) -> sa.Engine:
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_connection, _record) -> None:  # readers never wait for the writer
+            dbapi_connection.execute("pragma journal_mode = WAL")
+        return engine
     return sa.create_engine(url, pool_pre_ping=True)
 
 
@@ -200,7 +212,8 @@ def case_from_decision(record: Mapping[str, Any], decider: str, *, opened_at: dt
         "decision": str(record["decision"]), "score": float(record.get("score") or 0.0),
         "model_version": str(record.get("model_version") or ""),
         "decided_at": dt.datetime.fromisoformat(record["time"]) if record.get("time") else now_utc(),
-        "opened_at": opened_at or now_utc(), "status": "open", "evidence": json.dumps(evidence, default=str),
+        "opened_at": opened_at or now_utc(), "status": "open",
+        "evidence": orjson.dumps(evidence, default=str, option=orjson.OPT_NON_STR_KEYS).decode(),
         "revision": 0,
     }
 
@@ -220,24 +233,21 @@ class CaseStore:
 
     # --- opening ---------------------------------------------------------------------------------
     def open_many(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Insert new cases (rows of :func:`case_from_decision`); ids already present are left alone.
-        Returns how many were new."""
+        """Insert new cases (rows of :func:`case_from_decision`); ids already present are left alone
+        (``on conflict do nothing``). Returns how many were new.
+
+        Opening does not wait for the disk (SQLite: WAL with ``synchronous=NORMAL``; Postgres:
+        ``synchronous_commit = off``): a case lost to a power cut is lost with its recorded log
+        position, in the same transaction, so the reconcile opens it again from the decision log.
+        Claims and resolutions do wait (see :meth:`_acting`)."""
         if not rows:
             return 0
-        ids = [r["case_id"] for r in rows]
+        unique = list({r["case_id"]: r for r in rows}.values())
+        insert = _insert_ignoring(self.engine.dialect.name)
         with self.engine.begin() as conn:
-            existing: set[str] = set()
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                existing.update(conn.execute(sa.select(CASES.c.case_id).where(CASES.c.case_id.in_(chunk))).scalars())
-            fresh, seen = [], set(existing)
-            for row in rows:
-                if row["case_id"] not in seen:
-                    seen.add(row["case_id"])
-                    fresh.append(dict(row))
-            if fresh:
-                conn.execute(CASES.insert(), fresh)
-        return len(fresh)
+            _relaxed(conn)
+            result = conn.execute(insert, unique)
+        return max(result.rowcount, 0)
 
     def reconcile(self, source: str, records: Iterable[Mapping[str, Any]], open_for: Mapping[str, Sequence[str]],
                   *, chunk: int = 1000) -> int:
@@ -285,7 +295,14 @@ class CaseStore:
             raise CaseError("a page holds 1 to 500 cases")
         if unknown := set(statuses) - set(STATUSES):
             raise CaseError(f"unknown status {sorted(unknown)}")
-        query = (sa.select(CASES).where(CASES.c.decider.in_(deciders), CASES.c.status.in_(list(statuses)))
+        wanted = set(statuses)
+        if wanted == {"open", "claimed"}:  # spelled as the partial index's predicate, so the planner uses it
+            status = CASES.c.status != "resolved"
+        elif len(wanted) == 1:
+            status = CASES.c.status == statuses[0]
+        else:
+            status = CASES.c.status.in_(sorted(wanted))
+        query = (sa.select(CASES).where(CASES.c.decider.in_(deciders), status)
                  .order_by(CASES.c.decided_at, CASES.c.case_id).limit(limit))
         if after is not None:
             at, case_id = after
@@ -311,6 +328,7 @@ class CaseStore:
                                            sa.or_(CASES.c.claimed_by == reviewer, CASES.c.claimed_at < lapsed))))
                      .values(status="claimed", claimed_by=reviewer, claimed_at=at, revision=CASES.c.revision + 1))
         with self.engine.begin() as conn:
+            _durable(conn)
             if conn.execute(statement).rowcount == 1:
                 return _audited(conn, case_id, audit)
         case = self._visible(case_id, deciders)
@@ -352,6 +370,7 @@ class CaseStore:
                              label=decl.label, override_decision=override, reason=reason, comment=comment or None,
                              revision=CASES.c.revision + 1))
         with self.engine.begin() as conn:
+            _durable(conn)
             if conn.execute(statement).rowcount == 1:
                 return _audited(conn, case_id, audit)
         case = self._visible(case_id, deciders)
@@ -389,6 +408,30 @@ class CaseStore:
             "override_rate": overrides / resolved if resolved else 0.0,
             "agreement": positives / resolved if resolved else 0.0,
         }
+
+
+def _insert_ignoring(dialect: str):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise CaseError(f"the review database is SQLite or Postgres, not {dialect}")
+    return insert(CASES).on_conflict_do_nothing(index_elements=[CASES.c.case_id])
+
+
+def _relaxed(conn: sa.Connection) -> None:
+    """This transaction's commit does not wait for the disk (opening cases: the log is the record)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("set local synchronous_commit = off"))
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("pragma synchronous = NORMAL")
+
+
+def _durable(conn: sa.Connection) -> None:
+    """This transaction's commit waits for the disk (an analyst's action)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("pragma synchronous = FULL")
 
 
 def _audited(conn: sa.Connection, case_id: str, audit: Callable[[Case], None] | None) -> Case:

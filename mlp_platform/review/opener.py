@@ -33,7 +33,7 @@ class CaseOpener:
 
     def __init__(self, store: CaseStore, open_for: Mapping[str, Sequence[str]],
                  sources: Mapping[str, Callable[[], Iterable[Mapping[str, Any]]]] | None = None, *,
-                 reconcile_every_s: float = 60.0, flush_interval_s: float = 0.05, metrics=None,
+                 reconcile_every_s: float = 60.0, flush_interval_s: float = 0.25, metrics=None,
                  sla_hours: Mapping[str, float] | None = None):
         self.store = store
         self.open_for = {k: tuple(v) for k, v in open_for.items()}
@@ -140,5 +140,7 @@ class CaseOpener:
                 first = self._queue.get(timeout=self.flush_interval_s)
             except queue.Empty:
                 continue
+            # linger: under load one transaction carries many cases (its cost is mostly per statement)
+            self._stop.wait(self.flush_interval_s)
             batch = [first, *self._drain()]
             self._open(batch)
