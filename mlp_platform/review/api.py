@@ -252,7 +252,7 @@ def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> R
     store = CaseStore.from_url(settings.review_database)
     metrics = ReviewMetrics(metrics_registry) if metrics_registry is not None else None
     opener = CaseOpener(store, {n: d.declaration.review.open_for for n, d in deciders.items()},
-                        {str(d.log.directory): d.log.iter_records for d in deciders.values()}, metrics=metrics,
+                        {str(d.log.directory): d.log for d in deciders.values()}, metrics=metrics,
                         sla_hours={n: d.declaration.review.sla_hours for n, d in deciders.items()})
     if service is not None and "fraud" in deciders:
         service.case_opener, service.opens_cases = opener, frozenset(deciders["fraud"].declaration.review.open_for)

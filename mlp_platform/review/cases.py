@@ -306,8 +306,9 @@ class CaseStore:
                  .order_by(CASES.c.decided_at, CASES.c.case_id).limit(limit))
         if after is not None:
             at, case_id = after
-            query = query.where(sa.or_(CASES.c.decided_at > at,
-                                       sa.and_(CASES.c.decided_at == at, CASES.c.case_id > case_id)))
+            # a row comparison: both engines walk the index from the cursor
+            query = query.where(sa.tuple_(CASES.c.decided_at, CASES.c.case_id) > sa.tuple_(
+                sa.literal(at, CASES.c.decided_at.type), sa.literal(case_id, CASES.c.case_id.type)))
         with self.engine.connect() as conn:
             return [Case.of(r) for r in conn.execute(query).mappings()]
 

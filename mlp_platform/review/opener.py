@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mlp_platform.review.cases import CaseStore, case_from_decision
@@ -28,11 +28,12 @@ HEALTH_EVERY_S = 15.0
 
 
 class CaseOpener:
-    """Opens the cases of one or more decision logs (``sources``: log directory -> a callable
-    returning its records, e.g. ``DecisionLog.iter_records``)."""
+    """Opens the cases of one or more decision logs (``sources``: log directory -> its
+    :class:`~mlp_platform.serving.decision_log.DecisionLog`; read from where the last reconcile
+    stopped, so a reconcile costs what was logged since, not the whole log)."""
 
     def __init__(self, store: CaseStore, open_for: Mapping[str, Sequence[str]],
-                 sources: Mapping[str, Callable[[], Iterable[Mapping[str, Any]]]] | None = None, *,
+                 sources: Mapping[str, Any] | None = None, *,
                  reconcile_every_s: float = 60.0, flush_interval_s: float = 0.25, metrics=None,
                  sla_hours: Mapping[str, float] | None = None):
         self.store = store
@@ -42,6 +43,7 @@ class CaseOpener:
         self.flush_interval_s = flush_interval_s
         self.metrics = metrics  # ReviewMetrics or None
         self.sla_hours = dict(sla_hours or {})  # decider -> SLA: whose health the metrics show
+        self._cursors: dict[str, tuple[int, int]] = {}  # source -> where its last reconcile stopped
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,7 +64,15 @@ class CaseOpener:
 
     def reconcile(self) -> int:
         """Open every case the logs hold past their recorded positions."""
-        opened = sum(self.store.reconcile(source, records(), self.open_for) for source, records in self.sources.items())
+        opened = 0
+        for source, log in self.sources.items():
+            cursor = self._cursors.get(source)
+
+            def records(log=log, source=source, cursor=cursor) -> Iterable[Mapping[str, Any]]:
+                for record, after in log.iter_records_from(cursor):
+                    self._cursors[source] = after
+                    yield record
+            opened += self.store.reconcile(source, records(), self.open_for)
         self.opened += opened
         if self.metrics is not None:
             self.metrics.opened.inc(opened)

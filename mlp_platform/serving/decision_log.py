@@ -721,6 +721,29 @@ class DecisionLog:
                     read += len(line)
                     yield json.loads(line)
 
+    def iter_records_from(self, cursor: tuple[int, int] | None = None
+                          ) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
+        """The durable records after ``cursor`` (segment number, byte offset; None: from the start),
+        each with the cursor just past it: a reader that keeps its last cursor reads only what is new
+        (the review cases' reconcile, every minute)."""
+        with self._cond:
+            last_no, last_size = self._committed
+        start_no, start_offset = cursor if cursor is not None else (-1, 0)
+        for number, path in _list_segments(self.directory):
+            if number > last_no:
+                break
+            if number < start_no:
+                continue
+            offset = start_offset if number == start_no else 0
+            limit = last_size if number == last_no else None
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                for line in fh:
+                    if limit is not None and offset + len(line) > limit:
+                        break
+                    offset += len(line)
+                    yield json.loads(line), (number, offset)
+
     def close(self) -> None:
         """Commit everything queued, stop the writer, release the directory. Idempotent."""
         with self._cond:
