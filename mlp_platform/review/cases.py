@@ -328,10 +328,9 @@ class CaseStore:
                                    sa.and_(CASES.c.status == "claimed",
                                            sa.or_(CASES.c.claimed_by == reviewer, CASES.c.claimed_at < lapsed))))
                      .values(status="claimed", claimed_by=reviewer, claimed_at=at, revision=CASES.c.revision + 1))
-        with self.engine.begin() as conn:
-            _durable(conn)
-            if conn.execute(statement).rowcount == 1:
-                return _audited(conn, case_id, audit)
+        done = self._act(statement, case_id, audit)
+        if done is not None:
+            return done
         case = self._visible(case_id, deciders)
         if case.status == "resolved":
             raise CaseConflict(f"case {case_id} is resolved")
@@ -370,14 +369,22 @@ class CaseStore:
                      .values(status="resolved", resolved_by=reviewer, resolved_at=at, outcome=outcome,
                              label=decl.label, override_decision=override, reason=reason, comment=comment or None,
                              revision=CASES.c.revision + 1))
-        with self.engine.begin() as conn:
-            _durable(conn)
-            if conn.execute(statement).rowcount == 1:
-                return _audited(conn, case_id, audit)
+        done = self._act(statement, case_id, audit)
+        if done is not None:
+            return done
         case = self._visible(case_id, deciders)
         if case.status == "resolved":
             raise CaseConflict(f"case {case_id} is already resolved")
         raise CaseConflict(f"case {case_id} is not claimed by {reviewer} (claim it first)")
+
+    def _act(self, statement, case_id: str, audit: Callable[[Case], None] | None) -> Case | None:
+        """Run an analyst's conditional update, durably; the updated case (after ``audit`` recorded it,
+        inside the transaction), or None when the condition did not hold."""
+        with self.engine.begin() as conn:
+            _durable(conn)
+            if conn.execute(statement).rowcount == 1:
+                return _audited(conn, case_id, audit)
+        return None
 
     def _visible(self, case_id: str, deciders: Sequence[str]) -> Case:
         case = self.get(case_id)
