@@ -238,10 +238,9 @@ def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> R
     from mlp_platform.review.opener import CaseOpener
 
     deciders: dict[str, DeskDecider] = {}
-    if service is not None:
-        fraud = load_decider(settings.deciders_dir)
-        if fraud.review.open_for:
-            deciders[fraud.name] = DeskDecider(fraud, service.decisions)
+    fraud = load_decider(settings.deciders_dir)  # the transaction service's decider
+    if service is not None and fraud.review.open_for:
+        deciders[fraud.name] = DeskDecider(fraud, service.decisions)
     if host is not None:
         for name in host.names:
             slot = host.slot(name)
@@ -254,8 +253,9 @@ def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> R
     opener = CaseOpener(store, {n: d.declaration.review.open_for for n, d in deciders.items()},
                         {str(d.log.directory): d.log for d in deciders.values()}, metrics=metrics,
                         sla_hours={n: d.declaration.review.sla_hours for n, d in deciders.items()})
-    if service is not None and "fraud" in deciders:
-        service.case_opener, service.opens_cases = opener, frozenset(deciders["fraud"].declaration.review.open_for)
+    fraud_desk = deciders.get(fraud.name) if service is not None else None
+    if fraud_desk is not None:
+        service.case_opener, service.opens_cases = opener, frozenset(fraud_desk.declaration.review.open_for)
     if host is not None:
         host.case_opener = opener
     opener.start()

@@ -29,6 +29,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from mlp_platform.deciders.declaration import DEFAULT_DECIDER
+
 #: Seconds a claim holds a case before another analyst may take it.
 CLAIM_TTL_S = 30 * 60
 MAX_COMMENT = 2000
@@ -254,7 +256,8 @@ class CaseStore:
         """Open the cases of a decision log's records after the position recorded for ``source`` (its
         directory): whatever the live path did not open (a crash between the log write and the insert,
         a full opening queue, the database down) is opened here. ``open_for``: decider -> actions;
-        a record without a ``decider`` field is the fraud decider's. Returns how many were new."""
+        a record without a ``decider`` field is the fraud service's (DEFAULT_DECIDER). Returns how many
+        were new."""
         with self.engine.connect() as conn:
             last = conn.execute(sa.select(POSITIONS.c.seq).where(POSITIONS.c.source == source)).scalar()
         last = -1 if last is None else int(last)
@@ -264,7 +267,7 @@ class CaseStore:
             if not isinstance(seq_now, int) or seq_now <= last:
                 continue
             seq = seq_now
-            decider = record.get("decider") or "fraud"
+            decider = record.get("decider") or DEFAULT_DECIDER
             if record.get("kind") == "decision" and record.get("decision") in open_for.get(decider, ()):
                 pending.append(case_from_decision(record, decider))
             if len(pending) >= chunk:

@@ -99,13 +99,10 @@ class CaseOpener:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-        self._flush_all()
+        self.flush()
 
     def flush(self) -> int:
-        """Open whatever is queued now (tests, shutdown)."""
-        return self._flush_all()
-
-    def _flush_all(self) -> int:
+        """Open whatever is queued now (shutdown, tests)."""
         total = 0
         while batch := self._drain():
             total += self._open(batch)

@@ -374,10 +374,7 @@ def create_app(service: ScoringService, fast_path: bool = True, host=None, desk=
         return {"changed": changed, "champion": state.champion, "loaded": sorted(models),
                 "error": service.pool.last_error}
 
-    if desk is not None:
-        from mlp_platform.review.api import review_router
-
-        app.include_router(review_router(desk))
+    _include_review(app, desk)
     limited = BodyLimit(app, config.max_body_bytes)
     if not fast_path:
         return limited
@@ -439,10 +436,7 @@ def create_decider_app(host, admin_keys: tuple[str, ...], max_body_bytes: int = 
     async def reload():
         return await asyncio.to_thread(host.refresh)
 
-    if desk is not None:
-        from mlp_platform.review.api import review_router
-
-        app.include_router(review_router(desk))
+    _include_review(app, desk)
     return BodyLimit(app, max_body_bytes)
 
 
@@ -506,6 +500,14 @@ def _decider_routes(app: FastAPI, host, metrics) -> None:
         if record is None:
             raise HTTPException(404, f"no decision {decision_id} of decider {name!r}")
         return record
+
+
+def _include_review(app: FastAPI, desk) -> None:
+    """The review desk's routes (``/v1/review/...``) when the process hosts a decider with cases."""
+    if desk is not None:
+        from mlp_platform.review.api import review_router
+
+        app.include_router(review_router(desk))
 
 
 def build_service(settings=None) -> ScoringService:

@@ -27,7 +27,13 @@ from orjson import OPT_SORT_KEYS
 from orjson import dumps as orjson_dumps
 from orjson import loads as orjson_loads
 
-from mlp_platform.deciders.declaration import DeciderDeclaration, PolicyDecl, default_decider, load_decider
+from mlp_platform.deciders.declaration import (
+    DEFAULT_DECIDER,
+    DeciderDeclaration,
+    PolicyDecl,
+    default_decider,
+    load_decider,
+)
 from mlp_platform.features.spec import FeatureSpec, default_spec
 from mlp_platform.runtime.loading import LoadedModel
 from mlp_platform.serving.api_models import ScoreOut, TransactionIn
@@ -587,7 +593,7 @@ class ScoringService:
         else:
             await self.decisions.append_async(record, trusted=True)
         if decision in self.opens_cases:  # the record is durable: its case opens in the background
-            self.case_opener.offer(record, "fraud")
+            self.case_opener.offer(record, DEFAULT_DECIDER)
         if child is not None:
             child.end()
         for shadow in state.shadows:
