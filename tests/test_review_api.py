@@ -118,3 +118,21 @@ def test_cases_the_live_path_missed_are_opened_from_the_log(platform, tmp_path):
         cases = wait_for_cases(desk, 3)
         assert {x.case_id for x in cases} == ids
         assert desk.opener.reconcile() == 0  # its position is recorded: nothing new, nothing twice
+
+
+def test_a_review_database_down_at_start_does_not_stop_scoring(platform, tmp_path):  # noqa: F811
+    """Review database unreachable when the process starts: decisions are still scored and logged,
+    the review API answers 503 (not a 500, not a crash), and the cases wait in the decision log for
+    the reconcile. Reverted to migrating inside build_desk, building the desk raises."""
+    settings = dataclasses.replace(review_settings(platform, tmp_path),
+                                   review_database_url="postgresql+psycopg2://postgres@127.0.0.1:1/review")
+    service = make_service(platform, tmp_path)
+    all_review(service)
+    desk = build_desk(settings, service=service, metrics_registry=service.metrics.registry)
+    with TestClient(create_app(service, desk=desk)) as c:
+        scored = c.post("/v1/score", json=txn(80, amount=900.0), headers=AUTH)
+        assert scored.status_code == 200 and scored.json()["decision"] == "review"
+        listed = c.get("/v1/review/cases", headers=ANN)
+        assert listed.status_code == 503 and listed.headers["retry-after"] == "5"
+        assert service.decisions.get(scored.json()["decision_id"]) is not None  # kept for the reconcile
+        assert not desk.opener.ready.is_set()

@@ -31,6 +31,7 @@ from mlp_platform.review.cases import (
     CaseNotFound,
     CaseStore,
     case_action_record,
+    engine_for,
 )
 from mlp_platform.serving.service import key_matches
 
@@ -114,6 +115,9 @@ def review_router(desk: ReviewDesk) -> APIRouter:
         found = desk.principal(presented)
         if found is None:
             raise HTTPException(401, "missing or invalid review key", headers={"WWW-Authenticate": "Bearer"})
+        if desk.opener is not None and not desk.opener.ready.is_set():
+            raise HTTPException(503, "the review database is not reachable yet; cases wait in the decision log",
+                                headers={"Retry-After": "5"})
         return found
 
     def actor(who: Principal = Depends(principal)) -> Principal:
@@ -248,7 +252,9 @@ def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> R
                 deciders[name] = DeskDecider(slot.declaration, slot.log)
     if not deciders:
         return None
-    store = CaseStore.from_url(settings.review_database)
+    # a review database that is down at start must not stop the scoring: the opener migrates it
+    # (first here, then from its thread until it answers) and the review API answers 503 meanwhile
+    store = CaseStore(engine_for(settings.review_database))
     metrics = ReviewMetrics(metrics_registry) if metrics_registry is not None else None
     opener = CaseOpener(store, {n: d.declaration.review.open_for for n, d in deciders.items()},
                         {str(d.log.directory): d.log for d in deciders.values()}, metrics=metrics,
@@ -258,6 +264,7 @@ def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> R
         service.case_opener, service.opens_cases = opener, frozenset(fraud_desk.declaration.review.open_for)
     if host is not None:
         host.case_opener = opener
+    opener.ensure_schema()
     opener.start()
     return ReviewDesk(store, deciders, settings.serving.reviewer_keys, settings.serving.compliance_keys,
                       metrics=metrics, opener=opener)

@@ -4,7 +4,8 @@ A decision is acknowledged once its record is in the decision log; the case it o
 afterwards by a background thread, in batches (one transaction per batch), so the review database
 never sits on the request path (``bench/bench_cases.py`` measures the cost on the full path). The
 service hands :meth:`CaseOpener.offer` the logged record; that is a bounded queue put. If the
-queue is full or the database fails, nothing is lost: the log is the record of truth, and
+queue is full or the database fails (down at start included: the schema is migrated from the
+background thread, retried), nothing is lost: the log is the record of truth, and
 :meth:`CaseOpener.reconcile` (at start and every ``reconcile_every_s``) opens every case the log
 holds past the position recorded for it. Opening is idempotent (the case id is the decision id).
 """
@@ -18,13 +19,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from mlp_platform.review.cases import CaseStore, case_from_decision
+from mlp_platform.review.cases import CaseStore, case_from_decision, migrate
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
 BATCH = 256
 HEALTH_EVERY_S = 15.0
+SCHEMA_RETRY_S = 5.0
 
 
 class CaseOpener:
@@ -46,6 +48,7 @@ class CaseOpener:
         self._cursors: dict[str, tuple[int, int]] = {}  # source -> where its last reconcile stopped
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self._stop = threading.Event()
+        self.ready = threading.Event()  # the review database's schema is in place
         self._thread: threading.Thread | None = None
         self.opened = 0
         self.deferred = 0  # offered while the queue was full: left to reconcile
@@ -99,7 +102,8 @@ class CaseOpener:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-        self.flush()
+        if self.ready.is_set():  # else the database never answered: the cases wait in the log
+            self.flush()
 
     def flush(self) -> int:
         """Open whatever is queued now (shutdown, tests)."""
@@ -130,9 +134,25 @@ class CaseOpener:
             self.metrics.opened.inc(n)
         return n
 
+    def ensure_schema(self) -> bool:
+        """Migrate the review database if that has not succeeded yet; whether it is usable. Until it
+        is, the review API answers 503 and the cases wait in the log (scoring never waits for it)."""
+        if self.ready.is_set():
+            return True
+        try:
+            migrate(self.store.engine)
+        except Exception as exc:
+            log.warning("review: the review database is not usable yet (%s); retrying", exc)
+            return False
+        self.ready.set()
+        return True
+
     def _run(self) -> None:
         next_reconcile = next_health = 0.0
         while not self._stop.is_set():
+            if not self.ensure_schema():
+                self._stop.wait(SCHEMA_RETRY_S)
+                continue
             now = time.monotonic()
             if self.sources and now >= next_reconcile:
                 try:
