@@ -33,8 +33,13 @@ production-demo: prepare
 	$(VENV)/bin/mlp stack demo
 
 # promtool (Debian package prometheus) for the alert-rule tests; the server the package ships is
-# stopped and disabled right after a fresh install (only promtool is wanted).
+# stopped and disabled right after a fresh install (only promtool is wanted). Debian's chromium for
+# the reviewer page's browser test (Playwright drives it through executable_path: no browser download).
 tools:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  $(APT_GET) install -y --no-install-recommends chromium \
+	    || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }; \
+	}
 	@command -v promtool >/dev/null 2>&1 || { \
 	  $(APT_GET) install -y --no-install-recommends prometheus \
 	    || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus; } || exit 1; \

@@ -17,7 +17,9 @@ action the log lacks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlp_platform.review.cases import (
+    Case,
     CaseConflict,
     CaseError,
     CaseNotFound,
@@ -52,14 +55,24 @@ class Principal:
 
 @dataclass
 class DeskDecider:
-    """What the desk needs of one hosted decider: its declaration and its decision log."""
+    """What the desk needs of one hosted decider: its declaration, its decision log and, for the
+    reviewer's page, the training populations of a model version this process has loaded (the
+    typical values its features are shown against; empty for a version not loaded here)."""
 
     declaration: Any  # DeciderDeclaration
     log: Any  # DecisionLog
+    populations: Callable[[str], Mapping[str, Any]] = lambda _version: {}
+
+
+class NotAllowed(PermissionError):
+    """A compliance key asked to act on a case (it only reads)."""
 
 
 @dataclass
 class ReviewDesk:
+    """The review desk of one scoring process: who may do what, and the actions on cases (shared by
+    the API and the reviewer's pages, which only translate the refusals)."""
+
     store: CaseStore
     deciders: dict[str, DeskDecider]
     reviewers: tuple[tuple[str, tuple[str, ...], str], ...] = ()
@@ -84,6 +97,77 @@ class ReviewDesk:
                 found = principal
         return found
 
+    @property
+    def ready(self) -> bool:
+        """False until the review database answered (meanwhile the cases wait in the decision log)."""
+        return self.opener is None or self.opener.ready.is_set()
+
+    def scoped(self, who: Principal, decider: str | None) -> list[str]:
+        """The deciders a listing covers (CaseNotFound for a decider this key does not see)."""
+        if not decider:
+            return list(who.deciders)
+        if decider not in who.deciders:
+            raise CaseNotFound(f"no decider {decider!r} for this key")
+        return [decider]
+
+    def visible(self, case_id: str, who: Principal) -> Case:
+        """The case, if this key sees its decider (otherwise CaseNotFound: as if it did not exist)."""
+        case = self.store.get(case_id)
+        if case.decider not in who.deciders:
+            raise CaseNotFound(case_id)
+        return case
+
+    def allowed(self, case: Case) -> dict[str, Any]:
+        """What a reviewer may record on this case (the page's form)."""
+        declaration = self.deciders[case.decider].declaration
+        return {"outcomes": {k: v.model_dump() for k, v in declaration.review.outcomes.items()},
+                "overrides": [a for a in declaration.policy.actions if a != case.decision]}
+
+    def _audit(self, decider: str, action: str) -> Callable[[Case], None]:
+        log = self.deciders[decider].log
+        return lambda case: log.append(case_action_record(case, action))
+
+    def claim(self, case_id: str, who: Principal) -> Case:
+        if not who.may_act:
+            raise NotAllowed("a compliance key reads; it does not act on cases")
+        case = self.visible(case_id, who)
+        return self.store.claim(case_id, who.name, who.deciders, audit=self._audit(case.decider, "claim"))
+
+    def resolve(self, case_id: str, who: Principal, *, outcome: str, comment: str = "", override: str | None = None,
+                reason: str | None = None) -> Case:
+        if not who.may_act:
+            raise NotAllowed("a compliance key reads; it does not act on cases")
+        case = self.visible(case_id, who)
+        declaration = self.deciders[case.decider].declaration
+        done = self.store.resolve(case_id, who.name, who.deciders, declaration.review, outcome=outcome,
+                                  comment=comment, override=override, reason=reason,
+                                  policy_actions=declaration.policy.actions, audit=self._audit(case.decider, "resolve"))
+        if self.metrics is not None:
+            self.metrics.resolutions.labels(done.decider, done.outcome, "yes" if done.override_decision else "no").inc()
+        return done
+
+    def lookup(self, decision_id: str, who: Principal) -> dict[str, Any]:
+        """A decision by id (the compliance lookup): its logged record, its case if it has one, and the
+        case's actions in this process's log. CaseNotFound when no decider of this key logged it."""
+        for name in who.deciders:
+            log = self.deciders[name].log
+            record = log.get(decision_id)
+            if record is None or record.get("kind") != "decision":
+                continue
+            try:
+                case = self.store.get(decision_id)
+            except CaseNotFound:
+                case = None
+            actions = []
+            if case is not None:
+                for revision in range(1, case.revision + 1):
+                    for action in ("claim", "resolve"):
+                        found = log.get(f"{decision_id}.{action}.{revision}")
+                        if found is not None:
+                            actions.append(found)
+            return {"decider": name, "decision": record, "case": case, "actions": actions}
+        raise CaseNotFound(f"no decision {decision_id}")
+
 
 class ResolveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -93,7 +177,8 @@ class ResolveIn(BaseModel):
     reason: str | None = Field(None, max_length=2000)
 
 
-def _cursor(text: str | None) -> tuple[dt.datetime, str] | None:
+def cursor(text: str | None) -> tuple[dt.datetime, str] | None:
+    """The (decided_at, case_id) a ``next_after`` token names (CaseError when it names nothing)."""
     if not text:
         return None
     at, sep, case_id = text.partition("|")
@@ -102,7 +187,7 @@ def _cursor(text: str | None) -> tuple[dt.datetime, str] | None:
     except ValueError:
         when = None
     if not sep or not case_id or when is None:
-        raise HTTPException(422, "after: the next_after token of the previous page")
+        raise CaseError("after: the next_after token of the previous page")
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)), case_id
 
 
@@ -115,122 +200,70 @@ def review_router(desk: ReviewDesk) -> APIRouter:
         found = desk.principal(presented)
         if found is None:
             raise HTTPException(401, "missing or invalid review key", headers={"WWW-Authenticate": "Bearer"})
-        if desk.opener is not None and not desk.opener.ready.is_set():
+        if not desk.ready:
             raise HTTPException(503, "the review database is not reachable yet; cases wait in the decision log",
                                 headers={"Retry-After": "5"})
         return found
-
-    def actor(who: Principal = Depends(principal)) -> Principal:
-        if not who.may_act:
-            raise HTTPException(403, "a compliance key reads; it does not act on cases")
-        return who
-
-    def scoped(who: Principal, decider: str | None) -> list[str]:
-        if decider is None:
-            return list(who.deciders)
-        if decider not in who.deciders:
-            raise HTTPException(404, f"no decider {decider!r} for this key")
-        return [decider]
 
     @router.get("/cases")
     def list_cases(decider: str | None = None, status: str = Query("open,claimed", max_length=40),
                    limit: int = Query(50, ge=1, le=500), after: str | None = Query(None, max_length=200),
                    who: Principal = Depends(principal)) -> dict[str, Any]:
         statuses = [s.strip() for s in status.split(",") if s.strip()]
-        try:
-            page = desk.store.queue(scoped(who, decider), statuses=statuses, limit=limit, after=_cursor(after))
-        except CaseError as err:
-            raise HTTPException(422, str(err)) from None
-        last = page[-1] if len(page) == limit else None
-        return {"cases": [c.as_json() for c in page],
-                "next_after": f"{last.decided_at.isoformat()}|{last.case_id}" if last else None}
-
-    def visible(case_id: str, who: Principal):
-        try:
-            case = desk.store.get(case_id)
-        except CaseNotFound:
-            case = None
-        if case is None or case.decider not in who.deciders:
-            raise HTTPException(404, f"no case {case_id}")
-        return case
+        with refusals_as_http():
+            page = desk.store.queue(desk.scoped(who, decider), statuses=statuses, limit=limit, after=cursor(after))
+        return {"cases": [c.as_json() for c in page], "next_after": next_after(page, limit)}
 
     @router.get("/cases/{case_id}")
     def get_case(case_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
-        case = visible(case_id, who)
-        out = case.as_json()
-        out["allowed"] = _allowed(desk.deciders[case.decider].declaration, case.decision)
-        return out
-
-    def audit_for(decider: str):
-        log = desk.deciders[decider].log
-
-        def audit(case, action: str) -> None:
-            log.append(case_action_record(case, action))
-        return audit
+        with refusals_as_http():
+            case = desk.visible(case_id, who)
+        return {**case.as_json(), "allowed": desk.allowed(case)}
 
     @router.post("/cases/{case_id}/claim")
-    def claim(case_id: str, who: Principal = Depends(actor)) -> dict[str, Any]:
-        case = visible(case_id, who)
-        audit = audit_for(case.decider)
-        try:
-            claimed = desk.store.claim(case_id, who.name, who.deciders, audit=lambda c: audit(c, "claim"))
-        except CaseConflict as err:
-            raise HTTPException(409, str(err)) from None
-        except CaseNotFound:
-            raise HTTPException(404, f"no case {case_id}") from None
-        return claimed.as_json()
+    def claim(case_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        with refusals_as_http():
+            return desk.claim(case_id, who).as_json()
 
     @router.post("/cases/{case_id}/resolve")
-    def resolve(case_id: str, body: ResolveIn, who: Principal = Depends(actor)) -> dict[str, Any]:
-        case = visible(case_id, who)
-        decl = desk.deciders[case.decider].declaration
-        audit = audit_for(case.decider)
-        try:
-            done = desk.store.resolve(case_id, who.name, who.deciders, decl.review, outcome=body.outcome,
-                                      comment=body.comment, override=body.override, reason=body.reason,
-                                      policy_actions=decl.policy.actions, audit=lambda c: audit(c, "resolve"))
-        except CaseError as err:
-            raise HTTPException(422, str(err)) from None
-        except CaseConflict as err:
-            raise HTTPException(409, str(err)) from None
-        except CaseNotFound:
-            raise HTTPException(404, f"no case {case_id}") from None
-        if desk.metrics is not None:
-            desk.metrics.resolutions.labels(done.decider, done.outcome, "yes" if done.override_decision else "no").inc()
-        return done.as_json()
+    def resolve(case_id: str, body: ResolveIn, who: Principal = Depends(principal)) -> dict[str, Any]:
+        with refusals_as_http():
+            return desk.resolve(case_id, who, outcome=body.outcome, comment=body.comment, override=body.override,
+                                reason=body.reason).as_json()
 
     @router.get("/decisions/{decision_id}")
     def decision(decision_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
         """A decision by id (the compliance lookup): its logged record, its case if it has one, and the
         case's actions in this process's log."""
-        for name in who.deciders:
-            log = desk.deciders[name].log
-            record = log.get(decision_id)
-            if record is None or record.get("kind") != "decision":
-                continue
-            try:
-                case = desk.store.get(decision_id)
-            except CaseNotFound:
-                case = None
-            actions = []
-            if case is not None:
-                for revision in range(1, case.revision + 1):
-                    for action in ("claim", "resolve"):
-                        found = log.get(f"{decision_id}.{action}.{revision}")
-                        if found is not None:
-                            actions.append(found)
-            return {"decider": name, "decision": record, "case": case.as_json() if case else None,
-                    "actions": actions}
-        raise HTTPException(404, f"no decision {decision_id}")
+        with refusals_as_http():
+            found = desk.lookup(decision_id, who)
+        return {**found, "case": found["case"].as_json() if found["case"] else None}
 
     return router
 
 
-def _allowed(declaration, decision: str) -> dict[str, Any]:
-    """What a reviewer may record on a case of this decider (the page's form)."""
-    review = declaration.review
-    return {"outcomes": {k: v.model_dump() for k, v in review.outcomes.items()},
-            "overrides": [a for a in declaration.policy.actions if a != decision]}
+def next_after(page: list[Case], limit: int) -> str | None:
+    """The cursor of the page after a full ``page`` (None: it was the last)."""
+    if len(page) < limit or not page:
+        return None
+    return f"{page[-1].decided_at.isoformat()}|{page[-1].case_id}"
+
+
+@contextlib.contextmanager
+def refusals_as_http() -> Iterator[None]:
+    """The desk's refusals as HTTP answers: 404 (not there, or not this key's), 403 (a compliance key
+    acting), 409 (the case's state), 422 (the request)."""
+    try:
+        yield
+    except CaseNotFound as err:
+        text = str(err)
+        raise HTTPException(404, text if text.startswith("no ") else f"no case {text}") from None
+    except NotAllowed as err:
+        raise HTTPException(403, str(err)) from None
+    except CaseConflict as err:
+        raise HTTPException(409, str(err)) from None
+    except CaseError as err:
+        raise HTTPException(422, str(err)) from None
 
 
 def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> ReviewDesk | None:
@@ -244,12 +277,12 @@ def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> R
     deciders: dict[str, DeskDecider] = {}
     fraud = load_decider(settings.deciders_dir)  # the transaction service's decider
     if service is not None and fraud.review.open_for:
-        deciders[fraud.name] = DeskDecider(fraud, service.decisions)
+        deciders[fraud.name] = DeskDecider(fraud, service.decisions, _service_populations(service))
     if host is not None:
         for name in host.names:
             slot = host.slot(name)
             if slot.declaration.review.open_for:
-                deciders[name] = DeskDecider(slot.declaration, slot.log)
+                deciders[name] = DeskDecider(slot.declaration, slot.log, _slot_populations(slot))
     if not deciders:
         return None
     # a review database that is down at start must not stop the scoring: the opener migrates it
@@ -268,3 +301,17 @@ def build_desk(settings, *, service=None, host=None, metrics_registry=None) -> R
     opener.start()
     return ReviewDesk(store, deciders, settings.serving.reviewer_keys, settings.serving.compliance_keys,
                       metrics=metrics, opener=opener)
+
+
+def _service_populations(service) -> Callable[[str], Mapping[str, Any]]:
+    def populations(version: str) -> Mapping[str, Any]:
+        model = service.pool.snapshot[1].get(version)
+        return model.populations if model is not None else {}
+    return populations
+
+
+def _slot_populations(slot) -> Callable[[str], Mapping[str, Any]]:
+    def populations(version: str) -> Mapping[str, Any]:
+        runtime = slot.loaded.get(version)
+        return getattr(runtime, "populations", {}) if runtime is not None else {}
+    return populations

@@ -206,7 +206,7 @@ class Case:
 def case_from_decision(record: Mapping[str, Any], decider: str, *, opened_at: dt.datetime | None = None) -> dict:
     """The new case row of a logged decision record (the service's or an application decider's)."""
     entity = record.get("transaction_id") or record.get("application_id") or ""
-    evidence = {k: record.get(k) for k in ("features", "reasons", "thresholds", "policy_version", "request",
+    evidence = {k: record.get(k) for k in ("event_time", "features", "reasons", "thresholds", "policy_version", "request",
                                            "fallbacks", "defaults_applied", "degraded", "arm", "explanation",
                                            "counter_offers") if k in record}
     return {

@@ -503,11 +503,14 @@ def _decider_routes(app: FastAPI, host, metrics) -> None:
 
 
 def _include_review(app: FastAPI, desk) -> None:
-    """The review desk's routes (``/v1/review/...``) when the process hosts a decider with cases."""
+    """The review desk's routes (the API ``/v1/review/...`` and the reviewer's pages ``/review``) when
+    the process hosts a decider with cases."""
     if desk is not None:
         from mlp_platform.review.api import review_router
+        from mlp_platform.review.pages import review_pages
 
         app.include_router(review_router(desk))
+        app.include_router(review_pages(desk))
 
 
 def build_service(settings=None) -> ScoringService:

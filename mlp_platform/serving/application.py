@@ -134,6 +134,7 @@ class ApplicationDecider:
         self.scorer = scorer
         self.version = version
         self.thresholds = self.policy.thresholds(operating_threshold, dict(threshold_overrides or {}))
+        self.populations = dict(populations)  # the training population: typical values (reviewer page)
         self.explainer = AdverseActionReasons(decider, populations) if decider.reasons.adverse_action else None
         self.offer = decider.counter_offer
 
