@@ -50,8 +50,10 @@ class PlatformDbtTranslator(DagsterDbtTranslator):
 
 def dbt_vars(settings: Settings, first_day=None, end_day=None) -> dict[str, object]:
     """dbt vars for a run: partition days (inclusive) plus the decider's label delays (its declaration)."""
-    labels = load_decider(settings.deciders_dir).labels
-    out: dict[str, object] = {"label_delay_days": labels.delay_days, "label_maturity_days": labels.maturity_days}
+    decider = load_decider(settings.deciders_dir)
+    labels = decider.labels
+    out: dict[str, object] = {"label_delay_days": labels.delay_days, "label_maturity_days": labels.maturity_days,
+                              "labels_decider": decider.name}
     if first_day is not None:
         out["min_day"] = first_day.isoformat()
         out["max_day"] = (end_day.fromordinal(end_day.toordinal() - 1)).isoformat()

@@ -38,6 +38,18 @@ class WarehouseResource(dg.ConfigurableResource):
         return DuckDBWarehouse(Path(self.duckdb_path))
 
 
+class ReviewDatabaseResource(dg.ConfigurableResource):
+    """The review cases' database (SQLite under the data directory locally; Postgres in production,
+    its URL with its password from the environment through ``dg.EnvVar``)."""
+
+    url: str
+
+    def get_store(self):
+        from mlp_platform.review.cases import CaseStore
+
+        return CaseStore.from_url(self.url)
+
+
 class PlatformSettingsResource(dg.ConfigurableResource):
     """Gives assets the platform settings (source, delays, paths) read from the environment."""
 
@@ -76,8 +88,11 @@ def resources_for(settings: Settings) -> dict[str, object]:
             snowflake_port=sf.port, snowflake_protocol=sf.protocol)
     else:
         warehouse = WarehouseResource(kind="duckdb", duckdb_path=str(settings.duckdb_path))
+    review = (ReviewDatabaseResource(url=dg.EnvVar("MLP_REVIEW_DATABASE_URL")) if settings.env == "production"
+              else ReviewDatabaseResource(url=settings.review_database))
     return {
         "warehouse": warehouse,
+        "review_database": review,
         "platform": PlatformSettingsResource(),
         "dbt": DbtCliResource(project_dir=dbt_project(settings), target=settings.dbt_target,
                               dbt_executable=dbt_executable()),

@@ -44,7 +44,7 @@ app.add_typer(deciders_app, name="deciders")
 console = Console()
 
 PARTITIONED_GROUPS = "group:ingest or group:staging or group:features"
-UNPARTITIONED_GROUPS = "group:training"
+UNPARTITIONED_GROUPS = "group:review or group:training"
 MODEL_GROUPS = "group:model"
 NIGHTLY_MONITORING = 'group:serving or group:scoring or (group:monitoring and not key:"monitoring/staging_replay")'
 

@@ -8,6 +8,8 @@
 * ``rollout_sensor`` -> ``rollout_step_job``: shadow -> canary stages -> champion, guardrails checked
   after each soak, automatic rollback.
 * ``run_failure_alert_sensor``: failed runs -> log, Prometheus textfile metric, optional webhook.
+* ``review_labels_job`` + ``review_labels_schedule`` (assets/review.py): analysts' outcomes become
+  labels, hourly; the training and retrain jobs copy them in first.
 * ``daily_features_job``, ``training_set_job``, ``model_lifecycle_job``, ``staging_replay_job``: by hand.
 """
 
@@ -49,8 +51,9 @@ def build_automation(settings: Settings):
     )
     training = dg.define_asset_job(
         TRAINING_SET_JOB,
-        selection=dg.AssetSelection.groups("training"),
-        description="Rebuild the training set (features joined with labels as of label maturity).",
+        selection=dg.AssetSelection.groups("review", "training"),
+        description="Rebuild the training set (features joined with labels as of label maturity), the "
+                    "analysts' newest outcomes copied in first.",
     )
     model = dg.define_asset_job(
         MODEL_JOB,
@@ -59,8 +62,9 @@ def build_automation(settings: Settings):
     )
     retrain = dg.define_asset_job(
         RETRAIN_JOB,
-        selection=dg.AssetSelection.groups("training", "model"),
-        description="Retrain: rebuild the training set, train a candidate, backtest, gates, and promotion "
+        selection=dg.AssetSelection.groups("review", "training", "model"),
+        description="Retrain: copy the analysts' new outcomes in as labels, rebuild the training set, train a "
+                    "candidate, backtest, gates, and promotion "
                     "(a staged rollout). Requested by the drift sensor.",
     )
     replay = dg.define_asset_job(

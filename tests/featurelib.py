@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from mlp_platform.data.contracts import validate_labels, validate_transactions
-from mlp_platform.data.warehouse import DuckDBWarehouse, with_event_date
+from mlp_platform.data.warehouse import DuckDBWarehouse, ensure_analyst_labels, with_event_date
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
@@ -51,6 +51,7 @@ def load_raw(
     warehouse = DuckDBWarehouse(Path(path))
     warehouse.replace_days("transactions", tx, first_day, end_day)
     warehouse.replace_days("labels", lb, first_day, end_day)
+    ensure_analyst_labels(warehouse)
     return tx, lb
 
 

@@ -44,7 +44,11 @@ def test_definitions_load_and_match_the_graph_snapshot(platform_env):
     assert snapshot == json.loads(SNAPSHOT.read_text()), "asset graph changed: review, then UPDATE_SNAPSHOTS=1"
     repo = defs.get_repository_def()
     assert {j.name for j in repo.get_all_jobs()} >= {"daily_features_job", "training_set_job"}
-    assert sorted(s.name for s in repo.schedule_defs) == ["credit_monitoring_schedule", "nightly_schedule"]
+    assert sorted(s.name for s in repo.schedule_defs) == ["credit_monitoring_schedule", "nightly_schedule",
+                                                          "review_labels_schedule"]
+    # a retrain copies the analysts' newest outcomes in before it rebuilds the training set
+    retrain_keys = {k.to_user_string() for k in repo.get_job("retrain_job").asset_layer.selected_asset_keys}
+    assert {"raw_analyst_labels", "training/training_set"} <= retrain_keys
     assert {"model_lifecycle_job", "rollback_job", "nightly_job", "retrain_job", "rollout_step_job",
             "abort_rollout_job", "staging_replay_job"} <= {j.name for j in repo.get_all_jobs()}
     sensors = {s.name: s for s in repo.sensor_defs}

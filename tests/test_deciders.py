@@ -157,7 +157,7 @@ def test_a_declared_variant_reaches_the_service_the_registry_and_dbt(tmp_path, m
     longest = max(v.lookback_seconds or 0 for v in default_spec().views)
     assert config.event_time_max_age_s == longest + 2 * 86_400  # the declared label delay
     assert ModelRegistry.from_settings(settings).model_name == "fraud-detector-eu"
-    assert dbt_vars(settings) == {"label_delay_days": 2, "label_maturity_days": 5}
+    assert dbt_vars(settings) == {"label_delay_days": 2, "label_maturity_days": 5, "labels_decider": "fraud"}
 
 
 def test_the_cli_checks_the_declarations(tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ def decision(i: int, *, decider=FRAUD, action="review", minutes: int | None = No
 def test_migrations_apply_once(store):
     assert migrate(store.engine) == []  # from_url applied them; a second start applies nothing
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("select version from review_schema_migrations")).scalars().all() == [1]
+        assert conn.execute(sa.text("select version from review_schema_migrations")).scalars().all() == [1, 2]
 
 
 def test_opening_is_idempotent_and_keeps_the_evidence(store):
@@ -182,8 +182,24 @@ def test_case_actions_enter_the_hash_chain(store, tmp_path):
 
 def test_the_sqlite_default_lives_under_the_data_directory(tmp_path):
     engine = engine_for(f"sqlite:///{tmp_path / 'deep' / 'dir' / 'cases.db'}")
-    assert migrate(engine) == [1]
+    assert migrate(engine) == [1, 2]
     assert (tmp_path / "deep" / "dir" / "cases.db").exists()
+
+
+def test_a_database_of_an_earlier_release_gets_only_the_newer_migrations(tmp_path):
+    """A review database at migration 1 (the first release) gets migration 2 alone, its data kept."""
+    from mlp_platform.review.cases import MIGRATIONS, MIGRATIONS_TABLE, now_utc
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        MIGRATIONS_TABLE.create(conn)
+        version, description, apply = MIGRATIONS[0]
+        apply(conn)
+        conn.execute(MIGRATIONS_TABLE.insert().values(version=version, description=description, applied_at=now_utc()))
+    CaseStore(engine).open_many([case_from_decision(decision(1), "fraud")])
+    assert migrate(engine) == [2]
+    assert "review_cases_resolved" in {i["name"] for i in sa.inspect(engine).get_indexes("review_cases")}
+    assert CaseStore(engine).get("d-fraud-000001").status == "open"
 
 
 def test_the_log_is_read_from_where_the_last_reconcile_stopped(tmp_path):

@@ -14,7 +14,7 @@ import polars as pl
 
 from mlp_platform.data.contracts import ContractReport, validate_labels, validate_transactions
 from mlp_platform.data.sources import load_batch
-from mlp_platform.data.warehouse import Warehouse, with_event_date
+from mlp_platform.data.warehouse import Warehouse, ensure_analyst_labels, with_event_date
 from mlp_platform.settings import Settings
 
 
@@ -49,6 +49,7 @@ def ingest_days(
     labels = labels.join(transactions.select("transaction_id", "event_date"), on="transaction_id", how="inner")
     warehouse.replace_days("transactions", transactions, first_day, end_day)
     warehouse.replace_days("labels", labels, first_day, end_day)
+    ensure_analyst_labels(warehouse)  # the other label source (review outcomes), read beside raw.labels
     return IngestResult(
         source=batch.source, first_day=first_day, end_day=end_day,
         transactions=transactions.height, labels=labels.height,

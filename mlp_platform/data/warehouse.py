@@ -45,6 +45,14 @@ import polars as pl
 RAW_SCHEMA = "raw"
 RAW_TABLES = ("transactions", "labels")
 INSERT_CHUNK_ROWS = 1000
+#: Analysts' outcomes of review cases as labels (written by mlp_platform.review.outcomes, read by
+#: dbt's stg_labels): created with the raw tables, so the staging models can always read it.
+ANALYST_LABELS = f"{RAW_SCHEMA}.analyst_labels"
+ANALYST_LABELS_SCHEMA = {
+    "case_id": pl.String, "decider": pl.String, "entity_id": pl.String, "outcome": pl.String, "label": pl.Int64,
+    "served_decision": pl.String, "override_decision": pl.String, "reviewer": pl.String,
+    "decided_at": pl.Datetime("us"), "label_time": pl.Datetime("us"), "exported_at": pl.Datetime("us"),
+}
 
 log = logging.getLogger("mlp_platform.warehouse.sql")
 
@@ -53,6 +61,12 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot do what was asked (a missing table, a bad name, a refused statement)."""
+
+
+def ensure_analyst_labels(warehouse: Warehouse) -> None:
+    """Create raw.analyst_labels (empty) when it does not exist yet."""
+    with warehouse.session() as s:
+        s.ensure_table(ANALYST_LABELS, pl.DataFrame(schema=ANALYST_LABELS_SCHEMA))
 
 
 def with_event_date(frame: pl.DataFrame, time_column: str = "event_time") -> pl.DataFrame:

@@ -101,8 +101,17 @@ def _positions_table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def _resolved_index(cases: sa.Table) -> sa.Index:
+    """The resolutions in the order they were recorded (the export of outcomes as labels reads them
+    from its watermark on)."""
+    resolved = cases.c.status == "resolved"
+    return sa.Index("review_cases_resolved", cases.c.resolved_at, cases.c.case_id,
+                    sqlite_where=resolved, postgresql_where=resolved)
+
+
 _METADATA = sa.MetaData()
 CASES, MIGRATIONS_TABLE = _tables(_METADATA)
+_resolved_index(CASES)  # migration 2
 POSITIONS = _positions_table(_METADATA)
 
 
@@ -113,9 +122,15 @@ def _migration_1(conn: sa.Connection) -> None:
     _positions_table(metadata).create(conn)
 
 
+def _migration_2(conn: sa.Connection) -> None:
+    cases, _ = _tables(sa.MetaData())
+    _resolved_index(cases).create(conn)
+
+
 #: (version, description, function): applied in order, each once.
 MIGRATIONS: tuple[tuple[int, str, Any], ...] = (
     (1, "review_cases and its queue index, review_log_positions", _migration_1),
+    (2, "review_cases_resolved: resolutions by time (the outcomes' export)", _migration_2),
 )
 
 
@@ -312,6 +327,21 @@ class CaseStore:
             # a row comparison: both engines walk the index from the cursor
             query = query.where(sa.tuple_(CASES.c.decided_at, CASES.c.case_id) > sa.tuple_(
                 sa.literal(at, CASES.c.decided_at.type), sa.literal(case_id, CASES.c.case_id.type)))
+        with self.engine.connect() as conn:
+            return [Case.of(r) for r in conn.execute(query).mappings()]
+
+    def resolved_since(self, since: dt.datetime | None = None, *, after: tuple[dt.datetime, str] | None = None,
+                       limit: int = 5000) -> list[Case]:
+        """Resolved cases of every decider, in the order of their resolution: those resolved at or after
+        ``since``, after the (resolved_at, case_id) ``after`` of the previous page."""
+        query = (sa.select(CASES).where(CASES.c.status == "resolved")
+                 .order_by(CASES.c.resolved_at, CASES.c.case_id).limit(limit))
+        if since is not None:
+            query = query.where(CASES.c.resolved_at >= since)
+        if after is not None:
+            at, case_id = after
+            query = query.where(sa.tuple_(CASES.c.resolved_at, CASES.c.case_id) > sa.tuple_(
+                sa.literal(at, CASES.c.resolved_at.type), sa.literal(case_id, CASES.c.case_id.type)))
         with self.engine.connect() as conn:
             return [Case.of(r) for r in conn.execute(query).mappings()]
 
