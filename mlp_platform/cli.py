@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from mlp_platform.deciders.declaration import DeciderError, load_decider
+from mlp_platform.deciders.declaration import DeciderError, load_decider, load_deciders
 from mlp_platform.features.dbt_codegen import (
     decider_models_out_of_date,
     spec_macro_in_sync,
@@ -153,6 +153,7 @@ def demo(
             ("training set (labels as of maturity)", [*dagster, "--select", UNPARTITIONED_GROUPS]),
             ("model: train, register, backtest, gates, promotion, card", [*dagster, "--select", MODEL_GROUPS]),
             (f"nightly for {last}: batch features online, batch scoring, decision log, drift report", nightly),
+            (f"review queue: {last} replayed through the scoring service (review decisions open cases)", "review"),
         ]
     if decider == "credit" and not settings.german_credit_path.exists():
         console.print(f"[red]the German credit data is not at {settings.german_credit_path} "
@@ -170,7 +171,7 @@ def demo(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("demo", total=len(steps))
-        submitted = None
+        submitted, review_queue = None, None
         for description, cmd in steps:
             progress.update(task, description=description)
             if cmd is None:
@@ -183,6 +184,11 @@ def demo(
                 config = submission_run_config("credit", submitted, "german")
                 refused |= not _run([*cmd, json.dumps(config)], env, settings.project_root, description,
                                     allow_gate_refusal=True)
+            elif cmd == "review":
+                if _has_champion(settings):
+                    from mlp_platform.review.demo import open_demo_cases
+
+                    review_queue = open_demo_cases(settings, last)
             elif cmd is nightly and not _has_champion(settings):
                 console.print("no champion: nothing to batch-score or monitor yet")
             else:
@@ -192,6 +198,10 @@ def demo(
     if decider in (None, "fraud"):
         warehouse_summary(settings)
         model_summary(settings, refused)
+        if review_queue is not None:
+            fraud = (review_queue["queue"] or {}).get("fraud") or {}
+            console.print(f"review queue: {review_queue['decisions']} of {last} replayed; "
+                          f"{fraud.get('open', 0)} open case(s) for the fraud analysts")
     if decider == "credit":
         credit_summary(settings, submitted)
     console.print(
@@ -199,6 +209,8 @@ def demo(
         f"  warehouse:  {_warehouse_name(settings)} (schemas raw, staging, features, training, scoring, monitoring)\n"
         f"  monitoring: {settings.monitoring_dir / 'reports'} (Evidently drift report of the last day)\n"
         f"  models:     MLflow store {settings.mlflow_tracking_uri} (mlp model roles, mlp model card N)\n"
+        f"  review:     make serve, then http://127.0.0.1:8000/review (a key of MLP_REVIEWER_KEYS; README:\n"
+        f"              the reviewer's page)\n"
         f"  Dagster UI: make ui  (or: DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml)"
         f" then http://127.0.0.1:3000 -> Assets; runs of this demo are in Runs\n")
 
@@ -343,6 +355,20 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
         if not settings.serving.admin_keys:
             os.environ["MLP_ADMIN_KEYS"] = local_key
         console.print(f"local API key (from {key_file}): {local_key}")
+    if not settings.serving.reviewer_keys and settings.env != "production":
+        # the reviewer's page locally: one analyst of every decider, its own key (never a scoring key)
+        reviewer_file = settings.data_dir / "serving" / "local_reviewer_key"
+        if not reviewer_file.exists():
+            import secrets
+
+            reviewer_file.parent.mkdir(parents=True, exist_ok=True)
+            reviewer_file.write_text(secrets.token_urlsafe(24))
+            reviewer_file.chmod(0o600)
+        reviewer_key = reviewer_file.read_text().strip()
+        deciders = "+".join(d.name for d in load_deciders(settings.deciders_dir).values() if d.review.open_for)
+        os.environ["MLP_REVIEWER_KEYS"] = f"analyst:{deciders}:{reviewer_key}"
+        console.print(f"local reviewer key (from {reviewer_file}): {reviewer_key}; "
+                      f"the reviewer's page: http://{host}:{port}/review")
     os.environ["MLP_SERVING_WORKERS"] = str(workers)  # for the workers' settings
     uvicorn.run("mlp_platform.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False)

@@ -513,8 +513,9 @@ def _include_review(app: FastAPI, desk) -> None:
         app.include_router(review_pages(desk))
 
 
-def build_service(settings=None) -> ScoringService:
-    """The service on the configured store, decision log and registry (used by `mlp serve`)."""
+def build_service(settings=None, *, clock=None) -> ScoringService:
+    """The service on the configured store, decision log and registry (used by `mlp serve`);
+    ``clock``: the server clock (seconds since the epoch), for a replay of past traffic (the demo)."""
     from mlp_platform.deciders.declaration import load_decider
     from mlp_platform.runtime.loading import registry_loader
     from mlp_platform.serving.decision_log import DecisionLog
@@ -527,6 +528,10 @@ def build_service(settings=None) -> ScoringService:
     settings = settings or load_settings()
     decider = load_decider(settings.deciders_dir)
     config = ServingConfig.from_settings(settings, decider)
+    if clock is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, clock=clock)
     metrics = ServiceMetrics()
     pool = ModelPool(registry_loader(settings, settings.serving.scorer_backend, decider, batch_kernel="rows"),
                      RoutingFile(config.routing_path), metrics)
