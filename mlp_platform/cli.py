@@ -343,13 +343,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
             console.print("[red]MLP_API_KEYS must be set in production[/red]")
             raise typer.Exit(2)
         key_file = settings.data_dir / "serving" / "local_api_key"
-        if not key_file.exists():
-            import secrets
-
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            key_file.write_text(secrets.token_urlsafe(24))
-            key_file.chmod(0o600)
-        local_key = key_file.read_text().strip()
+        local_key = _local_key(key_file)
         # the uvicorn workers read their settings from the environment: hand them the local key
         os.environ["MLP_API_KEYS"] = local_key
         if not settings.serving.admin_keys:
@@ -358,13 +352,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     if not settings.serving.reviewer_keys and settings.env != "production":
         # the reviewer's page locally: one analyst of every decider, its own key (never a scoring key)
         reviewer_file = settings.data_dir / "serving" / "local_reviewer_key"
-        if not reviewer_file.exists():
-            import secrets
-
-            reviewer_file.parent.mkdir(parents=True, exist_ok=True)
-            reviewer_file.write_text(secrets.token_urlsafe(24))
-            reviewer_file.chmod(0o600)
-        reviewer_key = reviewer_file.read_text().strip()
+        reviewer_key = _local_key(reviewer_file)
         deciders = "+".join(d.name for d in load_deciders(settings.deciders_dir).values() if d.review.open_for)
         os.environ["MLP_REVIEWER_KEYS"] = f"analyst:{deciders}:{reviewer_key}"
         console.print(f"local reviewer key (from {reviewer_file}): {reviewer_key}; "
@@ -372,6 +360,17 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     os.environ["MLP_SERVING_WORKERS"] = str(workers)  # for the workers' settings
     uvicorn.run("mlp_platform.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False)
+
+
+def _local_key(path: Path) -> str:
+    """A local key kept in ``path`` (made once, random, readable by its owner only)."""
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 audit_app = typer.Typer(help="The decision log (audit trail of every decision).", no_args_is_help=True)
