@@ -12,18 +12,14 @@ response-schema check fails on ``POST /v1/score`` (checked once by editing ``app
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from mlp_platform.serving.app import create_app
 from tests import test_serving_api
+from tests.servinglib import served_on_loopback
 from tests.test_serving_api import ADMIN, make_service
 
 platform = test_serving_api.platform  # the module-scoped fixture: a registry with a champion
@@ -33,12 +29,6 @@ OPERATIONS = ["POST /v1/score", "GET /v1/decisions/{decision_id}", "GET /healthz
               "POST /v1/admin/reload", "POST /v1/deciders/fraud/decide", "GET /v1/deciders",
               "POST /v1/deciders/{name}/decide", "POST /v1/deciders/{name}/counter-offer",
               "GET /v1/deciders/{name}/decisions/{decision_id}"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +61,8 @@ def live_api(platform, tmp_path_factory):
                        champion=lambda d: ModelRegistry.from_settings(settings, d).alias("champion"),
                        metrics=DeciderMetrics(service.metrics.registry))
     host.refresh()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, host=host), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served_on_loopback(create_app(service, host=host)) as base:
+        yield base
 
 
 def refused_valid_data_names_the_event_time_bound(ctx, response, case) -> None:

@@ -9,18 +9,15 @@ is kept in ``test-artifacts/``."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from mlp_platform.review.api import build_desk
 from mlp_platform.serving.app import create_app
 from mlp_platform.serving.decision_log import verify_log
+from tests.servinglib import served_on_loopback
 from tests.test_review_api import all_review, review_settings, wait_for_cases
 from tests.test_serving_api import AUTH, make_service, platform, txn  # noqa: F401 - platform is a fixture
 
@@ -36,32 +33,14 @@ def chromium_path() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(platform, tmp_path):  # noqa: F811
     """The scoring service with its review desk, served over HTTP by uvicorn (lifespan on)."""
     service = make_service(platform, tmp_path)
     all_review(service)
     desk = build_desk(review_settings(platform, tmp_path), service=service, metrics_registry=service.metrics.registry)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, desk=desk), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield {"base": f"http://127.0.0.1:{port}", "service": service, "desk": desk}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with served_on_loopback(create_app(service, desk=desk)) as base:
+        yield {"base": base, "service": service, "desk": desk}
 
 
 @pytest.fixture
